@@ -1,1 +1,40 @@
+//! headless-bridge: runs local-first developer CLIs (today the OpenAI Codex CLI) headless behind
+//! an HTTP API, for AI agents and for Kubernetes.
+//!
+//! The pieces, each in its own module: [`config`] reads the settings; [`api`] serves HTTP;
+//! [`run`] drives a run from request to outcome, with [`run::supervisor`] owning the CLI's
+//! process; [`adapter`] knows how the Codex CLI runs headless and how to read its events;
+//! [`credentials`] reads the login and gives each run a private copy; [`fetch`] downloads
+//! and verifies tools; [`git`] clones repositories; [`workspace`] lays out a run's files;
+//! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
+//! [`redact`] keeps secrets out of what runs report; [`server`] ties them together.
 
+pub mod adapter;
+pub mod api;
+pub mod config;
+pub mod credentials;
+pub mod digest;
+pub mod fetch;
+pub mod git;
+pub mod policy;
+pub mod redact;
+pub mod run;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod workspace;
+
+/// An error and its causes on one line, each shown once.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

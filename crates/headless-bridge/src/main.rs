@@ -1,1 +1,130 @@
-fn main() {}
+//! The `headless-bridge` command: `serve` runs the HTTP gateway.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when the bridge
+//! failed to start or stopped serving on an error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use headless_bridge::config::{Config, RawConfig};
+use headless_bridge::server::Bridge;
+use headless_bridge::{error_chain, telemetry};
+
+#[derive(Parser)]
+#[command(
+    name = "headless-bridge",
+    version,
+    about = "Run developer CLIs headless behind an HTTP API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve(ServeArgs),
+}
+
+/// Flags of `serve`; each overrides its HB_* variable and the config file.
+#[derive(Args)]
+struct ServeArgs {
+    /// A TOML file of settings (keys: listen, data_dir, codex_dir, run_timeout, ...).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on [env: HB_LISTEN] [default: 127.0.0.1:8000].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Run store, workspaces and tool cache [env: HB_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// File of API tokens, one per line [env: HB_API_TOKENS_FILE]. A single token is read
+    /// from HB_API_TOKEN only, never from a flag, which `ps` would show.
+    #[arg(long, value_name = "FILE")]
+    api_tokens_file: Option<String>,
+    /// Directory holding the Codex auth.json and config.toml [env: HB_CODEX_DIR].
+    #[arg(long, value_name = "DIR")]
+    codex_dir: Option<String>,
+    /// Path of auth.json, if not in the codex directory [env: HB_AUTH_FILE].
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<String>,
+    /// The codex executable [env: HB_CODEX_BIN] [default: codex].
+    #[arg(long, value_name = "PATH")]
+    codex_bin: Option<String>,
+    /// Hosts that may resolve to private addresses and use http, comma-separated [env: HB_ALLOWED_HOSTS].
+    #[arg(long, value_name = "HOSTS")]
+    allowed_hosts: Option<String>,
+    /// Default run timeout in seconds [env: HB_RUN_TIMEOUT] [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    run_timeout: Option<String>,
+}
+
+impl ServeArgs {
+    fn config(self) -> Result<Config, headless_bridge::config::ConfigError> {
+        let mut raw = RawConfig::default();
+        if let Some(path) = &self.config {
+            raw.merge_file(path)?;
+        }
+        raw.merge_env(|name| std::env::var(name).ok());
+        raw.merge_flag("listen", self.listen);
+        raw.merge_flag("data_dir", self.data_dir);
+        raw.merge_flag("api_tokens_file", self.api_tokens_file);
+        raw.merge_flag("codex_dir", self.codex_dir);
+        raw.merge_flag("auth_file", self.auth_file);
+        raw.merge_flag("codex_bin", self.codex_bin);
+        raw.merge_flag("allowed_hosts", self.allowed_hosts);
+        raw.merge_flag("run_timeout", self.run_timeout);
+        raw.build()
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("headless-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    match runtime.block_on(run_server(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %error_chain(e.as_ref()), "headless-bridge stopped");
+            eprintln!("headless-bridge: {}", error_chain(e.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listen = config.listen;
+    let bridge = Bridge::open(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("failed to listen on {listen}: {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, "headless-bridge serving");
+    bridge.serve(listener, shutdown_signal()).await?;
+    tracing::info!("headless-bridge stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,1 +1,18 @@
+//! Test support for headless-bridge: loopback stand-ins for the clouds the bridge and its CLIs
+//! talk to, so integration tests and the demo run on one machine with no network.
+//!
+//! Each stand-in serves real protocol on 127.0.0.1 at a port the kernel picks and stops when
+//! its handle is dropped:
+//! - [`model::FakeModel`], the OpenAI Responses API as the real Codex CLI uses it;
+//! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`;
+//! - [`files::FileServer`], static downloads that count their hits.
+//!
+//! [`demo::Demo`] starts all three with the fixtures of the headless-bridge demo.
+//!
+//! Panics, not errors, report broken test environments: a test cannot carry on without them.
 
+pub mod demo;
+pub mod files;
+pub mod git;
+mod loopback;
+pub mod model;

@@ -1,0 +1,140 @@
+//! Reading request bodies: a JSON object, read within a size limit, and its fields checked one
+//! by one so each problem gets its own code and a message naming the field.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use crate::digest::Sha256Digest;
+
+/// The largest request body accepted. A prompt or failure report is text, and 1 MiB of it is
+/// more than any model context the CLIs take.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A request body that is a JSON object.
+#[derive(Debug)]
+pub struct JsonObject(pub Map<String, Value>);
+
+impl<S: Send + Sync> FromRequest<S> for JsonObject {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(content_type) = content_type.filter(|ct| !ct.starts_with("application/json")) {
+            return Err(ApiError {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "unsupported_media_type",
+                message: format!(
+                    "the body must be JSON with `Content-Type: application/json`, not `{content_type}`"
+                ),
+            });
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError {
+                        status: StatusCode::PAYLOAD_TOO_LARGE,
+                        code: "body_too_large",
+                        message: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                    }
+                } else {
+                    ApiError::bad_request(
+                        "invalid_body",
+                        format!("failed to read the body: {rejection}"),
+                    )
+                }
+            })?;
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(Self(map)),
+            Ok(_) => Err(ApiError::bad_request(
+                "invalid_json",
+                "the body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::bad_request(
+                "invalid_json",
+                format!("the body is not valid JSON: {e}"),
+            )),
+        }
+    }
+}
+
+impl JsonObject {
+    /// A required non-empty string field of at most `max_len` bytes.
+    pub fn string(&self, field: &str, max_len: usize, what: &str) -> Result<String, ApiError> {
+        self.optional_string(field, max_len)?.ok_or_else(|| {
+            ApiError::bad_request("missing_field", format!("`{field}` is required: {what}"))
+        })
+    }
+
+    /// An optional string field; present but empty or too long is an error.
+    pub fn optional_string(&self, field: &str, max_len: usize) -> Result<Option<String>, ApiError> {
+        optional_string(&self.0, field, max_len)
+    }
+
+    /// An optional whole number field.
+    pub fn optional_u64(&self, field: &str) -> Result<Option<u64>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("`{field}` must be a positive whole number"),
+                )
+            }),
+        }
+    }
+}
+
+/// Reads an optional string field of `object`.
+pub fn optional_string(
+    object: &Map<String, Value>,
+    field: &str,
+    max_len: usize,
+) -> Result<Option<String>, ApiError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("`{field}` is empty"),
+        )),
+        Some(Value::String(s)) if s.len() > max_len => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("`{field}` is longer than {max_len} bytes"),
+        )),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("`{field}` must be a string"),
+        )),
+    }
+}
+
+/// Parses a digest field, with a message that shows the accepted forms.
+pub fn digest(field: &str, raw: &str) -> Result<Sha256Digest, ApiError> {
+    raw.parse().map_err(|e| {
+        ApiError::bad_request(
+            "invalid_checksum_format",
+            format!("`{field}` is not a sha256 digest ({e}); write it as sha256:<64 hex> or as the 64 hex characters alone"),
+        )
+    })
+}
+
+/// Checks a URL field against the policy, with the field's name in the message.
+pub async fn url(
+    policy: &crate::policy::UrlPolicy,
+    field: &str,
+    raw: &str,
+) -> Result<url::Url, ApiError> {
+    policy
+        .check(raw)
+        .await
+        .map_err(|e| ApiError::bad_request(e.code(), format!("`{field}` {e}")))
+}

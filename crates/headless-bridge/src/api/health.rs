@@ -1,0 +1,115 @@
+//! `GET /health`: liveness, and with `?deep=1` the truth about what a run needs.
+//!
+//! Plain `/health` answers 200 whenever the process serves; it never looks at credentials, so
+//! a liveness probe cannot restart a pod because a login expired. The deep check runs the
+//! codex binary (`--version`, in a private CODEX_HOME) and judges the login from its file
+//! alone: it never refreshes a token and never shows one. It answers 503 with what is wrong
+//! and what to do when a run could not succeed.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::AppState;
+use crate::config::CodexConfig;
+use crate::credentials::{self, AuthMode};
+
+/// `codex --version` answers in well under a second; more means something is wrong.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Query of `GET /health`.
+#[derive(Debug, Deserialize)]
+pub struct HealthQuery {
+    deep: Option<String>,
+}
+
+/// Liveness, or the deep check when `deep` is `1` or `true`.
+pub async fn health(
+    State(state): State<AppState>,
+    Query(query): Query<HealthQuery>,
+) -> (StatusCode, Json<Value>) {
+    let deep = matches!(query.deep.as_deref(), Some("1" | "true" | "yes"));
+    if !deep {
+        return (StatusCode::OK, Json(json!({ "status": "ok" })));
+    }
+
+    let codex_home = state.config.data_dir.join("health").join("codex-home");
+    let binary = check_binary(&state.config.codex, &codex_home).await;
+    let login = check_credentials(&state.config.codex);
+    let ok = binary["ok"] == true && login["ok"] == true;
+    let body = json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "adapters": { "codex": { "ok": ok, "binary": binary, "credentials": login } },
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Value {
+    let path = config.bin.display().to_string();
+    let problem = |problem: String| {
+        json!({ "ok": false, "path": path, "problem": problem,
+                "remedy": "install the Codex CLI (npm install -g @openai/codex) or set HB_CODEX_BIN to its path" })
+    };
+    if let Err(e) = std::fs::create_dir_all(codex_home) {
+        return problem(format!("failed to create {}: {e}", codex_home.display()));
+    }
+
+    let mut command = tokio::process::Command::new(&config.bin);
+    command
+        .arg("--version")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", codex_home)
+        .env("CODEX_HOME", codex_home)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(VERSION_TIMEOUT, command.output()).await {
+        Ok(Ok(out)) if out.status.success() => {
+            json!({ "ok": true, "path": path, "version": String::from_utf8_lossy(&out.stdout).trim() })
+        }
+        Ok(Ok(out)) => problem(format!("`codex --version` failed with {}", out.status)),
+        Ok(Err(e)) => problem(format!("failed to run {path}: {e}")),
+        Err(_) => problem(format!(
+            "`codex --version` did not answer within {}s",
+            VERSION_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+fn check_credentials(config: &CodexConfig) -> Value {
+    let auth = match credentials::load(config) {
+        Ok(auth) => auth,
+        Err(e) => return json!({ "ok": false, "reason": e.reason(), "problem": e.to_string() }),
+    };
+    let now = OffsetDateTime::now_utc();
+    let facts = &auth.facts;
+    let mut body = json!({
+        "ok": facts.usable_at(now),
+        "source": auth.path.display().to_string(),
+        "facts": facts,
+    });
+    let expired = facts.access_token_expires_at.is_some_and(|exp| exp <= now);
+    if facts.auth_mode == AuthMode::Chatgpt && expired && !facts.refresh_token_present {
+        body["reason"] = json!("credentials_expired");
+        body["problem"] =
+            json!("the ChatGPT access token has expired and there is no refresh token");
+        body["remedy"] = json!(
+            "log in again with `codex login` on a workstation and update the Secret with the new auth.json"
+        );
+    } else if facts.auth_mode == AuthMode::Chatgpt && expired {
+        body["note"] =
+            json!("the access token has expired; the CLI will refresh it on the next run");
+    }
+    body
+}

@@ -1,0 +1,94 @@
+//! The HTTP API: routes, shared state, authentication and request spans.
+//!
+//! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
+//! socket. Everything but `/health` sits behind bearer-token authentication.
+
+mod auth;
+mod body;
+mod error;
+mod health;
+mod legacy;
+mod runs;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use tracing::Instrument as _;
+
+pub use error::ApiError;
+
+use crate::config::Config;
+use crate::run::engine::Engine;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub engine: Engine,
+    token_digests: Arc<Vec<[u8; 32]>>,
+}
+
+impl AppState {
+    /// State for a bridge with this configuration and engine.
+    pub fn new(config: Arc<Config>, engine: Engine) -> Self {
+        let token_digests = Arc::new(auth::digests(config.api_tokens.values()));
+        Self {
+            config,
+            engine,
+            token_digests,
+        }
+    }
+}
+
+/// The application: every route, with authentication, body limits and request spans.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/run_codex_session", post(legacy::run_codex_session))
+        .route("/v1/runs", post(runs::submit).get(runs::list))
+        .route("/v1/runs/{id}", get(runs::get))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+
+    Router::new()
+        .route("/health", get(health::health))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_span))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route; see the README for the API")
+}
+
+/// One span per request, named by the route template (never the raw path, which may hold ids
+/// of unbounded variety). Health checks log at debug so probes do not flood the log.
+async fn request_span(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let span = tracing::info_span!("request", %method, route);
+    async move {
+        let started = std::time::Instant::now();
+        let response = next.run(request).await;
+        let status = response.status().as_u16();
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if route == "/health" {
+            tracing::debug!(status, elapsed_ms, "request served");
+        } else {
+            tracing::info!(status, elapsed_ms, "request served");
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}

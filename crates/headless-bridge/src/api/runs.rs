@@ -1,0 +1,247 @@
+//! `/v1/runs`: the general run API.
+//!
+//! `POST /v1/runs` validates the whole request before any work starts, stores the run and
+//! answers 202 with its record at once; `?wait=N` holds the answer up to N seconds for the
+//! outcome (200 when it came, 202 when not yet). `GET /v1/runs/{id}` returns a record and
+//! `GET /v1/runs` the newest ones.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::AppState;
+use super::body::{self, JsonObject};
+use super::error::ApiError;
+use crate::adapter::codex;
+use crate::git;
+use crate::run::{AdapterKind, RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
+
+const MAX_PROMPT: usize = 256 << 10;
+const MAX_URL: usize = 2048;
+const MAX_TOOLS: usize = 16;
+/// The longest a request may hold its connection waiting for an outcome.
+const MAX_WAIT_S: u64 = 600;
+const MAX_LIST: usize = 100;
+
+/// Query of `POST /v1/runs`.
+#[derive(Debug, Deserialize)]
+pub struct SubmitQuery {
+    /// Seconds to wait for the outcome before answering.
+    wait: Option<u64>,
+}
+
+/// Query of `GET /v1/runs`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+}
+
+/// Starts a run.
+pub async fn submit(
+    State(state): State<AppState>,
+    Query(query): Query<SubmitQuery>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let spec = validate(&state, &body).await?;
+    let wait = query.wait.unwrap_or(0);
+    if wait > MAX_WAIT_S {
+        return Err(ApiError::bad_request(
+            "invalid_wait",
+            format!("`wait` may be at most {MAX_WAIT_S} seconds"),
+        ));
+    }
+
+    let record = state
+        .engine
+        .submit(spec)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    let record = if wait > 0 {
+        let waited = state
+            .engine
+            .wait(record.id, Duration::from_secs(wait))
+            .await;
+        waited
+            .map_err(|e| ApiError::internal(&e))?
+            .unwrap_or(record)
+    } else {
+        record
+    };
+
+    let status = if record.is_finished() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let location = HeaderValue::from_str(&format!("/v1/runs/{}", record.id))
+        .expect("a uuid path is a valid header");
+    Ok((status, [(header::LOCATION, location)], Json(record)).into_response())
+}
+
+/// One run's record.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, ApiError> {
+    let not_found = || ApiError::not_found("run_not_found", format!("no run has id `{id}`"));
+    let run_id: RunId = id.parse().map_err(|_| not_found())?;
+    let record = state
+        .engine
+        .store()
+        .get(run_id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    record.map(Json).ok_or_else(not_found)
+}
+
+/// The newest runs, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = query.limit.unwrap_or(20).clamp(1, MAX_LIST);
+    let runs = state
+        .engine
+        .store()
+        .recent(limit)
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(Json(serde_json::json!({ "runs": runs })))
+}
+
+async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
+    let adapter = body.string("adapter", 64, "the CLI to run; this build knows \"codex\"")?;
+    if adapter != "codex" {
+        return Err(ApiError::bad_request(
+            "unknown_adapter",
+            format!("adapter `{adapter}` is not known; use \"codex\""),
+        ));
+    }
+    let prompt = body.string("prompt", MAX_PROMPT, "the task for the CLI")?;
+    let contract_id = body.optional_string("contract_id", 256)?;
+    let timeout_s = match body.optional_u64("timeout_s")? {
+        None => state.config.run_timeout.as_secs(),
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_timeout",
+                "`timeout_s` must be at least 1",
+            ));
+        }
+        Some(t) if t > state.config.max_run_timeout.as_secs() => {
+            let max = state.config.max_run_timeout.as_secs();
+            return Err(ApiError::bad_request(
+                "invalid_timeout",
+                format!("`timeout_s` may be at most {max} on this bridge"),
+            ));
+        }
+        Some(t) => t,
+    };
+
+    let repo = match body.0.get("repo") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(repo)) => Some(validate_repo(state, repo).await?),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "`repo` must be an object {url, ref}",
+            ));
+        }
+    };
+    let tools = match body.0.get("tools") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => validate_tools(state, items).await?,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "`tools` must be a list of {name, url, sha256}",
+            ));
+        }
+    };
+
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    Ok(RunSpec {
+        adapter: AdapterKind::Codex,
+        prompt: codex::run_prompt(&prompt, &names),
+        repo,
+        tools,
+        timeout_s,
+        contract_id,
+    })
+}
+
+async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<RepoSpec, ApiError> {
+    let url = body::optional_string(repo, "url", MAX_URL)?.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_field",
+            "`repo.url` is required: the https URL to clone",
+        )
+    })?;
+    body::url(state.engine.policy(), "repo.url", &url).await?;
+    let git_ref = body::optional_string(repo, "ref", 255)?;
+    if let Some(name) = &git_ref {
+        git::check_ref_name(name).map_err(|why| {
+            ApiError::bad_request(
+                "invalid_ref",
+                format!("`repo.ref` is not a branch or tag name: it {why}"),
+            )
+        })?;
+    }
+    Ok(RepoSpec { url, git_ref })
+}
+
+async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpec>, ApiError> {
+    if items.len() > MAX_TOOLS {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("at most {MAX_TOOLS} tools per run"),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut tools = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Value::Object(tool) = item else {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("`tools[{i}]` must be an object {{name, url, sha256}}"),
+            ));
+        };
+        let field = |name: &str| format!("tools[{i}].{name}");
+        let required = |name: &str, max: usize| {
+            body::optional_string(tool, name, max)?.ok_or_else(|| {
+                ApiError::bad_request("missing_field", format!("`{}` is required", field(name)))
+            })
+        };
+        let name = required("name", 64)?;
+        check_tool_name(&name).map_err(|why| {
+            ApiError::bad_request("invalid_tool_name", format!("`{}` {why}", field("name")))
+        })?;
+        if !seen.insert(name.clone()) {
+            return Err(ApiError::bad_request(
+                "invalid_tool_name",
+                format!("tool `{name}` is listed twice"),
+            ));
+        }
+        let url = required("url", MAX_URL)?;
+        body::url(state.engine.policy(), &field("url"), &url).await?;
+        let sha256 = body::digest(&field("sha256"), &required("sha256", 80)?)?;
+        tools.push(ToolSpec { name, url, sha256 });
+    }
+    Ok(tools)
+}
+
+/// A tool name becomes a file name in the run's bin directory and a command name in a shell.
+fn check_tool_name(name: &str) -> Result<(), &'static str> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid_chars || name.starts_with(['.', '-']) {
+        return Err("must be letters, digits, '.', '_' or '-', not starting with '.' or '-'");
+    }
+    Ok(())
+}

@@ -1,0 +1,573 @@
+//! The bridge's configuration: where each setting comes from and what makes it valid.
+//!
+//! Settings are read in two stages. First every source is collected as raw text per setting:
+//! the TOML file given with `--config`, then `HB_*` environment variables, then command-line
+//! flags, each overriding the one before. Then the merged text is parsed and checked as a whole,
+//! and any error names the setting and the source that gave it, so an operator knows what to
+//! fix. Secrets (API tokens) are accepted from the environment or a file, never from a flag,
+//! because a flag shows up in `ps`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the original service and its container image expect the API.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// The original service's run timeout.
+const DEFAULT_RUN_TIMEOUT_S: u64 = 600;
+/// The longest run a request may ask for unless the operator raises it.
+const DEFAULT_MAX_RUN_TIMEOUT_S: u64 = 3600;
+/// API tokens shorter than this are guessable, so start-up refuses them.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// One configurable setting and the names it goes by in each source.
+struct Setting {
+    key: &'static str,
+    env: &'static str,
+    flag: Option<&'static str>,
+}
+
+const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "listen",
+        env: "HB_LISTEN",
+        flag: Some("--listen"),
+    },
+    Setting {
+        key: "data_dir",
+        env: "HB_DATA_DIR",
+        flag: Some("--data-dir"),
+    },
+    Setting {
+        key: "api_token",
+        env: "HB_API_TOKEN",
+        flag: None,
+    },
+    Setting {
+        key: "api_tokens_file",
+        env: "HB_API_TOKENS_FILE",
+        flag: Some("--api-tokens-file"),
+    },
+    Setting {
+        key: "codex_dir",
+        env: "HB_CODEX_DIR",
+        flag: Some("--codex-dir"),
+    },
+    Setting {
+        key: "auth_file",
+        env: "HB_AUTH_FILE",
+        flag: Some("--auth-file"),
+    },
+    Setting {
+        key: "codex_bin",
+        env: "HB_CODEX_BIN",
+        flag: Some("--codex-bin"),
+    },
+    Setting {
+        key: "codex_bypass_sandbox",
+        env: "HB_CODEX_BYPASS_SANDBOX",
+        flag: None,
+    },
+    Setting {
+        key: "allowed_hosts",
+        env: "HB_ALLOWED_HOSTS",
+        flag: Some("--allowed-hosts"),
+    },
+    Setting {
+        key: "run_timeout",
+        env: "HB_RUN_TIMEOUT",
+        flag: Some("--run-timeout"),
+    },
+    Setting {
+        key: "max_run_timeout",
+        env: "HB_MAX_RUN_TIMEOUT",
+        flag: None,
+    },
+    Setting {
+        key: "keep_workspaces",
+        env: "HB_KEEP_WORKSPACES",
+        flag: None,
+    },
+    Setting {
+        key: "log_format",
+        env: "HB_LOG_FORMAT",
+        flag: None,
+    },
+];
+
+/// The validated configuration of a running bridge.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Root of the run store, workspaces and tool cache.
+    pub data_dir: PathBuf,
+    /// Bearer tokens accepted by the API; empty only when listening on loopback.
+    pub api_tokens: ApiTokens,
+    /// How to find and run the Codex CLI.
+    pub codex: CodexConfig,
+    /// Hosts that may resolve to non-public addresses and use plain http.
+    pub allowed_hosts: Vec<String>,
+    /// Wall-clock limit of a run that does not ask for one.
+    pub run_timeout: Duration,
+    /// The most a run may ask for.
+    pub max_run_timeout: Duration,
+    /// Keep each run's workspace after it finishes (for debugging).
+    pub keep_workspaces: bool,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+}
+
+/// Where the Codex CLI and its login live.
+#[derive(Debug, Clone)]
+pub struct CodexConfig {
+    /// The `codex` executable: a path, or a name looked up on PATH.
+    pub bin: PathBuf,
+    /// The credential directory (in a pod, a mounted Secret) with auth.json and config.toml.
+    pub dir: Option<PathBuf>,
+    /// An explicit auth.json path; overrides `dir/auth.json`.
+    pub auth_file: Option<PathBuf>,
+    /// Run with approvals and the sandbox bypassed: the pod is the sandbox.
+    pub bypass_sandbox: bool,
+}
+
+impl CodexConfig {
+    /// The auth.json the credential is read from, if any source is configured.
+    pub fn auth_path(&self) -> Option<PathBuf> {
+        self.auth_file
+            .clone()
+            .or_else(|| self.dir.as_ref().map(|d| d.join("auth.json")))
+    }
+
+    /// The optional config.toml copied next to auth.json for each run.
+    pub fn config_toml_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("config.toml"))
+    }
+}
+
+/// The API's bearer tokens. `Debug` shows only how many there are.
+#[derive(Clone, Default)]
+pub struct ApiTokens(Vec<String>);
+
+impl ApiTokens {
+    /// Tokens accepted by the API.
+    pub fn new(tokens: Vec<String>) -> Self {
+        Self(tokens)
+    }
+
+    /// Whether the API is open (no token configured).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The token values, for comparison and redaction.
+    pub fn values(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiTokens({} configured)", self.0.len())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON when stderr is not a terminal (a container), text otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+/// A setting that stopped start-up, with the source that gave its value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}{origin}: {message}")]
+pub struct ConfigError {
+    setting: String,
+    origin: String,
+    message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, source: Option<&Source>, message: impl Into<String>) -> Self {
+        let origin = source.map(|s| format!(" (from {s})")).unwrap_or_default();
+        Self {
+            setting: setting.to_owned(),
+            origin,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a raw value came from.
+#[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    Env,
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "config file {}", path.display()),
+            Self::Env => f.write_str("the environment"),
+            Self::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// Settings as text, before parsing, with their sources.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file whose keys are the settings' lowercase names (`listen`, `data_dir`, ...).
+    pub fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let fail = |message: String| ConfigError::new("--config", None, message);
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("failed to read {}: {e}", path.display())))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| fail(format!("failed to parse {}: {e}", path.display())))?;
+
+        for (key, value) in table {
+            let setting = SETTINGS.iter().find(|s| s.key == key).ok_or_else(|| {
+                let known: Vec<_> = SETTINGS.iter().map(|s| s.key).collect();
+                fail(format!(
+                    "unknown key `{key}` in {}; known: {}",
+                    path.display(),
+                    known.join(", ")
+                ))
+            })?;
+            let text = toml_to_text(&value).ok_or_else(|| {
+                fail(format!(
+                    "key `{key}` in {} must be a string, number, boolean or list",
+                    path.display()
+                ))
+            })?;
+            self.values
+                .insert(setting.key, (text, Source::File(path.to_owned())));
+        }
+        Ok(())
+    }
+
+    /// Reads `HB_*` variables through `lookup` (the process environment in production).
+    pub fn merge_env(&mut self, lookup: impl Fn(&str) -> Option<String>) {
+        for setting in SETTINGS {
+            if let Some(value) = lookup(setting.env).filter(|v| !v.is_empty()) {
+                self.values.insert(setting.key, (value, Source::Env));
+            }
+        }
+    }
+
+    /// Applies a command-line flag by its setting key (for example `run_timeout`).
+    pub fn merge_flag(&mut self, key: &str, value: Option<String>) {
+        let Some(value) = value else { return };
+        let setting = SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .expect("flags are declared only for known settings");
+        let flag = setting
+            .flag
+            .expect("only settings with a flag are set from flags");
+        self.values.insert(setting.key, (value, Source::Flag(flag)));
+    }
+
+    /// Parses and checks the merged settings.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let listen = self.parse("listen", DEFAULT_LISTEN, |v| v.parse::<SocketAddr>().ok())?;
+        let api_tokens = self.api_tokens()?;
+        if api_tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                "HB_LISTEN",
+                self.source("listen"),
+                format!(
+                    "refusing to serve {listen} without authentication: set HB_API_TOKEN or \
+                     HB_API_TOKENS_FILE, or listen on a loopback address such as {DEFAULT_LISTEN}"
+                ),
+            ));
+        }
+
+        let run_timeout = self.seconds("run_timeout", DEFAULT_RUN_TIMEOUT_S)?;
+        let max_run_timeout = self.seconds("max_run_timeout", DEFAULT_MAX_RUN_TIMEOUT_S)?;
+        if run_timeout > max_run_timeout {
+            return Err(self.error("run_timeout", "must not exceed HB_MAX_RUN_TIMEOUT"));
+        }
+
+        Ok(Config {
+            listen,
+            data_dir: self.path("data_dir").unwrap_or_else(default_data_dir),
+            api_tokens,
+            codex: CodexConfig {
+                bin: self
+                    .path("codex_bin")
+                    .unwrap_or_else(|| PathBuf::from("codex")),
+                dir: self.path("codex_dir"),
+                auth_file: self.path("auth_file"),
+                bypass_sandbox: self.parse("codex_bypass_sandbox", "true", parse_bool)?,
+            },
+            allowed_hosts: self.list("allowed_hosts"),
+            run_timeout,
+            max_run_timeout,
+            keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
+            log_format: self.parse("log_format", "auto", parse_log_format)?,
+        })
+    }
+
+    fn api_tokens(&self) -> Result<ApiTokens, ConfigError> {
+        let mut tokens = Vec::new();
+        if let Some((token, _)) = self.values.get("api_token") {
+            tokens.push(token.trim().to_owned());
+        }
+        if let Some(path) = self.path("api_tokens_file") {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                self.error(
+                    "api_tokens_file",
+                    format!("failed to read {}: {e}", path.display()),
+                )
+            })?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        if let Some(short) = tokens.iter().find(|t| t.len() < MIN_TOKEN_LEN) {
+            let message = format!(
+                "an API token has {} characters; use at least {MIN_TOKEN_LEN} random ones \
+                 (for example `openssl rand -hex 32`)",
+                short.len()
+            );
+            let key = if self.values.contains_key("api_tokens_file") {
+                "api_tokens_file"
+            } else {
+                "api_token"
+            };
+            return Err(self.error(key, message));
+        }
+        Ok(ApiTokens::new(tokens))
+    }
+
+    fn env_name(key: &str) -> &'static str {
+        SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .map(|s| s.env)
+            .expect("known setting key")
+    }
+
+    fn source(&self, key: &str) -> Option<&Source> {
+        self.values.get(key).map(|(_, source)| source)
+    }
+
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(Self::env_name(key), self.source(key), message)
+    }
+
+    fn parse<T>(
+        &self,
+        key: &str,
+        default: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        let text = self
+            .values
+            .get(key)
+            .map(|(v, _)| v.as_str())
+            .unwrap_or(default);
+        parse(text.trim()).ok_or_else(|| self.error(key, format!("cannot use `{text}`")))
+    }
+
+    fn seconds(&self, key: &str, default: u64) -> Result<Duration, ConfigError> {
+        let default = default.to_string();
+        let secs = self.parse(key, &default, |v| {
+            v.strip_suffix('s').unwrap_or(v).parse::<u64>().ok()
+        });
+        match secs {
+            Ok(0) => Err(self.error(key, "must be at least 1 second")),
+            Ok(secs) => Ok(Duration::from_secs(secs)),
+            Err(_) => Err(self.error(key, "expected a whole number of seconds, such as 600")),
+        }
+    }
+
+    fn path(&self, key: &str) -> Option<PathBuf> {
+        self.values.get(key).map(|(v, _)| PathBuf::from(v.trim()))
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        let Some((text, _)) = self.values.get(key) else {
+            return Vec::new();
+        };
+        text.split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn toml_to_text(value: &toml::Value) -> Option<String> {
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        toml::Value::Array(items) => {
+            let parts: Option<Vec<String>> = items.iter().map(toml_to_text).collect();
+            parts.map(|p| p.join(","))
+        }
+        _ => None,
+    }
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_log_format(text: &str) -> Option<LogFormat> {
+    match text {
+        "auto" => Some(LogFormat::Auto),
+        "json" => Some(LogFormat::Json),
+        "text" => Some(LogFormat::Text),
+        _ => None,
+    }
+}
+
+/// `$XDG_STATE_HOME/headless-bridge`, else `~/.local/state/headless-bridge`, else `./hb-data`.
+fn default_data_dir() -> PathBuf {
+    let state_home = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    match state_home {
+        Some(dir) => dir.join("headless-bridge"),
+        None => PathBuf::from("hb-data"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use rstest::rstest;
+
+    use super::*;
+
+    fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut raw = RawConfig::default();
+        raw.merge_env(|name| vars.get(name).cloned());
+        raw.build()
+    }
+
+    #[test]
+    fn defaults_match_the_original_service() {
+        let config = from_env(&[]).expect("defaults are valid");
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.run_timeout, Duration::from_secs(600));
+        assert!(config.codex.bypass_sandbox);
+        assert_eq!(config.codex.bin, PathBuf::from("codex"));
+    }
+
+    #[test]
+    fn refuses_a_public_listener_without_tokens() {
+        let err = from_env(&[("HB_LISTEN", "0.0.0.0:8000")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HB_LISTEN") && err.contains("HB_API_TOKEN"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn accepts_a_public_listener_with_a_token() {
+        let config = from_env(&[
+            ("HB_LISTEN", "0.0.0.0:8000"),
+            ("HB_API_TOKEN", "0123456789abcdef0"),
+        ]);
+        assert_eq!(config.expect("valid").api_tokens.values().len(), 1);
+    }
+
+    #[rstest]
+    #[case::listen("HB_LISTEN", "localhost")]
+    #[case::timeout_text("HB_RUN_TIMEOUT", "ten minutes")]
+    #[case::timeout_zero("HB_RUN_TIMEOUT", "0")]
+    #[case::timeout_over_max("HB_RUN_TIMEOUT", "7200")]
+    #[case::bool("HB_CODEX_BYPASS_SANDBOX", "maybe")]
+    #[case::short_token("HB_API_TOKEN", "secret")]
+    #[case::tokens_file("HB_API_TOKENS_FILE", "/nonexistent/tokens")]
+    #[case::log_format("HB_LOG_FORMAT", "xml")]
+    fn names_the_setting_that_is_wrong(#[case] name: &str, #[case] value: &str) {
+        let err = from_env(&[(name, value)]).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+        assert!(
+            !err.contains("secret"),
+            "the message must not echo a token: {err}"
+        );
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hb.toml");
+        std::fs::write(
+            &file,
+            "run_timeout = 30\nallowed_hosts = [\"a\", \"b\"]\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let mut raw = RawConfig::default();
+        raw.merge_file(&file).unwrap();
+        raw.merge_env(|name| (name == "HB_RUN_TIMEOUT").then(|| "40".to_owned()));
+        raw.merge_flag("listen", Some("127.0.0.1:2".to_owned()));
+        let config = raw.build().unwrap();
+        assert_eq!(config.run_timeout, Duration::from_secs(40));
+        assert_eq!(config.allowed_hosts, ["a", "b"]);
+        assert_eq!(config.listen.port(), 2);
+    }
+
+    #[test]
+    fn an_unknown_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hb.toml");
+        std::fs::write(&file, "run_timout = 30\n").unwrap();
+        let err = RawConfig::default()
+            .merge_file(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run_timout"), "{err}");
+    }
+
+    #[test]
+    fn a_file_value_error_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hb.toml");
+        std::fs::write(&file, "run_timeout = \"soon\"\n").unwrap();
+        let mut raw = RawConfig::default();
+        raw.merge_file(&file).unwrap();
+        let err = raw.build().unwrap_err().to_string();
+        assert!(
+            err.contains("HB_RUN_TIMEOUT") && err.contains("hb.toml"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_tokens() {
+        let tokens = ApiTokens::new(vec!["super-secret-token-value".into()]);
+        assert_eq!(format!("{tokens:?}"), "ApiTokens(1 configured)");
+    }
+}

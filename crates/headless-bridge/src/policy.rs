@@ -1,0 +1,264 @@
+//! Which URLs a run may fetch from: the guard against a request that points the bridge at its
+//! own network.
+//!
+//! By default a repository or tool URL must use https and name a host whose every address is
+//! public. Operators list hosts in `HB_ALLOWED_HOSTS` to let them resolve to loopback or private
+//! addresses (an in-cluster git server, a test fixture); only those hosts may use plain http.
+//! The check runs before any work starts, so a refused URL never costs a clone or a download.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use url::{Host, Url};
+
+/// How long a host name may take to resolve before the URL is refused.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The operator's host policy for outbound URLs.
+#[derive(Debug, Clone, Default)]
+pub struct UrlPolicy {
+    allowed_hosts: BTreeSet<String>,
+}
+
+/// Why a URL was refused. Every variant is the client's fault and maps to a 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("is empty")]
+    Empty,
+    #[error("begins with '-', which a program could read as an option")]
+    LeadingDash,
+    #[error("contains whitespace or control characters")]
+    ControlCharacters,
+    #[error("is not a valid absolute URL ({0})")]
+    Malformed(String),
+    #[error("uses scheme `{0}`: only https is accepted")]
+    Scheme(String),
+    #[error("uses plain http for host `{0}`, which is not in HB_ALLOWED_HOSTS: use https")]
+    PlainHttp(String),
+    #[error("carries a user name or password: give credentials another way, never in the URL")]
+    Credentials,
+    #[error("has no host")]
+    NoHost,
+    #[error(
+        "names host `{host}`, which resolves to the non-public address {addr}; \
+         an operator must list the host in HB_ALLOWED_HOSTS to allow it"
+    )]
+    NonPublicAddress { host: String, addr: IpAddr },
+    #[error("names host `{0}`, which did not resolve to any address")]
+    Unresolvable(String),
+}
+
+impl UrlError {
+    /// The stable error code an API client can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NonPublicAddress { .. } | Self::PlainHttp(_) => "url_not_allowed",
+            Self::Unresolvable(_) => "url_host_unresolvable",
+            Self::Credentials => "url_has_credentials",
+            _ => "invalid_url",
+        }
+    }
+}
+
+impl UrlPolicy {
+    /// A policy that lets `hosts` (names or IP literals, compared case-insensitively) resolve
+    /// anywhere and use plain http.
+    pub fn new<I, S>(hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let allowed_hosts = hosts
+            .into_iter()
+            .map(|h| normalize_host(h.as_ref()))
+            .filter(|h| !h.is_empty())
+            .collect();
+        Self { allowed_hosts }
+    }
+
+    /// Checks `raw` and returns it parsed. Resolves the host name unless it is allowed.
+    pub async fn check(&self, raw: &str) -> Result<Url, UrlError> {
+        let url = self.check_syntax(raw)?;
+        let host = url.host().ok_or(UrlError::NoHost)?;
+        if self.is_allowed(&host) {
+            return Ok(url);
+        }
+
+        let addrs = resolve(&host, url.port_or_known_default().unwrap_or(443)).await?;
+        let host_text = host.to_string();
+        if let Some(addr) = addrs.into_iter().find(|a| !is_public(*a)) {
+            return Err(UrlError::NonPublicAddress {
+                host: host_text,
+                addr,
+            });
+        }
+        Ok(url)
+    }
+
+    /// The checks that need no network: shape, scheme, credentials and plain http.
+    pub fn check_syntax(&self, raw: &str) -> Result<Url, UrlError> {
+        if raw.is_empty() {
+            return Err(UrlError::Empty);
+        }
+        if raw.starts_with('-') {
+            return Err(UrlError::LeadingDash);
+        }
+        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(UrlError::ControlCharacters);
+        }
+
+        let url = Url::parse(raw).map_err(|e| UrlError::Malformed(e.to_string()))?;
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(UrlError::Scheme(url.scheme().to_owned()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(UrlError::Credentials);
+        }
+        let host = url.host().ok_or(UrlError::NoHost)?;
+        if url.scheme() == "http" && !self.is_allowed(&host) {
+            return Err(UrlError::PlainHttp(host.to_string()));
+        }
+        Ok(url)
+    }
+
+    /// Whether the operator allowed this URL's host to resolve to any address.
+    pub fn allows_any_address(&self, url: &Url) -> bool {
+        url.host().is_some_and(|host| self.is_allowed(&host))
+    }
+
+    fn is_allowed(&self, host: &Host<&str>) -> bool {
+        self.allowed_hosts
+            .contains(&normalize_host(&host.to_string()))
+    }
+}
+
+/// Lowercases a host and drops the brackets of an IPv6 literal, so `[::1]` matches `::1`.
+fn normalize_host(host: &str) -> String {
+    host.trim()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
+async fn resolve(host: &Host<&str>, port: u16) -> Result<Vec<IpAddr>, UrlError> {
+    let name = match host {
+        Host::Ipv4(ip) => return Ok(vec![IpAddr::V4(*ip)]),
+        Host::Ipv6(ip) => return Ok(vec![IpAddr::V6(*ip)]),
+        Host::Domain(name) => *name,
+    };
+    let unresolvable = || UrlError::Unresolvable(name.to_owned());
+    let lookup = tokio::net::lookup_host((name, port));
+    let addrs: Vec<IpAddr> = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+        Ok(Err(_)) | Err(_) => return Err(unresolvable()),
+    };
+    if addrs.is_empty() {
+        return Err(unresolvable());
+    }
+    Ok(addrs)
+}
+
+/// Whether an address is on the public internet: not loopback, private, link-local (which
+/// holds the cloud metadata address 169.254.169.254), shared, reserved or multicast.
+pub fn is_public(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    let shared = a == 100 && (64..128).contains(&b); // RFC 6598 carrier-grade NAT
+    let benchmarking = a == 198 && (b == 18 || b == 19); // RFC 2544
+    let reserved = a >= 240; // RFC 1112, includes broadcast
+    let this_network = a == 0;
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || shared
+        || benchmarking
+        || reserved
+        || this_network)
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let first = ip.segments()[0];
+    let unique_local = (first & 0xfe00) == 0xfc00; // RFC 4193
+    let link_local = (first & 0xffc0) == 0xfe80;
+    let documentation = first == 0x2001 && ip.segments()[1] == 0x0db8;
+    let nat64 = first == 0x0064 && ip.segments()[1] == 0xff9b; // may embed private IPv4
+    let ipv4_compatible = ip.segments()[..6].iter().all(|s| *s == 0); // ::/96, deprecated
+    !(ipv4_compatible
+        || ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || unique_local
+        || link_local
+        || documentation
+        || nat64)
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    fn policy() -> UrlPolicy {
+        UrlPolicy::new(["git.internal", "127.0.0.1", "[::1]"])
+    }
+
+    #[rstest]
+    #[case::public_https("https://93.184.215.14/repo.git")]
+    #[case::allowed_http_name("http://git.internal:8080/repo.git")]
+    #[case::allowed_loopback("http://127.0.0.1:9000/tool")]
+    #[case::allowed_ipv6("http://[::1]:9000/tool")]
+    #[case::allowed_name_case("https://GIT.internal/repo.git")]
+    #[tokio::test]
+    async fn accepts(#[case] raw: &str) {
+        assert!(policy().check(raw).await.is_ok(), "{raw} should pass");
+    }
+
+    #[rstest]
+    #[case::empty("", "invalid_url")]
+    #[case::dash("-uhttps://x", "invalid_url")]
+    #[case::option_like("--upload-pack=touch /tmp/x", "invalid_url")]
+    #[case::space("https://93.184.215.14/a b", "invalid_url")]
+    #[case::newline("https://93.184.215.14/a\nb", "invalid_url")]
+    #[case::relative("repo.git", "invalid_url")]
+    #[case::file("file:///etc/passwd", "invalid_url")]
+    #[case::ssh("ssh://git@93.184.215.14/repo.git", "invalid_url")]
+    #[case::ext("ext::sh -c touch% /tmp/pwned", "invalid_url")]
+    #[case::plain_http_public("http://93.184.215.14/tool", "url_not_allowed")]
+    #[case::loopback("https://127.0.0.2/tool", "url_not_allowed")]
+    #[case::private("https://10.1.2.3/tool", "url_not_allowed")]
+    #[case::metadata("https://169.254.169.254/latest/meta-data", "url_not_allowed")]
+    #[case::cgnat("https://100.64.0.1/", "url_not_allowed")]
+    #[case::unspecified("https://0.0.0.0/", "url_not_allowed")]
+    #[case::ipv6_loopback("https://[::2]/", "url_not_allowed")]
+    #[case::ipv6_mapped_private("https://[::ffff:192.168.1.1]/", "url_not_allowed")]
+    #[case::ipv6_unique_local("https://[fd00::1]/", "url_not_allowed")]
+    #[case::userinfo("https://user:pass@93.184.215.14/repo.git", "url_has_credentials")]
+    #[case::token_user("https://ghp_token@93.184.215.14/repo.git", "url_has_credentials")]
+    #[tokio::test]
+    async fn refuses(#[case] raw: &str, #[case] code: &str) {
+        let err = policy().check(raw).await.expect_err("must be refused");
+        assert_eq!(err.code(), code, "{raw}: {err}");
+    }
+
+    #[test]
+    fn names_the_setting_when_an_address_is_private() {
+        let err = UrlError::NonPublicAddress {
+            host: "git".into(),
+            addr: [10, 0, 0, 1].into(),
+        };
+        assert!(err.to_string().contains("HB_ALLOWED_HOSTS"));
+    }
+}

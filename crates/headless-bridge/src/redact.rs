@@ -1,0 +1,128 @@
+//! Keeping secrets out of everything a run reports.
+//!
+//! A [`Redactor`] knows the secret values of one run (the credential it was given, the bridge's
+//! own API tokens) and replaces them wherever they appear. It also masks strings shaped like
+//! well-known token formats, for secrets the bridge was never told about (a token a CLI printed
+//! from a file in the repository, say).
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// What a secret becomes in logs, outputs and diffs.
+pub const MASK: &str = "[REDACTED]";
+
+/// Values shorter than this are not treated as secrets: masking every "true" or "null" would
+/// wreck the text and protect nothing.
+const MIN_SECRET_LEN: usize = 8;
+
+/// Token formats worth masking even when nobody told us the value: OpenAI and Anthropic keys,
+/// GitHub tokens, JSON Web Tokens, bearer headers.
+static TOKEN_SHAPES: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r"sk-[A-Za-z0-9_\-]{16,}",
+        r"|gh[pousr]_[A-Za-z0-9]{20,}",
+        r"|github_pat_[A-Za-z0-9_]{20,}",
+        r"|eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+        r"|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{12,}=*",
+    ))
+    .expect("token pattern is a valid regex")
+});
+
+/// Replaces known secret values and token-shaped strings with [`MASK`].
+#[derive(Clone, Default)]
+pub struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("secrets", &self.secrets.len())
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// A redactor for these secret values; short or empty ones are ignored.
+    pub fn new<I, S>(secrets: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut redactor = Self::default();
+        redactor.extend(secrets);
+        redactor
+    }
+
+    /// Adds more secret values.
+    pub fn extend<I, S>(&mut self, secrets: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.secrets.extend(
+            secrets
+                .into_iter()
+                .map(Into::into)
+                .filter(|s| s.trim().len() >= MIN_SECRET_LEN),
+        );
+        // Longest first, so a secret that contains another is masked whole.
+        self.secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.secrets.dedup();
+    }
+
+    /// `text` with every secret masked.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for secret in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), MASK);
+            }
+        }
+        TOKEN_SHAPES.replace_all(&out, MASK).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_known_values_wherever_they_appear() {
+        let r = Redactor::new(["hunter2-is-long", "short"]);
+        assert_eq!(
+            r.redact("pw=hunter2-is-long;x=short"),
+            "pw=[REDACTED];x=short"
+        );
+    }
+
+    #[test]
+    fn masks_the_longer_secret_first() {
+        let r = Redactor::new(["abcdefgh", "abcdefgh-and-more"]);
+        assert_eq!(
+            r.redact("abcdefgh-and-more abcdefgh"),
+            "[REDACTED] [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn masks_token_shapes_nobody_declared() {
+        let r = Redactor::default();
+        let text = "key sk-proj-abcdefghijklmnop1234 gh ghp_abcdefghijklmnopqrstuvwxyz \
+                    jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig_nature \
+                    Authorization: Bearer abcdefghijklmnopqrst";
+        let masked = r.redact(text);
+        assert!(!masked.contains("sk-proj"), "{masked}");
+        assert!(!masked.contains("ghp_"), "{masked}");
+        assert!(!masked.contains("eyJ"), "{masked}");
+        assert!(!masked.contains("abcdefghijklmnopqrst"), "{masked}");
+    }
+
+    #[test]
+    fn leaves_ordinary_text_alone() {
+        let r = Redactor::new(["not-in-the-text"]);
+        let text = "ran `cargo test`: 3 passed; skipped tasks in sk-8";
+        assert_eq!(r.redact(text), text);
+    }
+}

@@ -1,0 +1,245 @@
+//! Runs: one CLI invocation from request to outcome.
+//!
+//! A run is queued, then prepares its workspace (clone, tools, credentials), then runs the CLI,
+//! then finishes with an [`Outcome`] and, unless it succeeded, a [`ReasonCode`] an agent can
+//! branch on. The [`engine`] drives that lifecycle; the [`supervisor`] owns the process.
+
+pub mod engine;
+pub mod supervisor;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::digest::Sha256Digest;
+
+/// A run's identifier: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(uuid::Uuid);
+
+impl RunId {
+    /// A fresh id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(Self)
+    }
+}
+
+/// Where a run is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Preparing,
+    Running,
+    Finished,
+}
+
+/// How a finished run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    /// The bridge stopped while the run was in progress.
+    Interrupted,
+}
+
+/// Why a run did not succeed: a stable code an agent can branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// No auth.json where the configuration says it is.
+    CredentialsMissing,
+    /// auth.json is unreadable or not a credential the CLI accepts.
+    CredentialsInvalid,
+    /// The login expired and cannot be refreshed: a person must log in again.
+    CredentialsExpired,
+    /// The refresh token was already used by another copy of the login.
+    CredentialsRefreshReused,
+    /// The provider revoked the login.
+    CredentialsInvalidated,
+    /// The run passed its wall-clock limit.
+    TimedOut,
+    Cancelled,
+    Interrupted,
+    /// A tool's sha256 did not match the request.
+    ChecksumMismatch,
+    /// A tool could not be downloaded.
+    DownloadFailed,
+    /// The repository could not be cloned.
+    RepoCloneFailed,
+    /// The git server refused our credentials (or asked for some).
+    RepoAuthFailed,
+    /// The CLI executable could not be started.
+    CliNotFound,
+    /// The CLI rejected its command line.
+    CliUsageError,
+    /// The CLI stopped without reporting an outcome (bad configuration, a crash).
+    CliError,
+    /// The model provider or cloud answered with an error.
+    UpstreamError,
+    /// The run's workspace could not be prepared (disk, permissions).
+    WorkspaceError,
+}
+
+impl ReasonCode {
+    /// The code as it appears on the wire, for logs and metrics labels.
+    pub fn as_str(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(code)) => code,
+            _ => unreachable!("unit enum variants serialize as strings"),
+        }
+    }
+}
+
+/// The adapters this build knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdapterKind {
+    Codex,
+}
+
+/// A repository to clone into the workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepoSpec {
+    pub url: String,
+    /// A branch or tag; the remote's default branch when absent.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+/// A tool to download, verify and put on the run's PATH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub url: String,
+    #[serde(with = "digest_text")]
+    pub sha256: Sha256Digest,
+}
+
+mod digest_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::digest::Sha256Digest;
+
+    pub fn serialize<S: Serializer>(d: &Sha256Digest, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Sha256Digest, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Everything a validated request asks of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub adapter: AdapterKind,
+    pub prompt: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<RepoSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    pub timeout_s: u64,
+    /// The caller's own reference (the original API's contract id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract_id: Option<String>,
+}
+
+/// Token counts the CLI reported for the run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_output_tokens: u64,
+}
+
+/// A run as stored and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub state: RunState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ReasonCode>,
+    /// A human explanation of a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Facts about a failure a program may want (expected and actual digests, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+    pub spec: RunSpec,
+    /// The CLI's final message.
+    pub output: String,
+    /// A readable account of the run, secrets redacted.
+    pub logs: String,
+    /// What the run changed in the repository, as a git patch.
+    pub diff: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl RunRecord {
+    /// A new queued record for `spec`.
+    pub fn queued(spec: RunSpec) -> Self {
+        Self {
+            id: RunId::new(),
+            state: RunState::Queued,
+            outcome: None,
+            reason: None,
+            message: None,
+            details: None,
+            spec,
+            output: String::new(),
+            logs: String::new(),
+            diff: String::new(),
+            usage: None,
+            exit_code: None,
+            created_at: OffsetDateTime::now_utc(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// Whether the run has finished.
+    pub fn is_finished(&self) -> bool {
+        self.state == RunState::Finished
+    }
+}

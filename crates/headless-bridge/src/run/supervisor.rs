@@ -1,0 +1,396 @@
+//! Running one CLI process to completion and leaving nothing behind.
+//!
+//! The child gets a closed stdin, a cleared environment (only what the caller passes), and a
+//! process group of its own, so a signal reaches it and everything it started in that group.
+//! Tools do not always stay in their group: a CLI may start commands in new sessions. So every
+//! process of a run also carries a marker variable in its environment, and when the run ends,
+//! however it ends, the supervisor sweeps `/proc` for processes still carrying the marker and
+//! kills them. A grandchild that holds the output pipe open therefore cannot keep the run alive.
+//!
+//! Stopping is: SIGTERM to the group, a grace period, SIGKILL to the group, then the sweep.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long a process group has between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+/// How long to keep reading output after the child exited and its stragglers were killed.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// A single stdout line longer than this is cut; JSON event lines are far shorter.
+const MAX_LINE_BYTES: usize = 4 << 20;
+/// How much stderr is kept; the rest is counted and dropped.
+const MAX_STDERR_BYTES: usize = 256 << 10;
+/// How many times the sweep looks again for processes that appeared while it was killing.
+const SWEEP_ROUNDS: usize = 20;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    /// The complete environment of the child; nothing is inherited.
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: PathBuf,
+    /// `NAME=value` placed in the environment of the child, found again by the sweep.
+    pub marker: (String, String),
+    /// Wall-clock limit; past it the process group is stopped.
+    pub timeout: Duration,
+}
+
+/// How the process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitKind {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+/// Why the supervisor stopped a process before it exited by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    TimedOut,
+    /// The caller cancelled the run (or the bridge is shutting down).
+    Cancelled,
+}
+
+/// Everything observed about a finished process.
+#[derive(Debug, Clone)]
+pub struct ProcessOutcome {
+    pub exit: ExitKind,
+    /// Why the supervisor stopped the process, if it did.
+    pub stopped: Option<StopCause>,
+    pub stderr: String,
+    /// Bytes of stderr dropped past the cap.
+    pub stderr_dropped: usize,
+    pub duration: Duration,
+    /// Processes the sweep had to kill after the main process was gone.
+    pub stragglers_killed: usize,
+}
+
+/// Starts `spec`, feeds each stdout line to `on_line`, and returns once the process and every
+/// process carrying its marker are gone. Cancelling `cancel` stops the process like a timeout.
+pub async fn run(
+    spec: ProcessSpec,
+    cancel: CancellationToken,
+    mut on_line: impl FnMut(&str),
+) -> io::Result<ProcessOutcome> {
+    let started = Instant::now();
+    let mut child = command(&spec).spawn()?;
+    let pid = child.id().map(|id| Pid::from_raw(id as i32));
+    let stdout = child.stdout.take().expect("stdout was piped");
+    let stderr = child.stderr.take().expect("stderr was piped");
+
+    let (line_tx, mut lines) = mpsc::channel(256);
+    let stdout_task = tokio::spawn(read_lines(stdout, line_tx));
+    let stderr_task = tokio::spawn(read_capped(stderr, MAX_STDERR_BYTES));
+
+    let deadline = tokio::time::sleep(spec.timeout);
+    tokio::pin!(deadline);
+    let mut stopped = None;
+    let status = loop {
+        tokio::select! {
+            Some(line) = lines.recv() => on_line(&line),
+            status = child.wait() => break status?,
+            () = &mut deadline, if stopped.is_none() => {
+                stopped = Some(StopCause::TimedOut);
+                tracing::info!(timeout_s = spec.timeout.as_secs(), "process timed out, stopping it");
+                stop_group(pid, &mut child).await;
+            }
+            () = cancel.cancelled(), if stopped.is_none() => {
+                stopped = Some(StopCause::Cancelled);
+                tracing::info!("process cancelled, stopping it");
+                stop_group(pid, &mut child).await;
+            }
+        }
+    };
+
+    let stragglers_killed = sweep(pid, &spec.marker).await;
+    let drain = async {
+        while let Some(line) = lines.recv().await {
+            on_line(&line);
+        }
+    };
+    if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
+        tracing::warn!("output pipe still open after the run's processes were killed");
+    }
+    stdout_task.abort();
+    let (stderr, stderr_dropped) = match tokio::time::timeout(DRAIN_GRACE, stderr_task).await {
+        Ok(Ok(captured)) => captured,
+        _ => (String::new(), 0),
+    };
+
+    Ok(ProcessOutcome {
+        exit: exit_kind(status),
+        stopped,
+        stderr,
+        stderr_dropped,
+        duration: started.elapsed(),
+        stragglers_killed,
+    })
+}
+
+fn command(spec: &ProcessSpec) -> Command {
+    let mut cmd = Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(&spec.marker.0, &spec.marker.1)
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// SIGTERM to the group, then SIGKILL if the leader has not exited within the grace period.
+async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
+    let Some(pid) = pid else { return };
+    let _ = killpg(pid, Signal::SIGTERM);
+    if tokio::time::timeout(TERM_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+}
+
+/// Kills what is left of the group and every process carrying the marker; returns how many
+/// marked processes it found.
+async fn sweep(pid: Option<Pid>, marker: &(String, String)) -> usize {
+    if let Some(pid) = pid {
+        // The leader has exited, but members of its group may live on.
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+    let needle = format!("{}={}", marker.0, marker.1).into_bytes();
+    tokio::task::spawn_blocking(move || {
+        let mut killed = 0;
+        for _ in 0..SWEEP_ROUNDS {
+            let found = processes_with_env(&needle);
+            if found.is_empty() {
+                break;
+            }
+            for pid in &found {
+                let _ = kill(*pid, Signal::SIGKILL);
+            }
+            killed += found.len();
+            std::thread::yield_now();
+        }
+        killed
+    })
+    .await
+    .unwrap_or(0)
+}
+
+/// Live processes whose environment contains `needle` as a whole `NAME=value` entry.
+/// Zombies have an empty environ, so a killed process drops out of the list.
+pub fn processes_with_env(needle: &[u8]) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|entry| entry == needle))
+                .unwrap_or(false)
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+async fn read_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut reader)
+            .take(MAX_LINE_BYTES as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                if tx
+                    .send(line.trim_end_matches(['\n', '\r']).to_owned())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (String, usize) {
+    let mut kept = Vec::new();
+    let mut dropped = 0;
+    let mut chunk = [0u8; 8192];
+    while let Ok(n) = stream.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(kept.len()).min(n);
+        kept.extend_from_slice(&chunk[..room]);
+        dropped += n - room;
+    }
+    (String::from_utf8_lossy(&kept).into_owned(), dropped)
+}
+
+fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitKind::Code(code),
+        (None, Some(signal)) => ExitKind::Signal(signal),
+        (None, None) => ExitKind::Code(-1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, timeout: Duration, marker: &str) -> ProcessSpec {
+        ProcessSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: std::env::temp_dir(),
+            marker: ("HB_TEST_MARKER".into(), marker.into()),
+            timeout,
+        }
+    }
+
+    fn marker() -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
+
+    fn alive_with(marker: &str) -> usize {
+        processes_with_env(format!("HB_TEST_MARKER={marker}").as_bytes()).len()
+    }
+
+    #[tokio::test]
+    async fn collects_lines_and_the_exit_code() {
+        let mut lines = Vec::new();
+        let spec = sh(
+            "echo one; echo two; echo oops >&2; exit 3",
+            Duration::from_secs(30),
+            &marker(),
+        );
+        let outcome = run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(lines, ["one", "two"]);
+        assert_eq!(outcome.exit, ExitKind::Code(3));
+        assert_eq!(outcome.stderr, "oops\n");
+        assert_eq!(outcome.stopped, None);
+    }
+
+    #[tokio::test]
+    async fn stdin_is_closed() {
+        let mut lines = Vec::new();
+        let spec = sh("cat; echo done", Duration::from_secs(30), &marker());
+        run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
+            .await
+            .unwrap();
+        assert_eq!(lines, ["done"]);
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_group() {
+        let marker = marker();
+        let spec = sh(
+            "sleep 300 & sleep 300; wait",
+            Duration::from_millis(300),
+            &marker,
+        );
+        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
+        assert_eq!(outcome.stopped, Some(StopCause::TimedOut));
+        assert_eq!(outcome.exit, ExitKind::Signal(15));
+        assert_eq!(alive_with(&marker), 0);
+    }
+
+    #[tokio::test]
+    async fn cancelling_stops_the_process() {
+        let marker = marker();
+        let cancel = CancellationToken::new();
+        let spec = sh("echo ready; sleep 300", Duration::from_secs(300), &marker);
+        let trigger = cancel.clone();
+        let outcome = run(spec, cancel, move |line| {
+            if line == "ready" {
+                trigger.cancel();
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(outcome.stopped, Some(StopCause::Cancelled));
+        assert_eq!(alive_with(&marker), 0);
+    }
+
+    /// Regression: a grandchild in its own session holding stdout kept runs open forever.
+    #[tokio::test]
+    async fn an_escaped_grandchild_is_killed_and_cannot_hold_the_pipe() {
+        let marker = marker();
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("escaped");
+        // The fifo makes the shell exit only once the grandchild has left its process group.
+        let script = format!(
+            "mkfifo '{0}'; setsid sh -c 'echo > \"$0\"; exec sleep 300' '{0}' & read _ < '{0}'",
+            fifo.display()
+        );
+        let spec = sh(&script, Duration::from_secs(60), &marker);
+        let started = Instant::now();
+        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
+        assert_eq!(outcome.exit, ExitKind::Code(0));
+        assert!(outcome.stragglers_killed >= 1);
+        assert_eq!(alive_with(&marker), 0);
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run waited for the grandchild"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_only_what_was_given() {
+        let mut lines = Vec::new();
+        let spec = sh("env | sort", Duration::from_secs(30), "m");
+        run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
+            .await
+            .unwrap();
+        let names: Vec<_> = lines.iter().filter_map(|l| l.split('=').next()).collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| ["PATH", "HB_TEST_MARKER", "PWD", "SHLVL", "_"].contains(n)),
+            "{names:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stderr_is_capped() {
+        let spec = sh(
+            "head -c 600000 /dev/zero | tr '\\0' x >&2",
+            Duration::from_secs(30),
+            &marker(),
+        );
+        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
+        assert_eq!(outcome.stderr.len(), MAX_STDERR_BYTES);
+        assert_eq!(outcome.stderr_dropped, 600_000 - MAX_STDERR_BYTES);
+    }
+}

@@ -14,7 +14,7 @@ use crate::model::{Behavior, FakeModel};
 /// is checked out in the working directory.
 pub const DEMO_COMMAND: &str = "ak --version && head -n 3 README.md";
 
-/// The name of the demo repository and of the tool.
+/// The name of the demo repository; its clone URL ends in `/demo.git`.
 pub const REPO_NAME: &str = "demo";
 /// The tool's name, which is also its path on the download host.
 pub const TOOL_NAME: &str = "ak";

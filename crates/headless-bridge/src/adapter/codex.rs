@@ -69,9 +69,7 @@ pub fn command(
     } else {
         args.extend(["--sandbox".into(), "workspace-write".into()]);
     }
-    for setting in ["analytics.enabled=false"] {
-        args.extend(["--config".into(), setting.into()]);
-    }
+    args.extend(["--config".into(), "analytics.enabled=false".into()]);
     for feature in ["plugins", "unbounded_connection_retries"] {
         args.extend(["--disable".into(), feature.into()]);
     }
@@ -111,6 +109,18 @@ pub fn shell_profile(bin: &Path) -> String {
     format!(
         "# written by headless-bridge: the run's verified tools come first\nPATH='{quoted}':\"$PATH\"\nexport PATH\n"
     )
+}
+
+/// stderr lines codex-cli prints on every healthy run, which would only clutter the account.
+const STDERR_NOISE: &[&str] = &["Reading additional input from stdin..."];
+
+/// The CLI's stderr without the lines it prints on every run.
+pub fn meaningful_stderr(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !STDERR_NOISE.contains(&l.trim()))
+        .collect();
+    lines.join("\n").trim().to_owned()
 }
 
 /// The prompt of the original `/run_codex_session` API, built from its request.
@@ -203,6 +213,12 @@ mod tests {
             env.iter()
                 .all(|(k, _)| !k.to_string_lossy().starts_with("HB_"))
         );
+    }
+
+    #[test]
+    fn routine_stderr_is_dropped() {
+        let stderr = "Reading additional input from stdin...\nERROR: config broken\n";
+        assert_eq!(meaningful_stderr(stderr), "ERROR: config broken");
     }
 
     #[test]

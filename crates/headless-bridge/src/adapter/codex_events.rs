@@ -100,8 +100,20 @@ impl Transcript {
                 self.account.push(format!("error: {message}"));
                 self.last_error = Some(message);
             }
-            // item.started and item.updated repeat what item.completed will say.
-            "item.started" | "item.updated" => {}
+            "item.started" => {
+                // Only a command's start is worth a line: if the run is stopped while it
+                // runs, this is the only trace of what it was doing.
+                let item = event.get("item").unwrap_or(&Value::Null);
+                if item.get("type").and_then(Value::as_str) == Some("command_execution") {
+                    let command = item
+                        .get("command")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    self.account.push(format!("started $ {command}"));
+                }
+            }
+            // Updates repeat what item.completed will say.
+            "item.updated" => {}
             other => self.account.push(format!("event {other}: {event}")),
         }
     }

@@ -124,6 +124,13 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         ));
     }
     let prompt = body.string("prompt", MAX_PROMPT, "the task for the CLI")?;
+    if prompt.trim() == "-" {
+        // codex exec reads its prompt from stdin when given "-", even after "--".
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "`prompt` must be the task itself, not \"-\"",
+        ));
+    }
     let contract_id = body.optional_string("contract_id", 256)?;
     let timeout_s = match body.optional_u64("timeout_s")? {
         None => state.config.run_timeout.as_secs(),

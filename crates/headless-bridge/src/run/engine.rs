@@ -356,9 +356,16 @@ impl Engine {
         .await
         .map_err(|e| cli_not_started(&program, &e))?;
         account.extend(transcript.account.iter().cloned());
-        if !outcome.stderr.trim().is_empty() {
+        let stderr = codex::meaningful_stderr(&outcome.stderr);
+        if !stderr.is_empty() {
             account.push("--- stderr ---".into());
-            account.push(outcome.stderr.trim_end().to_owned());
+            account.push(stderr);
+        }
+        if outcome.stderr_dropped > 0 {
+            account.push(format!(
+                "[{} more bytes of stderr dropped]",
+                outcome.stderr_dropped
+            ));
         }
         if outcome.stragglers_killed > 0 {
             account.push(format!(
@@ -496,4 +503,97 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(
+        exit: ExitKind,
+        stopped: Option<StopCause>,
+        stderr: &str,
+    ) -> supervisor::ProcessOutcome {
+        supervisor::ProcessOutcome {
+            exit,
+            stopped,
+            stderr: stderr.into(),
+            stderr_dropped: 0,
+            duration: Duration::ZERO,
+            stragglers_killed: 0,
+        }
+    }
+
+    fn transcript(lines: &[&str]) -> Transcript {
+        let mut t = Transcript::default();
+        lines.iter().for_each(|l| t.observe(l));
+        t
+    }
+
+    const FAILED: &str = r#"{"type":"turn.failed","error":{"message":"stream disconnected"}}"#;
+    const COMPLETED: &str = r#"{"type":"turn.completed","usage":{}}"#;
+
+    #[test]
+    fn exit_code_zero_does_not_hide_a_failed_turn() {
+        let err = judge(
+            &transcript(&[FAILED]),
+            &process(ExitKind::Code(0), None, ""),
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.outcome, err.reason),
+            (Outcome::Failed, ReasonCode::UpstreamError)
+        );
+        assert_eq!(err.message, "stream disconnected");
+    }
+
+    #[test]
+    fn exit_code_zero_without_a_terminal_event_is_not_success() {
+        let err = judge(&transcript(&[]), &process(ExitKind::Code(0), None, ""), 60).unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliError);
+    }
+
+    #[test]
+    fn a_completed_turn_wins_over_a_nonzero_exit() {
+        assert!(
+            judge(
+                &transcript(&[COMPLETED]),
+                &process(ExitKind::Code(1), None, ""),
+                60
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_usage_error_is_told_apart_and_explained_from_stderr() {
+        let stderr = "error: unexpected argument '--bogus' found\n\nUsage: codex exec";
+        let err = judge(
+            &transcript(&[]),
+            &process(ExitKind::Code(2), None, stderr),
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliUsageError);
+        assert!(
+            err.message.contains("unexpected argument"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_timeout_wins_over_whatever_the_stream_said() {
+        let err = judge(
+            &transcript(&[COMPLETED]),
+            &process(ExitKind::Signal(15), Some(StopCause::TimedOut), ""),
+            5,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.outcome, err.reason),
+            (Outcome::TimedOut, ReasonCode::TimedOut)
+        );
+    }
 }

@@ -4,6 +4,10 @@
 //! Each subcommand starts its servers, writes a Codex home pointing at the fake model, prints
 //! one line of JSON describing where everything is, and serves until stdin reaches EOF or a
 //! SIGTERM or SIGINT arrives. Exit codes: 0 after a clean stop, 1 when setup fails.
+//!
+//! Stdin must stay open while the servers are wanted: a script that starts it with `&` gets
+//! stdin from /dev/null and sees it stop at once; give it a pipe instead (a coprocess, or
+//! `hb-testkit demo ... < <(sleep infinity) &` and a SIGTERM to stop it).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

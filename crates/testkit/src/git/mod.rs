@@ -1,8 +1,8 @@
 //! Git smart HTTP on loopback, standing in for a code host. [`GitServer`] owns a temporary
 //! directory of bare repositories, creates them with real `git`, and serves them with real
-//! `git http-backend` (see [`cgi`]), so clients speak the same protocol as to a real host,
-//! v2 and shallow clones included. Pushing is not offered: the backend refuses it without an
-//! authenticated user, as a real host would.
+//! `git http-backend` (run as CGI by the `cgi` module), so clients speak the same protocol as
+//! to a real host, v2 and shallow clones included. Pushing is not offered: the backend refuses
+//! it without an authenticated user, as a real host would.
 
 mod cgi;
 
@@ -89,7 +89,7 @@ async fn serve(
 
 /// The environment every git process here gets instead of ours: no system or user config,
 /// so a developer's `~/.gitconfig` (signing, hooks, default branch) cannot change results.
-pub(crate) fn hermetic_env(home: &Path) -> Vec<(String, String)> {
+fn hermetic_env(home: &Path) -> Vec<(String, String)> {
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
     vec![
         ("PATH".into(), path),

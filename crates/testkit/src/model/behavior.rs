@@ -145,7 +145,8 @@ mod tests {
     }
 
     fn user(text: &str) -> Value {
-        json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]})
+        let content = json!([{"type": "input_text", "text": text}]);
+        json!({"type": "message", "role": "user", "content": content})
     }
 
     fn tool_output(output: &str) -> Value {

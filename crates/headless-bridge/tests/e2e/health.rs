@@ -1,0 +1,120 @@
+//! `/health` and `/health?deep=1` against the real codex binary and real login files.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use testkit::model::Behavior;
+
+use crate::support::{BridgeBuilder, CANARY_KEY, Model};
+
+async fn health(bridge: &crate::support::TestBridge, query: &str) -> (StatusCode, Value) {
+    let response = bridge
+        .client
+        .get(format!("{}/health{query}", bridge.url))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn deep_health_is_ok_with_a_working_binary_and_an_api_key() {
+    let model = Model::start(Behavior::Reply("unused".into())).await;
+    let bridge = model.bridge().await;
+
+    let (status, body) = health(&bridge, "?deep=1").await;
+
+    assert_eq!(status, 200, "{body}");
+    let codex = &body["adapters"]["codex"];
+    assert!(
+        codex["binary"]["version"]
+            .as_str()
+            .unwrap()
+            .contains("0.171.0"),
+        "{body}"
+    );
+    assert_eq!(codex["credentials"]["facts"]["auth_mode"], "api_key");
+    assert!(
+        !body.to_string().contains(CANARY_KEY),
+        "health must never show a secret"
+    );
+    assert!(
+        model.fake.requests().is_empty(),
+        "a health check must not call the model"
+    );
+}
+
+#[tokio::test]
+async fn deep_health_is_503_with_the_remedy_when_the_login_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = BridgeBuilder::new().codex_dir(dir.path()).start().await;
+
+    let (status, body) = health(&bridge, "?deep=1").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["adapters"]["codex"]["credentials"]["reason"],
+        "credentials_missing"
+    );
+    assert!(
+        body["adapters"]["codex"]["credentials"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("codex login")
+    );
+
+    let (status, body) = health(&bridge, "").await;
+    assert_eq!(status, 200, "liveness never depends on credentials: {body}");
+}
+
+#[tokio::test]
+async fn deep_health_is_503_when_the_login_has_expired_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let jwt = |claims: &str| {
+        use base64::Engine as _;
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", enc(r#"{"alg":"none"}"#), enc(claims))
+    };
+    let auth = serde_json::json!({
+        "auth_mode": "chatgpt",
+        "tokens": {"id_token": jwt(r#"{"email":"a@b.c"}"#), "access_token": jwt(r#"{"exp":1000}"#), "account_id": "acct"},
+    });
+    std::fs::write(dir.path().join("auth.json"), auth.to_string()).unwrap();
+    let bridge = BridgeBuilder::new().codex_dir(dir.path()).start().await;
+
+    let (status, body) = health(&bridge, "?deep=1").await;
+
+    assert_eq!(status, 503, "{body}");
+    let credentials = &body["adapters"]["codex"]["credentials"];
+    assert_eq!(credentials["reason"], "credentials_expired");
+    assert!(
+        credentials["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("codex login")
+    );
+    assert_eq!(
+        credentials["facts"]["access_token_expires_at"],
+        "1970-01-01T00:16:40Z"
+    );
+}
+
+#[tokio::test]
+async fn deep_health_is_503_when_the_binary_is_missing() {
+    let model = Model::start(Behavior::Reply("unused".into())).await;
+    let bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .var("HB_CODEX_BIN", "/nonexistent/codex")
+        .start()
+        .await;
+
+    let (status, body) = health(&bridge, "?deep=1").await;
+
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["adapters"]["codex"]["binary"]["ok"], false);
+    assert!(
+        body["adapters"]["codex"]["binary"]["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("HB_CODEX_BIN")
+    );
+}

@@ -1,0 +1,55 @@
+//! Run records live in SQLite under the data directory and survive the bridge.
+
+use serde_json::json;
+use testkit::model::Behavior;
+
+use crate::support::{BridgeBuilder, Model};
+
+#[tokio::test]
+async fn a_finished_run_is_still_there_after_a_restart() {
+    let model = Model::start(Behavior::Reply("persisted answer".into())).await;
+    let bridge = model.bridge().await;
+    let (_, run) = bridge
+        .post(
+            "/v1/runs?wait=120",
+            &json!({"adapter": "codex", "prompt": "hi"}),
+        )
+        .await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    let data_dir = bridge.stop().await;
+
+    let bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .data_dir(data_dir)
+        .start()
+        .await;
+    let (status, again) = bridge
+        .get(&format!("/v1/runs/{}", run["id"].as_str().unwrap()))
+        .await;
+
+    assert_eq!(status, 200);
+    assert_eq!(again, run);
+}
+
+#[tokio::test]
+async fn a_run_cut_short_by_shutdown_is_recorded_as_interrupted() {
+    let model = Model::start(Behavior::Hang).await;
+    let bridge = model.bridge().await;
+    let (status, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "hi"}))
+        .await;
+    assert_eq!(status, 202, "{run}");
+    model.fake.wait_for_requests(1).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+
+    let data_dir = bridge.stop().await;
+    let bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .data_dir(data_dir)
+        .start()
+        .await;
+    let (_, after) = bridge.get(&format!("/v1/runs/{id}")).await;
+
+    assert_eq!(after["outcome"], "interrupted", "{after}");
+    assert_eq!(after["reason"], "interrupted");
+}

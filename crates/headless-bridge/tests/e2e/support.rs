@@ -1,0 +1,194 @@
+//! A bridge under test, built like a user would configure it, served on a loopback port.
+
+use std::path::{Path, PathBuf};
+
+use headless_bridge::config::RawConfig;
+use headless_bridge::server::Bridge;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+use testkit::model::{Behavior, FakeModel};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The API token every test bridge requires.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+/// The model API key in each test login: a canary that must never appear in any answer.
+pub const CANARY_KEY: &str = "sk-canary-5f1e0c9a7b3d42e8a6c0";
+
+/// The pinned Codex CLI installed by the project's script.
+pub fn codex_bin() -> PathBuf {
+    let bin =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/codex/node_modules/.bin/codex");
+    assert!(
+        bin.exists(),
+        "the Codex CLI is not installed: run scripts/install-codex.sh (the README's test command does)"
+    );
+    bin
+}
+
+/// Settings for a bridge under test.
+pub struct BridgeBuilder {
+    vars: Vec<(&'static str, String)>,
+    data_dir: Option<TempDir>,
+}
+
+impl BridgeBuilder {
+    pub fn new() -> Self {
+        let vars = vec![
+            ("HB_API_TOKEN", TOKEN.to_owned()),
+            ("HB_CODEX_BIN", codex_bin().display().to_string()),
+            ("HB_ALLOWED_HOSTS", "127.0.0.1".to_owned()),
+            ("HB_LOG_FORMAT", "text".to_owned()),
+        ];
+        Self {
+            vars,
+            data_dir: None,
+        }
+    }
+
+    /// Sets an `HB_*` variable.
+    pub fn var(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.vars.retain(|(n, _)| *n != name);
+        self.vars.push((name, value.into()));
+        self
+    }
+
+    /// Points the bridge at a login directory.
+    pub fn codex_dir(self, dir: &Path) -> Self {
+        self.var("HB_CODEX_DIR", dir.display().to_string())
+    }
+
+    /// Reuses a data directory (to test what survives a restart).
+    pub fn data_dir(mut self, dir: TempDir) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+
+    pub async fn start(self) -> TestBridge {
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| tempfile::tempdir().expect("a temp dir"));
+        let mut vars = self.vars;
+        vars.push(("HB_DATA_DIR", data_dir.path().display().to_string()));
+        let mut raw = RawConfig::default();
+        raw.merge_env(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.clone())
+        });
+        let config = raw.build().expect("test configuration is valid");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("bound address"));
+        let bridge = Bridge::open(config).await.expect("the bridge opens");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            bridge
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the bridge serves");
+        });
+        TestBridge {
+            url,
+            client: reqwest::Client::new(),
+            data_dir: Some(data_dir),
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+}
+
+/// A running bridge.
+pub struct TestBridge {
+    pub url: String,
+    pub client: reqwest::Client,
+    data_dir: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl TestBridge {
+    /// Sends a request with the test token and returns status and JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("the bridge answers");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        let json =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, json)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    /// Stops serving, waits for runs in progress to be recorded, and hands back the data
+    /// directory.
+    pub async fn stop(mut self) -> TempDir {
+        self.shutdown().await;
+        self.data_dir.take().expect("data dir is held until stop")
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("the server task ends cleanly");
+        }
+    }
+}
+
+/// A fake model and a login directory pointing Codex at it.
+pub struct Model {
+    pub fake: FakeModel,
+    pub codex_dir: TempDir,
+}
+
+impl Model {
+    pub async fn start(behavior: Behavior) -> Self {
+        let fake = FakeModel::start(behavior, CANARY_KEY).await;
+        let codex_dir = tempfile::tempdir().expect("a temp dir");
+        fake.write_codex_home(codex_dir.path())
+            .expect("write the login");
+        Self { fake, codex_dir }
+    }
+
+    /// A bridge using this model's login.
+    pub async fn bridge(&self) -> TestBridge {
+        BridgeBuilder::new()
+            .codex_dir(self.codex_dir.path())
+            .start()
+            .await
+    }
+}
+
+/// Asserts the canary key appears nowhere in `value`.
+pub fn assert_no_canary(value: &Value) {
+    let text = value.to_string();
+    assert!(
+        !text.contains(CANARY_KEY),
+        "the model API key leaked: {text}"
+    );
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages the bridge and its tests need, from Debian, when missing:
+# git (clones), Node.js and npm (the Codex CLI ships through npm), curl (the demo).
+set -euo pipefail
+
+missing=()
+command -v git >/dev/null || missing+=(git)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v curl >/dev/null || missing+=(curl)
+command -v cargo >/dev/null || { echo "install-deps: a Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "install-deps: please install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi

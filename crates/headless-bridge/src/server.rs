@@ -1,15 +1,25 @@
-//! Starting and stopping the bridge: open the store, recover from a previous crash, serve
-//! until the shutdown future resolves, then stop runs in progress so their records are final.
+//! Starting and stopping the bridge.
+//!
+//! Start-up opens the store, records runs a previous process left unfinished as interrupted,
+//! removes their workspaces, and starts the retention sweep. Shutdown drains: the listener
+//! stops accepting, new runs are refused, runs in progress get the grace period to finish,
+//! then the rest are cancelled and recorded as interrupted before the process exits.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::run::engine::Engine;
 use crate::store::{Store, StoreError};
+
+/// How often finished runs past their retention are deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Why the bridge could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -32,14 +42,13 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Opens the data directory and the run store, and marks runs a previous process left
-    /// unfinished as interrupted.
+    /// Opens the data directory and the run store, and cleans up after a previous process.
     pub async fn open(config: Config) -> Result<Self, ServeError> {
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+        for dir in [data_dir.clone(), data_dir.join("logs")] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| ServeError::DataDir { path: dir, source })?;
+        }
         let store = Store::open(&data_dir.join("runs.sqlite3"))?;
         let interrupted = store.interrupt_unfinished().await?;
         if interrupted > 0 {
@@ -48,6 +57,8 @@ impl Bridge {
                 "runs left unfinished by a previous process were marked interrupted"
             );
         }
+        // No run of this process exists yet, so every workspace left is a dead run's.
+        remove_children(&data_dir.join("workspaces"));
 
         let config = Arc::new(config);
         let engine = Engine::new(config.clone(), store);
@@ -56,18 +67,76 @@ impl Bridge {
         })
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then stops runs in progress.
+    /// Serves on `listener` until `shutdown` resolves, then drains and stops runs in progress.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let engine = self.state.engine.clone();
+        let grace = self.state.config.shutdown_grace;
+        let retention = tokio::spawn(retention_loop(self.state.config.clone(), engine.clone()));
+
+        // Once the signal comes, axum stops accepting and waits for requests in flight, some of
+        // which wait for runs; draining lets those runs finish or be cancelled, so it ends.
+        let signalled = CancellationToken::new();
+        let drain = {
+            let (engine, signalled) = (engine.clone(), signalled.clone());
+            tokio::spawn(async move {
+                signalled.cancelled().await;
+                engine.drain(grace).await;
+                engine.shutdown().await;
+            })
+        };
         let app = api::router(self.state);
+        let on_signal = signalled.clone();
         let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining runs in progress");
+                on_signal.cancel();
+            })
             .await;
-        engine.shutdown().await;
+
+        signalled.cancel();
+        let _ = drain.await;
+        retention.abort();
         result.map_err(ServeError::Http)
+    }
+}
+
+/// Deletes finished runs past their age or count limit, with their logs and workspaces.
+async fn retention_loop(config: Arc<Config>, engine: Engine) {
+    let mut interval = tokio::time::interval(RETENTION_INTERVAL);
+    loop {
+        interval.tick().await;
+        match engine
+            .store()
+            .prune(config.run_retention, config.run_retention_count)
+            .await
+        {
+            Ok(pruned) if !pruned.is_empty() => {
+                for id in &pruned {
+                    let _ = std::fs::remove_file(engine.log_path(*id));
+                    let _ = std::fs::remove_dir_all(
+                        config.data_dir.join("workspaces").join(id.to_string()),
+                    );
+                }
+                tracing::info!(deleted = pruned.len(), "deleted runs past their retention");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %crate::error_chain(&e), "failed to delete old runs"),
+        }
+    }
+}
+
+fn remove_children(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(error = %e, path = %entry.path().display(), "failed to remove a stale workspace");
+        }
     }
 }

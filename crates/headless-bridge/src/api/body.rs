@@ -28,23 +28,20 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if let Some(content_type) = content_type.filter(|ct| !ct.starts_with("application/json")) {
-            return Err(ApiError {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "unsupported_media_type",
-                message: format!(
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
                     "the body must be JSON with `Content-Type: application/json`, not `{content_type}`"
                 ),
-            });
+            ));
         }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError {
-                        status: StatusCode::PAYLOAD_TOO_LARGE,
-                        code: "body_too_large",
-                        message: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-                    }
+                    let message = format!("the body is larger than {MAX_BODY_BYTES} bytes");
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
                 } else {
                     ApiError::bad_request(
                         "invalid_body",

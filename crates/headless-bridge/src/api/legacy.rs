@@ -41,14 +41,13 @@ pub async fn run_codex_session(
     body: JsonObject,
 ) -> Result<Json<LegacyResponse>, ApiError> {
     let spec = validate(&state, &body).await?;
-    let record = state
-        .engine
-        .submit(spec)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    // The contract id is the original API's idempotency key: a client that retries after a
+    // dropped connection gets the run it started, not a second one.
+    let key = spec.contract_id.as_ref().map(|id| format!("contract:{id}"));
+    let submitted = state.engine.submit(spec, key).await?;
     let finished = state
         .engine
-        .wait(record.id, Duration::MAX)
+        .wait(submitted.record().id, Duration::MAX)
         .await
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| {
@@ -103,6 +102,8 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
             sha256: digest,
         }],
         timeout_s: state.config.run_timeout.as_secs(),
+        idle_timeout_s: None,
+        callback_url: None,
         contract_id: Some(contract_id),
     })
 }

@@ -6,6 +6,7 @@
 mod auth;
 mod body;
 mod error;
+mod events;
 mod health;
 mod legacy;
 mod runs;
@@ -50,6 +51,9 @@ pub fn router(state: AppState) -> Router {
         .route("/run_codex_session", post(legacy::run_codex_session))
         .route("/v1/runs", post(runs::submit).get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/events", get(events::events))
+        .route("/v1/runs/{id}/logs", get(runs::logs))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -5,7 +5,11 @@
 //! branch on. The [`engine`] drives that lifecycle; the [`supervisor`] owns the process.
 
 pub mod engine;
+pub mod events;
+mod pipeline;
 pub mod supervisor;
+pub mod text;
+pub mod webhook;
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,6 +89,8 @@ pub enum ReasonCode {
     CredentialsInvalidated,
     /// The run passed its wall-clock limit.
     TimedOut,
+    /// The CLI printed nothing for longer than the run's idle limit.
+    Stalled,
     Cancelled,
     Interrupted,
     /// A tool's sha256 did not match the request.
@@ -122,6 +128,15 @@ impl ReasonCode {
 #[serde(rename_all = "snake_case")]
 pub enum AdapterKind {
     Codex,
+}
+
+impl AdapterKind {
+    /// The adapter's name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Codex => "codex",
+        }
+    }
 }
 
 /// A repository to clone into the workspace.
@@ -168,6 +183,12 @@ pub struct RunSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
     pub timeout_s: u64,
+    /// Longest silence before the run counts as stalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u64>,
+    /// Where to POST the finished record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     /// The caller's own reference (the original API's contract id).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contract_id: Option<String>,

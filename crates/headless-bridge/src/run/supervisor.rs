@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use super::text;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +47,8 @@ pub struct ProcessSpec {
     pub marker: (String, String),
     /// Wall-clock limit; past it the process group is stopped.
     pub timeout: Duration,
+    /// Longest silence on both pipes before the process counts as stalled and is stopped.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// How the process ended.
@@ -60,6 +64,8 @@ pub enum ExitKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopCause {
     TimedOut,
+    /// It printed nothing for longer than the idle limit.
+    Stalled,
     /// The caller cancelled the run (or the bridge is shutting down).
     Cancelled,
 }
@@ -78,12 +84,20 @@ pub struct ProcessOutcome {
     pub stragglers_killed: usize,
 }
 
-/// Starts `spec`, feeds each stdout line to `on_line`, and returns once the process and every
-/// process carrying its marker are gone. Cancelling `cancel` stops the process like a timeout.
+/// Which pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Starts `spec`, feeds each output line to `on_line` as it arrives, and returns once the
+/// process and every process carrying its marker are gone. Cancelling `cancel` stops the
+/// process like a timeout does.
 pub async fn run(
     spec: ProcessSpec,
     cancel: CancellationToken,
-    mut on_line: impl FnMut(&str),
+    mut on_line: impl FnMut(Stream, &str),
 ) -> io::Result<ProcessOutcome> {
     let started = Instant::now();
     let mut child = command(&spec).spawn()?;
@@ -92,19 +106,40 @@ pub async fn run(
     let stderr = child.stderr.take().expect("stderr was piped");
 
     let (line_tx, mut lines) = mpsc::channel(256);
-    let stdout_task = tokio::spawn(read_lines(stdout, line_tx));
-    let stderr_task = tokio::spawn(read_capped(stderr, MAX_STDERR_BYTES));
+    let readers = [
+        tokio::spawn(read_lines(stdout, Stream::Stdout, line_tx.clone())),
+        tokio::spawn(read_lines(stderr, Stream::Stderr, line_tx)),
+    ];
+    let mut stderr_head = StderrHead::default();
+    let mut observe = |stream: Stream, line: &str| {
+        if stream == Stream::Stderr {
+            stderr_head.push(line);
+        }
+        on_line(stream, line);
+    };
 
     let deadline = tokio::time::sleep(spec.timeout);
-    tokio::pin!(deadline);
+    let idle_limit = spec.idle_timeout.unwrap_or(Duration::MAX);
+    let idle = tokio::time::sleep(idle_limit.min(spec.timeout));
+    tokio::pin!(deadline, idle);
     let mut stopped = None;
     let status = loop {
         tokio::select! {
-            Some(line) = lines.recv() => on_line(&line),
+            Some((stream, line)) = lines.recv() => {
+                observe(stream, &line);
+                if let Some(next) = Instant::now().checked_add(idle_limit) {
+                    idle.as_mut().reset(next.min(started + spec.timeout).into());
+                }
+            }
             status = child.wait() => break status?,
             () = &mut deadline, if stopped.is_none() => {
                 stopped = Some(StopCause::TimedOut);
                 tracing::info!(timeout_s = spec.timeout.as_secs(), "process timed out, stopping it");
+                stop_group(pid, &mut child).await;
+            }
+            () = &mut idle, if stopped.is_none() && spec.idle_timeout.is_some() => {
+                stopped = Some(StopCause::Stalled);
+                tracing::info!(idle_s = idle_limit.as_secs(), "process printed nothing for too long, stopping it");
                 stop_group(pid, &mut child).await;
             }
             () = cancel.cancelled(), if stopped.is_none() => {
@@ -117,27 +152,42 @@ pub async fn run(
 
     let stragglers_killed = sweep(pid, &spec.marker).await;
     let drain = async {
-        while let Some(line) = lines.recv().await {
-            on_line(&line);
+        while let Some((stream, line)) = lines.recv().await {
+            observe(stream, &line);
         }
     };
     if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
         tracing::warn!("output pipe still open after the run's processes were killed");
     }
-    stdout_task.abort();
-    let (stderr, stderr_dropped) = match tokio::time::timeout(DRAIN_GRACE, stderr_task).await {
-        Ok(Ok(captured)) => captured,
-        _ => (String::new(), 0),
-    };
+    readers.iter().for_each(|reader| reader.abort());
 
     Ok(ProcessOutcome {
         exit: exit_kind(status),
         stopped,
-        stderr,
-        stderr_dropped,
+        stderr: stderr_head.text,
+        stderr_dropped: stderr_head.dropped,
         duration: started.elapsed(),
         stragglers_killed,
     })
+}
+
+/// The first [`MAX_STDERR_BYTES`] of stderr, kept to explain a failure.
+#[derive(Default)]
+struct StderrHead {
+    text: String,
+    dropped: usize,
+}
+
+impl StderrHead {
+    fn push(&mut self, line: &str) {
+        let room = MAX_STDERR_BYTES.saturating_sub(self.text.len());
+        if line.len() < room {
+            self.text.push_str(line);
+            self.text.push('\n');
+        } else {
+            self.dropped += line.len() + 1;
+        }
+    }
 }
 
 fn command(spec: &ProcessSpec) -> Command {
@@ -213,7 +263,11 @@ pub fn processes_with_env(needle: &[u8]) -> Vec<Pid> {
         .collect()
 }
 
-async fn read_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
+async fn read_lines(
+    stream: impl AsyncRead + Unpin,
+    which: Stream,
+    tx: mpsc::Sender<(Stream, String)>,
+) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -225,32 +279,13 @@ async fn read_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
         {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                if tx
-                    .send(line.trim_end_matches(['\n', '\r']).to_owned())
-                    .await
-                    .is_err()
-                {
+                let line = text::clean_line(&buf);
+                if tx.send((which, line)).await.is_err() {
                     return;
                 }
             }
         }
     }
-}
-
-async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (String, usize) {
-    let mut kept = Vec::new();
-    let mut dropped = 0;
-    let mut chunk = [0u8; 8192];
-    while let Ok(n) = stream.read(&mut chunk).await {
-        if n == 0 {
-            break;
-        }
-        let room = cap.saturating_sub(kept.len()).min(n);
-        kept.extend_from_slice(&chunk[..room]);
-        dropped += n - room;
-    }
-    (String::from_utf8_lossy(&kept).into_owned(), dropped)
 }
 
 fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
@@ -274,6 +309,7 @@ mod tests {
             cwd: std::env::temp_dir(),
             marker: ("HB_TEST_MARKER".into(), marker.into()),
             timeout,
+            idle_timeout: None,
         }
     }
 
@@ -293,9 +329,13 @@ mod tests {
             Duration::from_secs(30),
             &marker(),
         );
-        let outcome = run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
-            .await
-            .unwrap();
+        let outcome = run(spec, CancellationToken::new(), |stream, l| {
+            if stream == Stream::Stdout {
+                lines.push(l.to_owned())
+            }
+        })
+        .await
+        .unwrap();
         assert_eq!(lines, ["one", "two"]);
         assert_eq!(outcome.exit, ExitKind::Code(3));
         assert_eq!(outcome.stderr, "oops\n");
@@ -306,9 +346,13 @@ mod tests {
     async fn stdin_is_closed() {
         let mut lines = Vec::new();
         let spec = sh("cat; echo done", Duration::from_secs(30), &marker());
-        run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
-            .await
-            .unwrap();
+        run(spec, CancellationToken::new(), |stream, l| {
+            if stream == Stream::Stdout {
+                lines.push(l.to_owned())
+            }
+        })
+        .await
+        .unwrap();
         assert_eq!(lines, ["done"]);
     }
 
@@ -320,7 +364,9 @@ mod tests {
             Duration::from_millis(300),
             &marker,
         );
-        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
         assert_eq!(outcome.stopped, Some(StopCause::TimedOut));
         assert_eq!(outcome.exit, ExitKind::Signal(15));
         assert_eq!(alive_with(&marker), 0);
@@ -332,7 +378,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let spec = sh("echo ready; sleep 300", Duration::from_secs(300), &marker);
         let trigger = cancel.clone();
-        let outcome = run(spec, cancel, move |line| {
+        let outcome = run(spec, cancel, move |_, line| {
             if line == "ready" {
                 trigger.cancel();
             }
@@ -356,7 +402,9 @@ mod tests {
         );
         let spec = sh(&script, Duration::from_secs(60), &marker);
         let started = Instant::now();
-        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
         assert_eq!(outcome.exit, ExitKind::Code(0));
         assert!(outcome.stragglers_killed >= 1);
         assert_eq!(alive_with(&marker), 0);
@@ -370,9 +418,13 @@ mod tests {
     async fn the_environment_is_only_what_was_given() {
         let mut lines = Vec::new();
         let spec = sh("env | sort", Duration::from_secs(30), "m");
-        run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
-            .await
-            .unwrap();
+        run(spec, CancellationToken::new(), |stream, l| {
+            if stream == Stream::Stdout {
+                lines.push(l.to_owned())
+            }
+        })
+        .await
+        .unwrap();
         let names: Vec<_> = lines.iter().filter_map(|l| l.split('=').next()).collect();
         assert!(
             names
@@ -383,14 +435,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stderr_is_capped() {
-        let spec = sh(
-            "head -c 600000 /dev/zero | tr '\\0' x >&2",
-            Duration::from_secs(30),
-            &marker(),
-        );
-        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
-        assert_eq!(outcome.stderr.len(), MAX_STDERR_BYTES);
-        assert_eq!(outcome.stderr_dropped, 600_000 - MAX_STDERR_BYTES);
+    async fn stderr_is_capped_but_every_line_is_seen() {
+        let script = "i=0; while [ $i -lt 3000 ]; do printf '%0100d\\n' 0 >&2; i=$((i+1)); done";
+        let mut seen = 0;
+        let spec = sh(script, Duration::from_secs(30), &marker());
+        let outcome = run(spec, CancellationToken::new(), |stream, _| {
+            seen += usize::from(stream == Stream::Stderr);
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, 3000);
+        assert!(outcome.stderr.len() <= MAX_STDERR_BYTES);
+        assert_eq!(outcome.stderr.len() + outcome.stderr_dropped, 3000 * 101);
+    }
+
+    #[tokio::test]
+    async fn a_silent_process_is_stopped_as_stalled() {
+        let marker = marker();
+        let mut spec = sh("echo hello; sleep 300", Duration::from_secs(300), &marker);
+        spec.idle_timeout = Some(Duration::from_millis(300));
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(outcome.stopped, Some(StopCause::Stalled));
+        assert_eq!(alive_with(&marker), 0);
+    }
+
+    #[tokio::test]
+    async fn output_keeps_a_process_from_stalling() {
+        let script = "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done";
+        let mut spec = sh(script, Duration::from_secs(60), &marker());
+        spec.idle_timeout = Some(Duration::from_millis(400));
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!((outcome.stopped, outcome.exit), (None, ExitKind::Code(0)));
     }
 }

@@ -40,6 +40,7 @@ impl BridgeBuilder {
             ("HB_CODEX_BIN", codex_bin().display().to_string()),
             ("HB_ALLOWED_HOSTS", "127.0.0.1".to_owned()),
             ("HB_LOG_FORMAT", "text".to_owned()),
+            ("HB_SHUTDOWN_GRACE", "1".to_owned()),
         ];
         Self {
             vars,

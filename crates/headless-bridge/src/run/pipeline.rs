@@ -1,0 +1,564 @@
+//! One run, from a queued record to a finished one.
+//!
+//! The steps, in order: the login is read (the cheapest check); the repository is cloned; each
+//! tool is downloaded and verified; only then is the login copied into the run's private
+//! CODEX_HOME and the CLI started, so a bad checksum means the CLI never ran. While the CLI
+//! runs, its output feeds both the event log and a transcript of its event stream; when it
+//! ends, the stream decides the outcome, the diff is taken, and everything reported is
+//! redacted. Cancellation is honoured at every step.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapter::codex::{self, RunDirs};
+use crate::adapter::codex_events::{self, Terminal, Transcript};
+use crate::config::Config;
+use crate::credentials::{self, CredentialError};
+use crate::fetch::{FetchError, Fetcher};
+use crate::git::{Checkout, Git, GitError};
+use crate::policy::UrlPolicy;
+use crate::redact::Redactor;
+use crate::run::events::{EventKind, EventSink};
+use crate::run::supervisor::{self, ExitKind, ProcessSpec, StopCause, Stream};
+use crate::run::{Outcome, ReasonCode, RunRecord, RunSpec, RunState};
+use crate::store::Store;
+use crate::workspace::Workspace;
+
+/// The environment variable that marks every process of a run, for the supervisor's sweep.
+pub const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
+
+/// What a run needs from the engine.
+pub(super) struct Pipeline {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub fetcher: Fetcher,
+    pub policy: UrlPolicy,
+    /// Stops the run: a cancel request, or the bridge shutting down.
+    pub stop: CancellationToken,
+    /// Set when the stop was a cancel request rather than a shutdown.
+    pub cancel_requested: Arc<AtomicBool>,
+}
+
+/// Why a run stopped before or instead of its CLI finishing.
+#[derive(Debug)]
+struct Failure {
+    outcome: Outcome,
+    reason: ReasonCode,
+    message: String,
+    details: Option<serde_json::Value>,
+}
+
+impl Failure {
+    fn failed(reason: ReasonCode, message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Failed,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl From<CredentialError> for Failure {
+    fn from(err: CredentialError) -> Self {
+        Self::failed(err.reason(), err.to_string())
+    }
+}
+
+impl From<GitError> for Failure {
+    fn from(err: GitError) -> Self {
+        let reason = match err {
+            GitError::AuthFailed { .. } => ReasonCode::RepoAuthFailed,
+            _ => ReasonCode::RepoCloneFailed,
+        };
+        Self::failed(reason, format!("failed to clone the repository: {err}"))
+    }
+}
+
+impl From<FetchError> for Failure {
+    fn from(err: FetchError) -> Self {
+        let message = err.to_string();
+        match err {
+            FetchError::Mismatch {
+                expected,
+                actual,
+                size,
+                ..
+            } => Self {
+                details: Some(serde_json::json!({
+                    "expected_sha256": expected.to_string(),
+                    "actual_sha256": actual.to_string(),
+                    "size": size,
+                })),
+                ..Self::failed(ReasonCode::ChecksumMismatch, message)
+            },
+            FetchError::Io { .. } => Self::failed(ReasonCode::WorkspaceError, message),
+            _ => Self::failed(ReasonCode::DownloadFailed, message),
+        }
+    }
+}
+
+impl Pipeline {
+    /// Drives `record` to its end, recording each state in the store and the event log.
+    pub async fn execute(&self, mut record: RunRecord, sink: &mut EventSink) -> RunRecord {
+        tracing::info!("run started");
+        self.enter(&mut record, RunState::Preparing, sink).await;
+        record.started_at = Some(OffsetDateTime::now_utc());
+
+        let workspaces = self.config.data_dir.join("workspaces");
+        match Workspace::create(&workspaces, record.id) {
+            Ok(workspace) => {
+                self.run_in(&mut record, &workspace, sink).await;
+                if !self.config.keep_workspaces {
+                    let root = workspace.root().to_owned();
+                    if let Err(e) = workspace.remove() {
+                        tracing::warn!(error = %e, path = %root.display(), "failed to remove a workspace");
+                    }
+                }
+            }
+            Err(e) => {
+                let message = format!(
+                    "failed to create the run's workspace under {}: {e}",
+                    workspaces.display()
+                );
+                tracing::error!(%message);
+                apply_failure(
+                    &mut record,
+                    Failure::failed(ReasonCode::WorkspaceError, message),
+                );
+            }
+        }
+        record
+    }
+
+    /// The record of a run cancelled before it started.
+    pub fn cancelled_in_queue(&self, mut record: RunRecord) -> RunRecord {
+        apply_failure(&mut record, self.stop_failure());
+        record
+    }
+
+    async fn enter(&self, record: &mut RunRecord, state: RunState, sink: &mut EventSink) {
+        record.state = state;
+        sink.state(json!({ "state": state }));
+        if let Err(e) = self.store.put(record).await {
+            tracing::error!(error = %crate::error_chain(&e), "failed to store a run record");
+        }
+    }
+
+    async fn run_in(&self, record: &mut RunRecord, workspace: &Workspace, sink: &mut EventSink) {
+        let mut redactor = Redactor::new(self.config.api_tokens.values().iter().cloned());
+        let mut account = Vec::new();
+        let stop = self.stop.clone();
+        let result = tokio::select! {
+            result = self.prepare_and_run(record, workspace, &mut redactor, &mut account, sink) => result,
+            () = stop.cancelled(), if record.state != RunState::Running => Err(self.stop_failure()),
+        };
+        if let Err(failure) = result {
+            account.push(format!("run failed: {}", failure.message));
+            apply_failure(record, failure);
+        }
+        record.logs = redactor.redact(&account.join("\n"));
+        record.output = redactor.redact(&record.output);
+        record.diff = redactor.redact(&record.diff);
+        if let Some(message) = record.message.take() {
+            record.message = Some(redactor.redact(&message));
+        }
+    }
+
+    async fn prepare_and_run(
+        &self,
+        record: &mut RunRecord,
+        workspace: &Workspace,
+        redactor: &mut Redactor,
+        account: &mut Vec<String>,
+        sink: &mut EventSink,
+    ) -> Result<(), Failure> {
+        let dirs = &workspace.dirs;
+        let auth = credentials::load(&self.config.codex)?;
+        redactor.extend(auth.secrets().iter().cloned());
+
+        let checkout = self.clone_repo(&record.spec, dirs, account, sink).await?;
+        self.fetch_tools(&record.spec, dirs, account, sink).await?;
+        credentials::install(&auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
+            Failure::failed(
+                ReasonCode::WorkspaceError,
+                format!("failed to copy the login: {e}"),
+            )
+        })?;
+        write_profiles(dirs)?;
+
+        self.enter(record, RunState::Running, sink).await;
+        let result = self.run_cli(record, dirs, account, redactor, sink).await;
+
+        if let Some(checkout) = &checkout {
+            match Git::new(&dirs.home).diff(checkout).await {
+                Ok(diff) => record.diff = diff,
+                Err(e) => account.push(format!("could not take the diff: {e}")),
+            }
+        }
+        result
+    }
+
+    async fn clone_repo(
+        &self,
+        spec: &RunSpec,
+        dirs: &RunDirs,
+        account: &mut Vec<String>,
+        sink: &mut EventSink,
+    ) -> Result<Option<Checkout>, Failure> {
+        let Some(repo) = &spec.repo else {
+            std::fs::create_dir(&dirs.work).map_err(|e| {
+                Failure::failed(
+                    ReasonCode::WorkspaceError,
+                    format!("failed to create the work directory: {e}"),
+                )
+            })?;
+            return Ok(None);
+        };
+        let url = self.policy.check(&repo.url).await.map_err(|e| {
+            Failure::failed(
+                ReasonCode::RepoCloneFailed,
+                format!("the repository URL {e}"),
+            )
+        })?;
+        let checkout = Git::new(&dirs.home)
+            .clone(&url, repo.git_ref.as_deref(), &dirs.work)
+            .await?;
+        let line = format!("cloned {} at {}", repo.url, checkout.base_commit);
+        sink.notice(line.clone());
+        account.push(line);
+        Ok(Some(checkout))
+    }
+
+    async fn fetch_tools(
+        &self,
+        spec: &RunSpec,
+        dirs: &RunDirs,
+        account: &mut Vec<String>,
+        sink: &mut EventSink,
+    ) -> Result<(), Failure> {
+        for tool in &spec.tools {
+            let url = self.policy.check(&tool.url).await.map_err(|e| {
+                Failure::failed(
+                    ReasonCode::DownloadFailed,
+                    format!("the URL of tool `{}` {e}", tool.name),
+                )
+            })?;
+            let fetched = self
+                .fetcher
+                .fetch(&url, &tool.sha256, &dirs.bin.join(&tool.name))
+                .await?;
+            let line = format!(
+                "fetched tool {} ({} bytes, {})",
+                tool.name, fetched.size, fetched.digest
+            );
+            sink.notice(line.clone());
+            account.push(line);
+        }
+        Ok(())
+    }
+
+    async fn run_cli(
+        &self,
+        record: &mut RunRecord,
+        dirs: &RunDirs,
+        account: &mut Vec<String>,
+        redactor: &Redactor,
+        sink: &mut EventSink,
+    ) -> Result<(), Failure> {
+        let (program, args, env) = codex::command(&self.config.codex, dirs, &record.spec.prompt);
+        let idle = record
+            .spec
+            .idle_timeout_s
+            .map_or(self.config.run_idle_timeout, Duration::from_secs);
+        let spec = ProcessSpec {
+            program: program.clone(),
+            args,
+            env,
+            cwd: dirs.work.clone(),
+            marker: (RUN_MARKER.to_owned(), record.id.to_string()),
+            timeout: Duration::from_secs(record.spec.timeout_s),
+            idle_timeout: Some(idle),
+        };
+
+        let mut transcript = Transcript::default();
+        let on_line = |stream: Stream, line: &str| {
+            let line = redactor.redact(line);
+            match stream {
+                Stream::Stdout => match transcript.observe(&line) {
+                    Some(event) => sink.line(EventKind::CliEvent, &line, Some(event)),
+                    None => sink.line(EventKind::Output, &line, None),
+                },
+                Stream::Stderr => sink.line(EventKind::Stderr, &line, None),
+            }
+        };
+        let outcome = supervisor::run(spec, self.stop.clone(), on_line)
+            .await
+            .map_err(|e| cli_not_started(&program, &e))?;
+
+        account.extend(transcript.account.iter().cloned());
+        let stderr = codex::meaningful_stderr(&outcome.stderr);
+        if !stderr.is_empty() {
+            account.push("--- stderr ---".into());
+            account.push(stderr);
+        }
+        if outcome.stderr_dropped > 0 {
+            account.push(format!(
+                "[{} more bytes of stderr dropped]",
+                outcome.stderr_dropped
+            ));
+        }
+        if outcome.stragglers_killed > 0 {
+            account.push(format!(
+                "killed {} processes left behind by the CLI",
+                outcome.stragglers_killed
+            ));
+        }
+
+        record.exit_code = match outcome.exit {
+            ExitKind::Code(code) => Some(code),
+            ExitKind::Signal(_) => None,
+        };
+        record.usage = transcript.usage.clone();
+        record.output = transcript.output().to_owned();
+        if outcome.stopped == Some(StopCause::Cancelled) {
+            return Err(self.stop_failure());
+        }
+        judge(&transcript, &outcome, record.spec.timeout_s, idle.as_secs())?;
+        record.outcome = Some(Outcome::Succeeded);
+        Ok(())
+    }
+
+    /// Why the run stopped when its stop token fired.
+    fn stop_failure(&self) -> Failure {
+        if self.cancel_requested.load(Ordering::SeqCst) {
+            Failure {
+                outcome: Outcome::Cancelled,
+                ..Failure::failed(ReasonCode::Cancelled, "the run was cancelled by request")
+            }
+        } else {
+            Failure {
+                outcome: Outcome::Interrupted,
+                ..Failure::failed(
+                    ReasonCode::Interrupted,
+                    "the bridge shut down while the run was in progress",
+                )
+            }
+        }
+    }
+}
+
+/// Decides a finished CLI's outcome from its event stream, the way the CLI itself reported it.
+fn judge(
+    transcript: &Transcript,
+    outcome: &supervisor::ProcessOutcome,
+    timeout_s: u64,
+    idle_s: u64,
+) -> Result<(), Failure> {
+    match outcome.stopped {
+        Some(StopCause::TimedOut) => {
+            return Err(Failure {
+                outcome: Outcome::TimedOut,
+                ..Failure::failed(
+                    ReasonCode::TimedOut,
+                    format!("the run did not finish within {timeout_s}s and was stopped"),
+                )
+            });
+        }
+        Some(StopCause::Stalled) => {
+            return Err(Failure {
+                outcome: Outcome::TimedOut,
+                ..Failure::failed(
+                    ReasonCode::Stalled,
+                    format!("the CLI printed nothing for {idle_s}s and was stopped"),
+                )
+            });
+        }
+        Some(StopCause::Cancelled) => {
+            unreachable!("the caller turns a cancellation into its failure before judging")
+        }
+        None => {}
+    }
+    match (&transcript.terminal, &outcome.exit) {
+        (Some(Terminal::Completed), _) => Ok(()),
+        (Some(Terminal::Failed { message }), _) => Err(Failure::failed(
+            codex_events::failure_reason(message),
+            message.clone(),
+        )),
+        (None, ExitKind::Code(2)) => Err(Failure::failed(
+            ReasonCode::CliUsageError,
+            cli_stopped_message(transcript, outcome),
+        )),
+        (None, _) => Err(Failure::failed(
+            ReasonCode::CliError,
+            cli_stopped_message(transcript, outcome),
+        )),
+    }
+}
+
+/// What to say when the CLI ended without a turn outcome: its last error, else the first
+/// meaningful stderr line (its backtraces are noise).
+fn cli_stopped_message(transcript: &Transcript, outcome: &supervisor::ProcessOutcome) -> String {
+    let exit = match outcome.exit {
+        ExitKind::Code(code) => format!("exit code {code}"),
+        ExitKind::Signal(signal) => format!("signal {signal}"),
+    };
+    let detail = transcript.last_error.clone().or_else(|| {
+        outcome
+            .stderr
+            .lines()
+            .map(str::trim)
+            .find(|l| {
+                !l.is_empty() && !l.starts_with("WARNING") && !l.starts_with("Stack backtrace")
+            })
+            .map(str::to_owned)
+    });
+    match detail {
+        Some(detail) => format!("the CLI stopped ({exit}) without finishing its turn: {detail}"),
+        None => format!("the CLI stopped ({exit}) without finishing its turn"),
+    }
+}
+
+fn cli_not_started(program: &std::path::Path, err: &std::io::Error) -> Failure {
+    let hint = if err.kind() == std::io::ErrorKind::NotFound {
+        ": set HB_CODEX_BIN to the codex executable"
+    } else {
+        ""
+    };
+    Failure::failed(
+        ReasonCode::CliNotFound,
+        format!("failed to start {}: {err}{hint}", program.display()),
+    )
+}
+
+fn write_profiles(dirs: &RunDirs) -> Result<(), Failure> {
+    let profile = codex::shell_profile(&dirs.bin);
+    for name in [".bash_profile", ".profile"] {
+        let path: PathBuf = dirs.home.join(name);
+        std::fs::write(&path, &profile).map_err(|e| {
+            Failure::failed(
+                ReasonCode::WorkspaceError,
+                format!("failed to write {}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn apply_failure(record: &mut RunRecord, failure: Failure) {
+    record.outcome = Some(failure.outcome);
+    record.reason = Some(failure.reason);
+    record.message = Some(failure.message);
+    record.details = failure.details;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(
+        exit: ExitKind,
+        stopped: Option<StopCause>,
+        stderr: &str,
+    ) -> supervisor::ProcessOutcome {
+        supervisor::ProcessOutcome {
+            exit,
+            stopped,
+            stderr: stderr.into(),
+            stderr_dropped: 0,
+            duration: Duration::ZERO,
+            stragglers_killed: 0,
+        }
+    }
+
+    fn transcript(lines: &[&str]) -> Transcript {
+        let mut t = Transcript::default();
+        for line in lines {
+            t.observe(line);
+        }
+        t
+    }
+
+    const FAILED: &str = r#"{"type":"turn.failed","error":{"message":"stream disconnected"}}"#;
+    const COMPLETED: &str = r#"{"type":"turn.completed","usage":{}}"#;
+
+    #[test]
+    fn exit_code_zero_does_not_hide_a_failed_turn() {
+        let err = judge(
+            &transcript(&[FAILED]),
+            &process(ExitKind::Code(0), None, ""),
+            60,
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.outcome, err.reason),
+            (Outcome::Failed, ReasonCode::UpstreamError)
+        );
+        assert_eq!(err.message, "stream disconnected");
+    }
+
+    #[test]
+    fn exit_code_zero_without_a_terminal_event_is_not_success() {
+        let err = judge(
+            &transcript(&[]),
+            &process(ExitKind::Code(0), None, ""),
+            60,
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliError);
+    }
+
+    #[test]
+    fn a_completed_turn_wins_over_a_nonzero_exit() {
+        assert!(
+            judge(
+                &transcript(&[COMPLETED]),
+                &process(ExitKind::Code(1), None, ""),
+                60,
+                60
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_usage_error_is_told_apart_and_explained_from_stderr() {
+        let stderr = "error: unexpected argument '--bogus' found\n\nUsage: codex exec";
+        let err = judge(
+            &transcript(&[]),
+            &process(ExitKind::Code(2), None, stderr),
+            60,
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliUsageError);
+        assert!(
+            err.message.contains("unexpected argument"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_timeout_wins_over_whatever_the_stream_said() {
+        let err = judge(
+            &transcript(&[COMPLETED]),
+            &process(ExitKind::Signal(15), Some(StopCause::TimedOut), ""),
+            5,
+            5,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.outcome, err.reason),
+            (Outcome::TimedOut, ReasonCode::TimedOut)
+        );
+    }
+}

@@ -32,8 +32,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 const MAX_LINE_BYTES: usize = 4 << 20;
 /// How much stderr is kept; the rest is counted and dropped.
 const MAX_STDERR_BYTES: usize = 256 << 10;
-/// How many times the sweep looks again for processes that appeared while it was killing.
-const SWEEP_ROUNDS: usize = 20;
+/// How long the sweep keeps killing before it gives up on a process that will not die
+/// (one stuck in uninterruptible sleep, say).
+const SWEEP_PATIENCE: Duration = Duration::from_secs(5);
+/// Pause between looks at /proc while killed processes are torn down.
+const SWEEP_PAUSE: Duration = Duration::from_millis(5);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -226,19 +229,21 @@ async fn sweep(pid: Option<Pid>, marker: &(String, String)) -> usize {
     }
     let needle = format!("{}={}", marker.0, marker.1).into_bytes();
     tokio::task::spawn_blocking(move || {
-        let mut killed = 0;
-        for _ in 0..SWEEP_ROUNDS {
+        let mut killed = std::collections::HashSet::new();
+        let deadline = Instant::now() + SWEEP_PATIENCE;
+        loop {
             let found = processes_with_env(&needle);
-            if found.is_empty() {
-                break;
+            if found.is_empty() || Instant::now() > deadline {
+                return killed.len();
             }
             for pid in &found {
                 let _ = kill(*pid, Signal::SIGKILL);
+                killed.insert(*pid);
             }
-            killed += found.len();
-            std::thread::yield_now();
+            // SIGKILL is delivered asynchronously; a killed process keeps its environment
+            // until the kernel has torn it down, so look again shortly.
+            std::thread::sleep(SWEEP_PAUSE);
         }
-        killed
     })
     .await
     .unwrap_or(0)

@@ -8,3 +8,4 @@ mod api;
 mod codex_runs;
 mod health;
 mod restart;
+mod service;

@@ -193,3 +193,48 @@ pub fn assert_no_canary(value: &Value) {
         "the model API key leaked: {text}"
     );
 }
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
+}
+
+impl TestBridge {
+    /// Reads an SSE stream to its end (the server ends it after the outcome event).
+    pub async fn sse(&self, path: &str, last_event_id: Option<u64>) -> Vec<SseEvent> {
+        let mut request = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.expect("the bridge answers");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
+        let text = response.text().await.expect("the stream ends");
+        parse_sse(&text)
+    }
+}
+
+/// Parses SSE frames, skipping comments (keep-alives).
+pub fn parse_sse(text: &str) -> Vec<SseEvent> {
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+            };
+            Some(SseEvent {
+                id: field("id:")?.parse().ok()?,
+                event: field("event:")?,
+                data: serde_json::from_str(&field("data:")?).ok()?,
+            })
+        })
+        .collect()
+}

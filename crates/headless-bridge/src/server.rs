@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::run::engine::Engine;
+use crate::run::supervisor::{self, RUN_MARKER};
 use crate::store::{Store, StoreError};
 
 /// How often finished runs past their retention are deleted.
@@ -51,11 +52,10 @@ impl Bridge {
         }
         let store = Store::open(&data_dir.join("runs.sqlite3"))?;
         let interrupted = store.interrupt_unfinished().await?;
-        if interrupted > 0 {
-            tracing::warn!(
-                interrupted,
-                "runs left unfinished by a previous process were marked interrupted"
-            );
+        for id in &interrupted {
+            // A bridge killed without warning leaves its runs' processes behind.
+            let killed = supervisor::kill_marked(RUN_MARKER, &id.to_string()).await;
+            tracing::warn!(run_id = %id, killed, "a run left unfinished by a previous process was marked interrupted");
         }
         // No run of this process exists yet, so every workspace left is a dead run's.
         remove_children(&data_dir.join("workspaces"));

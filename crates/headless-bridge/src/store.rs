@@ -279,8 +279,8 @@ impl Store {
     }
 
     /// Marks every unfinished run as interrupted: called at start-up, when no run of this
-    /// process can be in progress yet. Returns how many were marked.
-    pub async fn interrupt_unfinished(&self) -> Result<usize, StoreError> {
+    /// process can be in progress yet. Returns the runs it marked.
+    pub async fn interrupt_unfinished(&self) -> Result<Vec<RunId>, StoreError> {
         let rows: Vec<String> = self
             .with_conn(|conn| {
                 let mut stmt = conn.prepare("SELECT record FROM runs WHERE state != 'finished'")?;
@@ -298,7 +298,11 @@ impl Store {
             self.put(&record).await?;
             self.append_outcome_event(&record).await?;
         }
-        Ok(rows.len())
+        let ids = rows
+            .iter()
+            .filter_map(|json| serde_json::from_str::<RunRecord>(json).ok())
+            .map(|r| r.id);
+        Ok(ids.collect())
     }
 
     /// Closes the event log of a run that ended without its own writer.
@@ -500,11 +504,11 @@ mod tests {
         let record = RunRecord::queued(spec());
         store.put(&record).await.unwrap();
 
-        assert_eq!(store.interrupt_unfinished().await.unwrap(), 1);
+        assert_eq!(store.interrupt_unfinished().await.unwrap(), [record.id]);
         let stored = store.get(record.id).await.unwrap().unwrap();
         assert_eq!(stored.outcome, Some(Outcome::Interrupted));
         assert_eq!(stored.reason, Some(ReasonCode::Interrupted));
-        assert_eq!(store.interrupt_unfinished().await.unwrap(), 0);
+        assert_eq!(store.interrupt_unfinished().await.unwrap(), []);
     }
 
     #[tokio::test]

@@ -25,13 +25,10 @@ use crate::git::{Checkout, Git, GitError};
 use crate::policy::UrlPolicy;
 use crate::redact::Redactor;
 use crate::run::events::{EventKind, EventSink};
-use crate::run::supervisor::{self, ExitKind, ProcessSpec, StopCause, Stream};
+use crate::run::supervisor::{self, ExitKind, ProcessSpec, RUN_MARKER, StopCause, Stream};
 use crate::run::{Outcome, ReasonCode, RunRecord, RunSpec, RunState};
 use crate::store::Store;
 use crate::workspace::Workspace;
-
-/// The environment variable that marks every process of a run, for the supervisor's sweep.
-pub const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
 
 /// What a run needs from the engine.
 pub(super) struct Pipeline {

@@ -24,6 +24,9 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The environment variable that marks every process of a run with the run's id.
+pub const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
+
 /// How long a process group has between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
 /// How long to keep reading output after the child exited and its stragglers were killed.
@@ -222,6 +225,12 @@ async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
 
 /// Kills what is left of the group and every process carrying the marker; returns how many
 /// marked processes it found.
+/// Kills every process whose environment carries `name=value`: what is left of a run whose
+/// supervisor is gone (the bridge was killed). Returns how many it killed.
+pub async fn kill_marked(name: &str, value: &str) -> usize {
+    sweep(None, &(name.to_owned(), value.to_owned())).await
+}
+
 async fn sweep(pid: Option<Pid>, marker: &(String, String)) -> usize {
     if let Some(pid) = pid {
         // The leader has exited, but members of its group may live on.

@@ -53,3 +53,47 @@ async fn a_run_cut_short_by_shutdown_is_recorded_as_interrupted() {
     assert_eq!(after["outcome"], "interrupted", "{after}");
     assert_eq!(after["reason"], "interrupted");
 }
+
+#[tokio::test]
+async fn after_a_kill_9_the_restarted_bridge_records_the_run_and_kills_what_it_left() {
+    use headless_bridge::run::supervisor::{RUN_MARKER, processes_with_env};
+
+    use crate::support::BridgeProcess;
+
+    let model = Model::start(Behavior::Hang).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut bridge = BridgeProcess::start(model.codex_dir.path(), data_dir.path()).await;
+    let (status, run) = bridge
+        .client()
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "hang"}))
+        .await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    model.fake.wait_for_requests(1).await;
+
+    bridge.child.kill().await.expect("SIGKILL the bridge");
+    let marker = format!("{RUN_MARKER}={id}");
+    assert!(
+        !processes_with_env(marker.as_bytes()).is_empty(),
+        "the killed bridge's CLI is still running"
+    );
+
+    let restarted = BridgeProcess::start(model.codex_dir.path(), data_dir.path()).await;
+    let (_, after) = restarted.client().get(&format!("/v1/runs/{id}")).await;
+
+    assert_eq!(after["outcome"], "interrupted", "{after}");
+    assert_eq!(
+        processes_with_env(marker.as_bytes()),
+        vec![],
+        "the restart killed the orphaned CLI"
+    );
+    let workspaces = std::fs::read_dir(data_dir.path().join("workspaces"))
+        .unwrap()
+        .count();
+    assert_eq!(workspaces, 0, "the dead run's workspace was removed");
+    let events = restarted
+        .client()
+        .sse(&format!("/v1/runs/{id}/events"), None)
+        .await;
+    assert_eq!(events.last().unwrap().event, "outcome");
+}

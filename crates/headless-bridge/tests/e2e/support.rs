@@ -238,3 +238,62 @@ pub fn parse_sse(text: &str) -> Vec<SseEvent> {
         })
         .collect()
 }
+
+/// The bridge as a real child process (`headless-bridge serve`), for tests that kill it.
+pub struct BridgeProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+impl BridgeProcess {
+    /// Starts the binary on a free loopback port and waits for its "serving" log line.
+    pub async fn start(codex_dir: &Path, data_dir: &Path) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"))
+            .arg("serve")
+            .env("HB_LISTEN", "127.0.0.1:0")
+            .env("HB_API_TOKEN", TOKEN)
+            .env("HB_DATA_DIR", data_dir)
+            .env("HB_CODEX_DIR", codex_dir)
+            .env("HB_CODEX_BIN", codex_bin())
+            .env("HB_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the bridge binary starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let address = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read the log")
+                .expect("the bridge logs before it exits");
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if entry["message"] == "headless-bridge serving" {
+                break entry["address"]
+                    .as_str()
+                    .expect("the address is logged")
+                    .to_owned();
+            }
+        };
+        // Keep draining the log so the bridge never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+
+    /// A client view of this process.
+    pub fn client(&self) -> TestBridge {
+        TestBridge {
+            url: self.url.clone(),
+            client: reqwest::Client::new(),
+            data_dir: None,
+            stop: None,
+            server: None,
+        }
+    }
+}

@@ -73,6 +73,7 @@ const SETTINGS: &[Setting] = &[
     Setting::new("run_retention_count", "HB_RUN_RETENTION_COUNT", None),
     Setting::new("max_log_bytes", "HB_MAX_LOG_BYTES", None),
     Setting::new("webhook_secret", "HB_WEBHOOK_SECRET", None),
+    Setting::new("adapters_dir", "HB_ADAPTERS_DIR", Some("--adapters-dir")),
     Setting::new("keep_workspaces", "HB_KEEP_WORKSPACES", None),
     Setting::new("log_format", "HB_LOG_FORMAT", None),
 ];
@@ -110,6 +111,8 @@ pub struct Config {
     pub max_log_bytes: u64,
     /// Key for the HMAC signature of completion webhooks; webhooks are refused without one.
     pub webhook_secret: Option<Secret>,
+    /// A directory of adapter profiles (`*.toml`), one CLI each.
+    pub adapters_dir: Option<PathBuf>,
     /// Keep each run's workspace after it finishes (for debugging).
     pub keep_workspaces: bool,
     /// How log lines are written.
@@ -356,6 +359,7 @@ impl RawConfig {
                 |v| v.parse().ok(),
             )?,
             webhook_secret,
+            adapters_dir: self.path("adapters_dir"),
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
             log_format: self.parse("log_format", "auto", parse_log_format)?,
         })

@@ -59,6 +59,12 @@ struct ServeArgs {
     /// Default run timeout in seconds [env: HB_RUN_TIMEOUT] [default: 600].
     #[arg(long, value_name = "SECONDS")]
     run_timeout: Option<String>,
+    /// Runs executing at once [env: HB_MAX_CONCURRENT_RUNS] [default: 8].
+    #[arg(long, value_name = "N")]
+    max_concurrent_runs: Option<String>,
+    /// Directory of adapter profiles, one `*.toml` per CLI [env: HB_ADAPTERS_DIR].
+    #[arg(long, value_name = "DIR")]
+    adapters_dir: Option<String>,
 }
 
 impl ServeArgs {
@@ -76,6 +82,8 @@ impl ServeArgs {
         raw.merge_flag("codex_bin", self.codex_bin);
         raw.merge_flag("allowed_hosts", self.allowed_hosts);
         raw.merge_flag("run_timeout", self.run_timeout);
+        raw.merge_flag("max_concurrent_runs", self.max_concurrent_runs);
+        raw.merge_flag("adapters_dir", self.adapters_dir);
         raw.build()
     }
 }

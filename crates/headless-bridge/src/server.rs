@@ -13,6 +13,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::adapter::Adapters;
+use crate::adapter::profile::{Profile, ProfileError};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::run::engine::Engine;
@@ -33,6 +35,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
     #[error("failed to serve HTTP")]
     Http(#[source] std::io::Error),
 }
@@ -60,8 +64,13 @@ impl Bridge {
         // No run of this process exists yet, so every workspace left is a dead run's.
         remove_children(&data_dir.join("workspaces"));
 
+        let profiles = match &config.adapters_dir {
+            Some(dir) => Profile::load_dir(dir)?,
+            None => Default::default(),
+        };
+        tracing::info!(profiles = profiles.len(), "adapters loaded");
         let config = Arc::new(config);
-        let engine = Engine::new(config.clone(), store);
+        let engine = Engine::new(config.clone(), store, Adapters::new(profiles));
         Ok(Self {
             state: AppState::new(config, engine),
         })

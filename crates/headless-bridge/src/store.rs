@@ -359,7 +359,7 @@ struct RunRow {
     state: &'static str,
     contract_id: Option<String>,
     created_at: String,
-    adapter: &'static str,
+    adapter: String,
     json: String,
 }
 
@@ -370,7 +370,7 @@ impl RunRow {
             state: state_text(record.state),
             contract_id: record.spec.contract_id.clone(),
             created_at: rfc3339(record.created_at),
-            adapter: record.spec.adapter.as_str(),
+            adapter: record.spec.adapter.clone(),
             json: serde_json::to_string(record)?,
         })
     }
@@ -461,11 +461,11 @@ fn rfc3339(at: OffsetDateTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::{AdapterKind, RunSpec};
+    use crate::run::RunSpec;
 
     fn spec() -> RunSpec {
         RunSpec {
-            adapter: AdapterKind::Codex,
+            adapter: "codex".into(),
             prompt: "fix it".into(),
             repo: None,
             tools: Vec::new(),

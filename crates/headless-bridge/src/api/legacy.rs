@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::body::{self, JsonObject};
 use super::error::ApiError;
+use crate::adapter::CODEX;
 use crate::adapter::codex;
-use crate::run::{AdapterKind, Outcome, RepoSpec, RunRecord, RunSpec, ToolSpec};
+use crate::run::{Outcome, RepoSpec, RunRecord, RunSpec, ToolSpec};
 
 /// The name the original service gives its helper tool.
 const TOOL_NAME: &str = "ak";
@@ -90,7 +91,7 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
 
     let prompt = codex::legacy_prompt(&repo_url, &ak_url, &digest.to_string(), &failure_details);
     Ok(RunSpec {
-        adapter: AdapterKind::Codex,
+        adapter: CODEX.into(),
         prompt,
         repo: Some(RepoSpec {
             url: repo_url,

@@ -19,10 +19,10 @@ use serde_json::{Map, Value};
 use super::AppState;
 use super::body::{self, JsonObject};
 use super::error::ApiError;
-use crate::adapter::codex;
+use crate::adapter::{CODEX, codex};
 use crate::git;
 use crate::run::engine::{CancelError, Submitted};
-use crate::run::{AdapterKind, RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
+use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
 use crate::store::RunFilter;
 
 const MAX_PROMPT: usize = 256 << 10;
@@ -96,6 +96,11 @@ pub async fn submit(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// The adapters this bridge offers.
+pub async fn adapters(State(state): State<AppState>) -> Json<Value> {
+    Json(serde_json::json!({ "adapters": state.engine.adapters().describe() }))
 }
 
 /// One run's record.
@@ -242,15 +247,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
-    let adapter = body.string("adapter", 64, "the CLI to run; this build knows \"codex\"")?;
-    if adapter != "codex" {
+    let known = state.engine.adapters().names().join(", ");
+    let adapter = body.string("adapter", 64, &format!("the CLI to run, one of: {known}"))?;
+    if state.engine.adapters().get(&adapter).is_none() {
         return Err(ApiError::bad_request(
             "unknown_adapter",
-            format!("adapter `{adapter}` is not known; use \"codex\""),
+            format!("adapter `{adapter}` is not known; this bridge has: {known}"),
         ));
     }
     let prompt = body.string("prompt", MAX_PROMPT, "the task for the CLI")?;
-    if prompt.trim() == "-" {
+    if adapter == CODEX && prompt.trim() == "-" {
         // codex exec reads its prompt from stdin when given "-", even after "--".
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -327,9 +333,14 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
     };
 
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    let prompt = if adapter == CODEX {
+        codex::run_prompt(&prompt, &names)
+    } else {
+        prompt
+    };
     Ok(RunSpec {
-        adapter: AdapterKind::Codex,
-        prompt: codex::run_prompt(&prompt, &names),
+        adapter,
+        prompt,
         repo,
         tools,
         timeout_s,

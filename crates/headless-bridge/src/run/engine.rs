@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 use super::events::EventSink;
 use super::pipeline::Pipeline;
 use super::webhook::Webhooks;
+use crate::adapter::Adapters;
 use crate::config::Config;
 use crate::fetch::Fetcher;
 use crate::policy::UrlPolicy;
@@ -83,6 +84,7 @@ pub struct Engine {
 struct Inner {
     config: Arc<Config>,
     store: Store,
+    adapters: Adapters,
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
@@ -111,7 +113,7 @@ pub struct Follow {
 
 impl Engine {
     /// An engine over `store`; runs write their workspaces and logs under the data directory.
-    pub fn new(config: Arc<Config>, store: Store) -> Self {
+    pub fn new(config: Arc<Config>, store: Store, adapters: Adapters) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
         let inner = Inner {
             fetcher: Fetcher::new(policy.clone()),
@@ -120,6 +122,7 @@ impl Engine {
             policy,
             config,
             store,
+            adapters,
             active: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -134,6 +137,11 @@ impl Engine {
     /// The URL policy runs are checked against.
     pub fn policy(&self) -> &UrlPolicy {
         &self.inner.policy
+    }
+
+    /// The adapters runs may use.
+    pub fn adapters(&self) -> &Adapters {
+        &self.inner.adapters
     }
 
     /// The store runs are recorded in.
@@ -286,6 +294,11 @@ impl Engine {
     }
 
     fn start(&self, record: RunRecord) {
+        let adapter = self
+            .inner
+            .adapters
+            .get(&record.spec.adapter)
+            .expect("submissions are validated against the adapters");
         let (done_tx, done) = watch::channel(false);
         let (latest_tx, latest_event) = watch::channel(0);
         let stop = self.inner.shutdown.child_token();
@@ -310,7 +323,7 @@ impl Engine {
         );
         sink.state(json!({ "state": RunState::Queued }));
 
-        let span = tracing::info_span!("run", run_id = %record.id, adapter = record.spec.adapter.as_str(),
+        let span = tracing::info_span!("run", run_id = %record.id, adapter = %record.spec.adapter,
             contract_id = record.spec.contract_id.as_deref().unwrap_or(""));
         let pipeline = Pipeline {
             config: self.inner.config.clone(),
@@ -319,6 +332,7 @@ impl Engine {
             policy: self.inner.policy.clone(),
             stop,
             cancel_requested,
+            adapter,
         };
         let engine = self.clone();
         self.inner.tasks.spawn(

@@ -105,6 +105,8 @@ pub enum ReasonCode {
     CliNotFound,
     /// The CLI rejected its command line.
     CliUsageError,
+    /// The CLI stopped to ask a person something; headless, nobody would answer.
+    InteractivePromptBlocked,
     /// The CLI stopped without reporting an outcome (bad configuration, a crash).
     CliError,
     /// The model provider or cloud answered with an error.
@@ -119,22 +121,6 @@ impl ReasonCode {
         match serde_json::to_value(self) {
             Ok(serde_json::Value::String(code)) => code,
             _ => unreachable!("unit enum variants serialize as strings"),
-        }
-    }
-}
-
-/// The adapters this build knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdapterKind {
-    Codex,
-}
-
-impl AdapterKind {
-    /// The adapter's name on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Codex => "codex",
         }
     }
 }
@@ -176,7 +162,8 @@ mod digest_text {
 /// Everything a validated request asks of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
-    pub adapter: AdapterKind,
+    /// The adapter's name: `codex`, or a profile's.
+    pub adapter: String,
     pub prompt: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<RepoSpec>,

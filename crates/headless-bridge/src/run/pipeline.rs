@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapter::codex::{self, RunDirs};
-use crate::adapter::codex_events::{self, Terminal, Transcript};
+use crate::adapter::{self, Adapter, OutputReader, Verdict};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError};
 use crate::fetch::{FetchError, Fetcher};
@@ -40,6 +40,8 @@ pub(super) struct Pipeline {
     pub stop: CancellationToken,
     /// Set when the stop was a cancel request rather than a shutdown.
     pub cancel_requested: Arc<AtomicBool>,
+    /// The adapter of this run.
+    pub adapter: Adapter,
 }
 
 /// Why a run stopped before or instead of its CLI finishing.
@@ -177,17 +179,24 @@ impl Pipeline {
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
         let dirs = &workspace.dirs;
-        let auth = credentials::load(&self.config.codex)?;
-        redactor.extend(auth.secrets().iter().cloned());
+        let auth = match self.adapter {
+            Adapter::Codex => Some(credentials::load(&self.config.codex)?),
+            Adapter::Profile(_) => None,
+        };
+        if let Some(auth) = &auth {
+            redactor.extend(auth.secrets().iter().cloned());
+        }
 
         let checkout = self.clone_repo(&record.spec, dirs, account, sink).await?;
         self.fetch_tools(&record.spec, dirs, account, sink).await?;
-        credentials::install(&auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
-            Failure::failed(
-                ReasonCode::WorkspaceError,
-                format!("failed to copy the login: {e}"),
-            )
-        })?;
+        if let Some(auth) = &auth {
+            credentials::install(auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
+                Failure::failed(
+                    ReasonCode::WorkspaceError,
+                    format!("failed to copy the login: {e}"),
+                )
+            })?;
+        }
         write_profiles(dirs)?;
 
         self.enter(record, RunState::Running, sink).await;
@@ -269,7 +278,15 @@ impl Pipeline {
         redactor: &Redactor,
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
-        let (program, args, env) = codex::command(&self.config.codex, dirs, &record.spec.prompt);
+        let (program, args, env) = match &self.adapter {
+            Adapter::Codex => codex::command(&self.config.codex, dirs, &record.spec.prompt),
+            Adapter::Profile(profile) => {
+                let (program, args, extra) = profile.command(&record.spec.prompt, &dirs.work);
+                let mut env = adapter::run_environment(dirs);
+                env.extend(extra);
+                (program, args, env)
+            }
+        };
         let idle = record
             .spec
             .idle_timeout_s
@@ -284,22 +301,32 @@ impl Pipeline {
             idle_timeout: Some(idle),
         };
 
-        let mut transcript = Transcript::default();
+        let mut reader = self.adapter.reader();
+        // A prompt detector stops only this process; the run's own stop token stays for
+        // cancel requests and shutdown, so the three causes can be told apart.
+        let process_stop = self.stop.child_token();
+        let mut blocked_on: Option<String> = None;
         let on_line = |stream: Stream, line: &str| {
             let line = redactor.redact(line);
+            if let (Adapter::Profile(profile), None) = (&self.adapter, &blocked_on) {
+                if let Some(pattern) = profile.prompt_in(&line) {
+                    blocked_on = Some(pattern.to_owned());
+                    process_stop.cancel();
+                }
+            }
             match stream {
-                Stream::Stdout => match transcript.observe(&line) {
+                Stream::Stdout => match reader.observe(&line) {
                     Some(event) => sink.line(EventKind::CliEvent, &line, Some(event)),
                     None => sink.line(EventKind::Output, &line, None),
                 },
                 Stream::Stderr => sink.line(EventKind::Stderr, &line, None),
             }
         };
-        let outcome = supervisor::run(spec, self.stop.clone(), on_line)
+        let outcome = supervisor::run(spec, process_stop.clone(), on_line)
             .await
             .map_err(|e| cli_not_started(&program, &e))?;
 
-        account.extend(transcript.account.iter().cloned());
+        account.extend(reader.account());
         let stderr = codex::meaningful_stderr(&outcome.stderr);
         if !stderr.is_empty() {
             account.push("--- stderr ---".into());
@@ -322,12 +349,21 @@ impl Pipeline {
             ExitKind::Code(code) => Some(code),
             ExitKind::Signal(_) => None,
         };
-        record.usage = transcript.usage.clone();
-        record.output = transcript.output().to_owned();
+        record.usage = reader.usage();
+        record.output = reader.output();
+        if let Some(pattern) = blocked_on {
+            let message = format!(
+                "the CLI stopped to ask a person something (its output matched `{pattern}`)"
+            );
+            return Err(Failure::failed(
+                ReasonCode::InteractivePromptBlocked,
+                message,
+            ));
+        }
         if outcome.stopped == Some(StopCause::Cancelled) {
             return Err(self.stop_failure());
         }
-        judge(&transcript, &outcome, record.spec.timeout_s, idle.as_secs())?;
+        judge(&reader, &outcome, record.spec.timeout_s, idle.as_secs())?;
         record.outcome = Some(Outcome::Succeeded);
         Ok(())
     }
@@ -353,7 +389,7 @@ impl Pipeline {
 
 /// Decides a finished CLI's outcome from its event stream, the way the CLI itself reported it.
 fn judge(
-    transcript: &Transcript,
+    reader: &OutputReader,
     outcome: &supervisor::ProcessOutcome,
     timeout_s: u64,
     idle_s: u64,
@@ -382,31 +418,32 @@ fn judge(
         }
         None => {}
     }
-    match (&transcript.terminal, &outcome.exit) {
-        (Some(Terminal::Completed), _) => Ok(()),
-        (Some(Terminal::Failed { message }), _) => Err(Failure::failed(
-            codex_events::failure_reason(message),
-            message.clone(),
-        )),
-        (None, ExitKind::Code(2)) => Err(Failure::failed(
+    let exit_code = match outcome.exit {
+        ExitKind::Code(code) => Some(code),
+        ExitKind::Signal(_) => None,
+    };
+    match (reader.verdict(exit_code), &outcome.exit) {
+        (Verdict::Succeeded, _) => Ok(()),
+        (Verdict::Failed { reason, message }, _) => Err(Failure::failed(reason, message)),
+        (Verdict::NoOutcome, ExitKind::Code(2)) => Err(Failure::failed(
             ReasonCode::CliUsageError,
-            cli_stopped_message(transcript, outcome),
+            cli_stopped_message(reader, outcome),
         )),
-        (None, _) => Err(Failure::failed(
+        (Verdict::NoOutcome, _) => Err(Failure::failed(
             ReasonCode::CliError,
-            cli_stopped_message(transcript, outcome),
+            cli_stopped_message(reader, outcome),
         )),
     }
 }
 
 /// What to say when the CLI ended without a turn outcome: its last error, else the first
 /// meaningful stderr line (its backtraces are noise).
-fn cli_stopped_message(transcript: &Transcript, outcome: &supervisor::ProcessOutcome) -> String {
+fn cli_stopped_message(reader: &OutputReader, outcome: &supervisor::ProcessOutcome) -> String {
     let exit = match outcome.exit {
         ExitKind::Code(code) => format!("exit code {code}"),
         ExitKind::Signal(signal) => format!("signal {signal}"),
     };
-    let detail = transcript.last_error.clone().or_else(|| {
+    let detail = reader.last_error().or_else(|| {
         outcome
             .stderr
             .lines()
@@ -474,8 +511,8 @@ mod tests {
         }
     }
 
-    fn transcript(lines: &[&str]) -> Transcript {
-        let mut t = Transcript::default();
+    fn transcript(lines: &[&str]) -> OutputReader {
+        let mut t = Adapter::Codex.reader();
         for line in lines {
             t.observe(line);
         }

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod cli_profiles;
 mod codex_runs;
 mod health;
 mod restart;

@@ -246,21 +246,28 @@ pub struct BridgeProcess {
 }
 
 impl BridgeProcess {
-    /// Starts the binary on a free loopback port and waits for its "serving" log line.
+    /// Starts the binary for `codex_dir` on a free loopback port and waits until it serves.
     pub async fn start(codex_dir: &Path, data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[("HB_CODEX_DIR", codex_dir)]).await
+    }
+
+    /// Starts the binary with these extra settings and waits for its "serving" log line.
+    pub async fn start_with(data_dir: &Path, vars: &[(&str, &Path)]) -> Self {
         use tokio::io::{AsyncBufReadExt, BufReader};
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"))
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"));
+        command
             .arg("serve")
             .env("HB_LISTEN", "127.0.0.1:0")
             .env("HB_API_TOKEN", TOKEN)
             .env("HB_DATA_DIR", data_dir)
-            .env("HB_CODEX_DIR", codex_dir)
             .env("HB_CODEX_BIN", codex_bin())
             .env("HB_LOG_FORMAT", "json")
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the bridge binary starts");
+            .kill_on_drop(true);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the bridge binary starts");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
         let address = loop {
             let line = lines
@@ -284,6 +291,21 @@ impl BridgeProcess {
             child,
             url: format!("http://{address}"),
         }
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("the bridge is running");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM is reported");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .expect("VmHWM is a number")
     }
 
     /// A client view of this process.

@@ -1,0 +1,223 @@
+//! Runs of plain CLIs through declarative adapter profiles: how the run engine copes with
+//! real processes that misbehave (escape their group, hold the output pipe, read stdin, flood
+//! stdout, ask questions), and with many runs at once.
+
+use std::path::Path;
+
+use headless_bridge::run::supervisor::{RUN_MARKER, processes_with_env};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::support::{BridgeBuilder, BridgeProcess, TestBridge};
+
+/// A profile running `script` with /bin/sh; the prompt is its `$1`.
+fn sh_profile(dir: &Path, name: &str, script: &str, extra: &str) {
+    let text = format!(
+        "description = \"test CLI\"\nexecutable = \"/bin/sh\"\nargs = [\"-c\", {script:?}, \"sh\", \"{{prompt}}\"]\n{extra}"
+    );
+    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+}
+
+async fn bridge_with(profiles: &TempDir, vars: &[(&'static str, &str)]) -> TestBridge {
+    let mut builder =
+        BridgeBuilder::new().var("HB_ADAPTERS_DIR", profiles.path().display().to_string());
+    for (name, value) in vars {
+        builder = builder.var(name, *value);
+    }
+    builder.start().await
+}
+
+async fn run(bridge: &TestBridge, adapter: &str, prompt: &str) -> Value {
+    let (status, run) = bridge
+        .post(
+            "/v1/runs?wait=300",
+            &json!({"adapter": adapter, "prompt": prompt}),
+        )
+        .await;
+    assert_eq!(status, 200, "{run}");
+    run
+}
+
+fn assert_no_process_left(run: &Value) {
+    let marker = format!("{RUN_MARKER}={}", run["id"].as_str().unwrap());
+    assert_eq!(
+        processes_with_env(marker.as_bytes()),
+        vec![],
+        "processes of the run survived it"
+    );
+}
+
+#[tokio::test]
+async fn profiles_are_listed_and_run_with_the_prompt_as_one_argument() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "echo", "printf 'got: %s\\n' \"$1\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let (_, adapters) = bridge.get("/v1/adapters").await;
+    let names: Vec<&str> = adapters["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["codex", "echo"]);
+
+    let run = run(&bridge, "echo", "a; touch /tmp/pwned $(id)").await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(run["output"], "got: a; touch /tmp/pwned $(id)\n");
+}
+
+/// Regression: a grandchild that left the process group and kept stdout open held runs open.
+#[tokio::test]
+async fn a_grandchild_holding_stdout_cannot_keep_the_run_open() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "escaper",
+        "setsid sleep 300 & nohup sleep 301 & echo parent done",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "escaper", "x").await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(run["logs"].as_str().unwrap().contains("parent done"));
+    assert_no_process_left(&run);
+}
+
+#[tokio::test]
+async fn a_cli_reading_stdin_until_eof_gets_eof_at_once() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "reader", "cat; echo \"stdin closed\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "reader", "x").await;
+
+    assert_eq!(
+        (&run["outcome"], &run["output"]),
+        (&json!("succeeded"), &json!("stdin closed\n"))
+    );
+}
+
+#[tokio::test]
+async fn a_silent_cli_is_stalled_and_a_question_blocks_at_once() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "silent", "echo working; sleep 300", "");
+    sh_profile(
+        profiles.path(),
+        "asker",
+        "echo 'Enter a value:'; sleep 300",
+        "prompt_patterns = [\"Enter a value:\"]\n",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let request = json!({"adapter": "silent", "prompt": "x", "idle_timeout_s": 1});
+    let (_, stalled) = bridge.post("/v1/runs?wait=60", &request).await;
+    assert_eq!(
+        (&stalled["outcome"], &stalled["reason"]),
+        (&json!("timed_out"), &json!("stalled")),
+        "{stalled}"
+    );
+    assert_no_process_left(&stalled);
+
+    let blocked = run(&bridge, "asker", "x").await;
+    assert_eq!(
+        (&blocked["outcome"], &blocked["reason"]),
+        (&json!("failed"), &json!("interactive_prompt_blocked")),
+        "{blocked}"
+    );
+    assert_no_process_left(&blocked);
+}
+
+#[tokio::test]
+async fn a_failing_cli_reports_its_exit_code() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "failer",
+        "echo 'no such file' >&2; exit 3",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "failer", "x").await;
+
+    assert_eq!(
+        (&run["outcome"], &run["reason"], &run["exit_code"]),
+        (&json!("failed"), &json!("cli_error"), &json!(3))
+    );
+    assert!(
+        run["logs"].as_str().unwrap().contains("no such file"),
+        "{run}"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_runs_are_all_recorded_and_leave_nothing_behind() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "quick", "echo \"run $1\"", "");
+    let bridge = bridge_with(
+        &profiles,
+        &[
+            ("HB_MAX_CONCURRENT_RUNS", "16"),
+            ("HB_MAX_QUEUED_RUNS", "256"),
+        ],
+    )
+    .await;
+
+    let submissions = (0..200).map(|i| {
+        let bridge = &bridge;
+        async move {
+            bridge
+                .post(
+                    "/v1/runs?wait=300",
+                    &json!({"adapter": "quick", "prompt": format!("{i}")}),
+                )
+                .await
+        }
+    });
+    let runs = futures::future::join_all(submissions).await;
+
+    for (i, (status, run)) in runs.iter().enumerate() {
+        assert_eq!(*status, 200, "{run}");
+        assert_eq!(run["output"], format!("run {i}\n"), "{run}");
+        assert_no_process_left(run);
+    }
+    let (_, listed) = bridge.get("/v1/runs?limit=100&state=finished").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn a_gigabyte_of_output_keeps_memory_flat_and_the_tail() {
+    let profiles = tempfile::tempdir().unwrap();
+    // 1 GiB in lines of 1 KiB, then a last line to look for.
+    let script =
+        "head -c 1073741824 /dev/zero | tr '\\000' x | fold -w 1023; echo; echo 'the very end'";
+    sh_profile(profiles.path(), "flood", script, "");
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge =
+        BridgeProcess::start_with(data_dir.path(), &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+
+    let run = run(&bridge.client(), "flood", "x").await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(run["output"].as_str().unwrap().ends_with("the very end\n"));
+    let peak_kib = bridge.peak_rss_kib();
+    assert!(
+        peak_kib < 64 * 1024,
+        "the bridge peaked at {peak_kib} KiB while a CLI printed 1 GiB"
+    );
+    let log = std::fs::metadata(
+        data_dir
+            .path()
+            .join("logs")
+            .join(format!("{}.log", run["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(
+        log.len() <= (64 << 20) + 200,
+        "the spill file is capped: {}",
+        log.len()
+    );
+}

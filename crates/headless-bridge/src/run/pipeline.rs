@@ -308,11 +308,11 @@ impl Pipeline {
         let mut blocked_on: Option<String> = None;
         let on_line = |stream: Stream, line: &str| {
             let line = redactor.redact(line);
-            if let (Adapter::Profile(profile), None) = (&self.adapter, &blocked_on) {
-                if let Some(pattern) = profile.prompt_in(&line) {
-                    blocked_on = Some(pattern.to_owned());
-                    process_stop.cancel();
-                }
+            if let (Adapter::Profile(profile), None) = (&self.adapter, &blocked_on)
+                && let Some(pattern) = profile.prompt_in(&line)
+            {
+                blocked_on = Some(pattern.to_owned());
+                process_stop.cancel();
             }
             match stream {
                 Stream::Stdout => match reader.observe(&line) {

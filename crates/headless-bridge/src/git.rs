@@ -176,17 +176,20 @@ impl Git {
             cmd.current_dir(dir);
         }
 
-        let child = cmd.spawn().map_err(GitError::Spawn)?;
+        let child = crate::reaper::spawn(&mut cmd).map_err(GitError::Spawn)?;
         let group = child.id().map(|id| Pid::from_raw(id as i32));
+        let pid = child.id();
         let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(result) => result.map_err(GitError::Spawn)?,
             Err(_) => {
                 if let Some(group) = group {
                     let _ = killpg(group, Signal::SIGKILL);
                 }
+                crate::reaper::forget(pid);
                 return Err(GitError::TimedOut { command, timeout });
             }
         };
+        crate::reaper::forget(pid);
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
             return Err(GitError::Failed { command, stderr });

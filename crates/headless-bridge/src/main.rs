@@ -117,6 +117,9 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.listen;
+    if headless_bridge::reaper::start_if_init() {
+        tracing::info!("running as PID 1: reaping orphaned processes");
+    }
     let bridge = Bridge::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

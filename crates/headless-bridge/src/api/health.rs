@@ -74,7 +74,14 @@ async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Val
         .env("CODEX_HOME", codex_home)
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    match tokio::time::timeout(VERSION_TIMEOUT, command.output()).await {
+    let child = match crate::reaper::spawn(command.stdout(Stdio::piped()).stderr(Stdio::null())) {
+        Ok(child) => child,
+        Err(e) => return problem(format!("failed to run {path}: {e}")),
+    };
+    let pid = child.id();
+    let result = tokio::time::timeout(VERSION_TIMEOUT, child.wait_with_output()).await;
+    crate::reaper::forget(pid);
+    match result {
         Ok(Ok(out)) if out.status.success() => {
             json!({ "ok": true, "path": path, "version": String::from_utf8_lossy(&out.stdout).trim() })
         }

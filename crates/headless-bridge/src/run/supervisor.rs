@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 use super::text;
+use crate::reaper;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +107,7 @@ pub async fn run(
     mut on_line: impl FnMut(Stream, &str),
 ) -> io::Result<ProcessOutcome> {
     let started = Instant::now();
-    let mut child = command(&spec).spawn()?;
+    let mut child = reaper::spawn(&mut command(&spec))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
@@ -156,6 +157,7 @@ pub async fn run(
         }
     };
 
+    reaper::forget(pid.map(|p| p.as_raw() as u32));
     let stragglers_killed = sweep(pid, &spec.marker).await;
     let drain = async {
         while let Some((stream, line)) = lines.recv().await {

@@ -221,3 +221,72 @@ async fn a_gigabyte_of_output_keeps_memory_flat_and_the_tail() {
         log.len()
     );
 }
+
+/// As PID 1 (a container without an init), the bridge must wait for the orphans its runs
+/// leave, or they stay zombies for ever.
+#[tokio::test]
+async fn as_pid_1_the_bridge_reaps_the_orphans_of_its_runs() {
+    let profiles = tempfile::tempdir().unwrap();
+    // Each run leaves three short-lived orphans behind, re-parented to PID 1 when they exit.
+    sh_profile(
+        profiles.path(),
+        "orphaner",
+        "(sleep 0.2 &); (sleep 0.2 &); (sleep 0.2 &); echo left",
+        "",
+    );
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge = BridgeProcess::start_in_pid_namespace(
+        data_dir.path(),
+        &[("HB_ADAPTERS_DIR", profiles.path())],
+    )
+    .await;
+    let client = bridge.client();
+
+    for _ in 0..3 {
+        assert_eq!(run(&client, "orphaner", "x").await["outcome"], "succeeded");
+    }
+
+    let init = bridge.namespace_init_pid();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let zombies = zombie_children(init);
+        let alive = live_children(init);
+        if zombies == 0 && alive == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{zombies} zombies and {alive} orphans remain under PID 1"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn children_of(parent: u32) -> Vec<char> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            (fields.next()?.parse::<u32>().ok()? == parent).then_some(state)
+        })
+        .collect()
+}
+
+fn zombie_children(parent: u32) -> usize {
+    children_of(parent)
+        .into_iter()
+        .filter(|s| *s == 'Z')
+        .count()
+}
+
+fn live_children(parent: u32) -> usize {
+    children_of(parent)
+        .into_iter()
+        .filter(|s| *s != 'Z')
+        .count()
+}

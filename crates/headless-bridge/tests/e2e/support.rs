@@ -253,10 +253,41 @@ impl BridgeProcess {
 
     /// Starts the binary with these extra settings and waits for its "serving" log line.
     pub async fn start_with(data_dir: &Path, vars: &[(&str, &Path)]) -> Self {
-        use tokio::io::{AsyncBufReadExt, BufReader};
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"));
+        command.arg("serve");
+        Self::launch(command, data_dir, vars).await
+    }
+
+    /// Starts the binary as PID 1 of a new PID namespace, as in a container without an init.
+    /// Needs root (CI and the development machines run as root).
+    pub async fn start_in_pid_namespace(data_dir: &Path, vars: &[(&str, &Path)]) -> Self {
+        let mut command = tokio::process::Command::new("unshare");
         command
-            .arg("serve")
+            .args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"])
+            .arg(env!("CARGO_BIN_EXE_headless-bridge"))
+            .arg("serve");
+        Self::launch(command, data_dir, vars).await
+    }
+
+    /// The host pid of PID 1 in the namespace `unshare` made: its only child.
+    pub fn namespace_init_pid(&self) -> u32 {
+        let unshare = self.child.id().expect("unshare is running");
+        let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .expect("read children");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+            .expect("unshare has forked the bridge")
+    }
+
+    async fn launch(
+        mut command: tokio::process::Command,
+        data_dir: &Path,
+        vars: &[(&str, &Path)],
+    ) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        command
             .env("HB_LISTEN", "127.0.0.1:0")
             .env("HB_API_TOKEN", TOKEN)
             .env("HB_DATA_DIR", data_dir)

@@ -199,7 +199,26 @@ async fn a_gigabyte_of_output_keeps_memory_flat_and_the_tail() {
     let bridge =
         BridgeProcess::start_with(data_dir.path(), &[("HB_ADAPTERS_DIR", profiles.path())]).await;
 
-    let run = run(&bridge.client(), "flood", "x").await;
+    let client = bridge.client();
+    let (_, started) = client
+        .post("/v1/runs", &json!({"adapter": "flood", "prompt": "x"}))
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    // A subscriber that connects and never reads must not hold the run back.
+    let stalled_subscriber = client
+        .client
+        .get(format!("{}/v1/runs/{id}/events", client.url))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (_, run) = client.get(&format!("/v1/runs/{id}")).await;
+    let run = if run["state"] == "finished" {
+        run
+    } else {
+        wait_for(&client, &id).await
+    };
+    drop(stalled_subscriber);
 
     assert_eq!(run["outcome"], "succeeded", "{run}");
     assert!(run["output"].as_str().unwrap().ends_with("the very end\n"));
@@ -289,4 +308,51 @@ fn live_children(parent: u32) -> usize {
         .into_iter()
         .filter(|s| *s != 'Z')
         .count()
+}
+
+/// The record once the run has finished.
+async fn wait_for(bridge: &TestBridge, id: &str) -> Value {
+    // The event stream ends with the outcome, which is stored after the finished record.
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    assert_eq!(events.last().unwrap().event, "outcome");
+    bridge.get(&format!("/v1/runs/{id}")).await.1
+}
+
+#[tokio::test]
+async fn on_shutdown_a_run_within_the_grace_period_finishes() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "slow",
+        "echo started; sleep 1; echo finished",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[("HB_SHUTDOWN_GRACE", "30")]).await;
+    let (_, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "slow", "prompt": "x"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let events = bridge
+        .client
+        .get(format!("{}/v1/runs/{id}/events", bridge.url))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut events = events.bytes_stream();
+    // Wait until the CLI has started before asking the bridge to stop.
+    let mut seen = String::new();
+    while !seen.contains("started") {
+        use futures::StreamExt as _;
+        seen.push_str(&String::from_utf8_lossy(
+            &events.next().await.unwrap().unwrap(),
+        ));
+    }
+
+    let data_dir = bridge.stop().await;
+    let bridge = BridgeBuilder::new().data_dir(data_dir).start().await;
+    let (_, after) = bridge.get(&format!("/v1/runs/{id}")).await;
+
+    assert_eq!(after["outcome"], "succeeded", "{after}");
+    assert_eq!(after["output"], "started\nfinished\n");
 }

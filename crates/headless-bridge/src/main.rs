@@ -117,6 +117,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.listen;
+    harden_process();
     if headless_bridge::reaper::start_if_init() {
         tracing::info!("running as PID 1: reaping orphaned processes");
     }
@@ -128,6 +129,19 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     bridge.serve(listener, shutdown_signal()).await?;
     tracing::info!("headless-bridge stopped");
     Ok(())
+}
+
+/// Process-wide protections, before any secret is used or any file written:
+/// - files the bridge creates (run store, logs, workspaces) are private to its user;
+/// - the process is not dumpable, so a run's commands, which run as the same user, cannot
+///   read the bridge's environment (its API tokens) or memory through /proc, and no core
+///   dump holds a secret.
+fn harden_process() {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077));
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "failed to make the process non-dumpable; runs may read its environment");
+    }
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

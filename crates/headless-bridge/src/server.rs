@@ -5,11 +5,13 @@
 //! stops accepting, new runs are refused, runs in progress get the grace period to finish,
 //! then the rest are cancelled and recorded as interrupted before the process exits.
 
+use std::fs::File;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +39,11 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Profile(#[from] ProfileError),
+    #[error(
+        "another headless-bridge is using the data directory {path}: give each bridge its own \
+         HB_DATA_DIR (two would mark each other's runs interrupted)"
+    )]
+    Locked { path: std::path::PathBuf },
     #[error("failed to serve HTTP")]
     Http(#[source] std::io::Error),
 }
@@ -44,6 +51,8 @@ pub enum ServeError {
 /// The parts of a bridge, built from its configuration.
 pub struct Bridge {
     pub state: AppState,
+    /// Held while the bridge runs: one bridge per data directory.
+    _lock: Flock<File>,
 }
 
 impl Bridge {
@@ -54,6 +63,7 @@ impl Bridge {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| ServeError::DataDir { path: dir, source })?;
         }
+        let lock = lock_data_dir(data_dir)?;
         let store = Store::open(&data_dir.join("runs.sqlite3"))?;
         let interrupted = store.interrupt_unfinished().await?;
         for id in &interrupted {
@@ -73,6 +83,7 @@ impl Bridge {
         let engine = Engine::new(config.clone(), store, Adapters::new(profiles));
         Ok(Self {
             state: AppState::new(config, engine),
+            _lock: lock,
         })
     }
 
@@ -137,6 +148,24 @@ async fn retention_loop(config: Arc<Config>, engine: Engine) {
             Err(e) => tracing::error!(error = %crate::error_chain(&e), "failed to delete old runs"),
         }
     }
+}
+
+/// Takes the data directory's lock file, so a second bridge on it stops before it touches any
+/// record. The lock goes with the process, however it ends.
+fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, ServeError> {
+    let path = data_dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServeError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| ServeError::Locked {
+        path: data_dir.to_owned(),
+    })
 }
 
 fn remove_children(dir: &Path) {

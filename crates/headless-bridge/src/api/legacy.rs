@@ -24,7 +24,8 @@ use crate::run::{Outcome, RepoSpec, RunRecord, RunSpec, ToolSpec};
 const TOOL_NAME: &str = "ak";
 const MAX_CONTRACT_ID: usize = 256;
 const MAX_URL: usize = 2048;
-const MAX_FAILURE_DETAILS: usize = 256 << 10;
+/// The prompt built around the details is one argument, which Linux caps at 128 KiB.
+const MAX_FAILURE_DETAILS: usize = 112 << 10;
 
 /// The original response shape.
 #[derive(Debug, Serialize)]

@@ -64,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .merge(protected)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
@@ -71,6 +72,14 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such route; see the README for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see the README for the API",
+    )
 }
 
 /// One span per request, named by the route template (never the raw path, which may hold ids

@@ -10,14 +10,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::body::{self, JsonObject};
+use super::body::{self, ApiQuery, JsonObject};
 use super::error::ApiError;
 use crate::adapter::{CODEX, codex};
 use crate::git;
@@ -25,7 +25,8 @@ use crate::run::engine::{CancelError, Submitted};
 use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
 use crate::store::RunFilter;
 
-const MAX_PROMPT: usize = 256 << 10;
+/// Linux caps a single argument at 128 KiB (MAX_ARG_STRLEN), and the prompt is one argument.
+const MAX_PROMPT: usize = 120 << 10;
 const MAX_URL: usize = 2048;
 const MAX_TOOLS: usize = 16;
 /// The longest a request may hold its connection waiting for an outcome.
@@ -52,7 +53,7 @@ pub struct ListQuery {
 /// Starts a run, or finds the one an idempotency key already names.
 pub async fn submit(
     State(state): State<AppState>,
-    Query(query): Query<SubmitQuery>,
+    ApiQuery(query): ApiQuery<SubmitQuery>,
     headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
@@ -142,7 +143,7 @@ pub async fn cancel(
 /// Runs matching the filters, newest first, a page at a time.
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(20).clamp(1, MAX_LIST);
     let run_state = match query.state.as_deref() {
@@ -264,6 +265,15 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         ));
     }
     let contract_id = body.optional_string("contract_id", 256)?;
+    if contract_id
+        .as_deref()
+        .is_some_and(|id| id.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "`contract_id` must not contain control characters",
+        ));
+    }
     let timeout_s = match body.optional_u64("timeout_s")? {
         None => state.config.run_timeout.as_secs(),
         Some(0) => {

@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use time::OffsetDateTime;
@@ -23,12 +23,15 @@ use crate::credentials::{self, CredentialError};
 use crate::fetch::{FetchError, Fetcher};
 use crate::git::{Checkout, Git, GitError};
 use crate::policy::UrlPolicy;
-use crate::redact::Redactor;
+use crate::redact::{self, Redactor};
 use crate::run::events::{EventKind, EventSink};
 use crate::run::supervisor::{self, ExitKind, ProcessSpec, RUN_MARKER, StopCause, Stream};
 use crate::run::{Outcome, ReasonCode, RunRecord, RunSpec, RunState};
 use crate::store::Store;
 use crate::workspace::Workspace;
+
+/// The readable account kept in a record; beyond it, the head and tail are kept.
+const MAX_LOGS_BYTES: usize = 1 << 20;
 
 /// What a run needs from the engine.
 pub(super) struct Pipeline {
@@ -152,17 +155,25 @@ impl Pipeline {
 
     async fn run_in(&self, record: &mut RunRecord, workspace: &Workspace, sink: &mut EventSink) {
         let mut redactor = Redactor::new(self.config.api_tokens.values().iter().cloned());
+        redactor.extend(redact::proxy_secrets());
         let mut account = Vec::new();
-        let stop = self.stop.clone();
-        let result = tokio::select! {
-            result = self.prepare_and_run(record, workspace, &mut redactor, &mut account, sink) => result,
-            () = stop.cancelled(), if record.state != RunState::Running => Err(self.stop_failure()),
-        };
+        // The run's time limit covers preparation too: a slow clone or download counts.
+        let deadline = Instant::now() + Duration::from_secs(record.spec.timeout_s);
+        let result = self
+            .prepare_and_run(
+                record,
+                workspace,
+                deadline,
+                &mut redactor,
+                &mut account,
+                sink,
+            )
+            .await;
         if let Err(failure) = result {
             account.push(format!("run failed: {}", failure.message));
             apply_failure(record, failure);
         }
-        record.logs = redactor.redact(&account.join("\n"));
+        record.logs = cap_text(redactor.redact(&account.join("\n")), MAX_LOGS_BYTES);
         record.output = redactor.redact(&record.output);
         record.diff = redactor.redact(&record.diff);
         if let Some(message) = record.message.take() {
@@ -174,11 +185,53 @@ impl Pipeline {
         &self,
         record: &mut RunRecord,
         workspace: &Workspace,
+        deadline: Instant,
         redactor: &mut Redactor,
         account: &mut Vec<String>,
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
         let dirs = &workspace.dirs;
+        // Preparation is abandoned (its git and downloads with it) on a stop or the deadline;
+        // the CLI itself is stopped by its supervisor, which cleans up its processes.
+        let prepared = tokio::select! {
+            prepared = self.prepare(&record.spec, dirs, redactor, account, sink) => prepared,
+            () = self.stop.cancelled() => Err(self.stop_failure()),
+            () = tokio::time::sleep_until(deadline.into()) => Err(Failure {
+                outcome: Outcome::TimedOut,
+                ..Failure::failed(ReasonCode::TimedOut, format!(
+                    "the run did not finish preparing within its {}s limit", record.spec.timeout_s
+                ))
+            }),
+        };
+        let checkout = prepared?;
+
+        self.enter(record, RunState::Running, sink).await;
+        let result = self
+            .run_cli(record, dirs, deadline, account, redactor, sink)
+            .await;
+        if let Adapter::Codex = self.adapter {
+            // The CLI may have refreshed its tokens during the run; mask the new ones too.
+            redactor.extend(credentials::secrets_in(&dirs.codex_home.join("auth.json")));
+        }
+
+        if let Some(checkout) = &checkout {
+            match Git::new(&dirs.home).diff(checkout).await {
+                Ok(diff) => record.diff = diff,
+                Err(e) => account.push(format!("could not take the diff: {e}")),
+            }
+        }
+        result
+    }
+
+    /// Everything before the CLI starts: the login, the clone, the tools, the private homes.
+    async fn prepare(
+        &self,
+        spec: &RunSpec,
+        dirs: &RunDirs,
+        redactor: &mut Redactor,
+        account: &mut Vec<String>,
+        sink: &mut EventSink,
+    ) -> Result<Option<Checkout>, Failure> {
         let auth = match self.adapter {
             Adapter::Codex => Some(credentials::load(&self.config.codex)?),
             Adapter::Profile(_) => None,
@@ -187,8 +240,8 @@ impl Pipeline {
             redactor.extend(auth.secrets().iter().cloned());
         }
 
-        let checkout = self.clone_repo(&record.spec, dirs, account, sink).await?;
-        self.fetch_tools(&record.spec, dirs, account, sink).await?;
+        let checkout = self.clone_repo(spec, dirs, account, sink).await?;
+        self.fetch_tools(spec, dirs, account, sink).await?;
         if let Some(auth) = &auth {
             credentials::install(auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
                 Failure::failed(
@@ -198,17 +251,7 @@ impl Pipeline {
             })?;
         }
         write_profiles(dirs)?;
-
-        self.enter(record, RunState::Running, sink).await;
-        let result = self.run_cli(record, dirs, account, redactor, sink).await;
-
-        if let Some(checkout) = &checkout {
-            match Git::new(&dirs.home).diff(checkout).await {
-                Ok(diff) => record.diff = diff,
-                Err(e) => account.push(format!("could not take the diff: {e}")),
-            }
-        }
-        result
+        Ok(checkout)
     }
 
     async fn clone_repo(
@@ -274,6 +317,7 @@ impl Pipeline {
         &self,
         record: &mut RunRecord,
         dirs: &RunDirs,
+        deadline: Instant,
         account: &mut Vec<String>,
         redactor: &Redactor,
         sink: &mut EventSink,
@@ -297,7 +341,9 @@ impl Pipeline {
             env,
             cwd: dirs.work.clone(),
             marker: (RUN_MARKER.to_owned(), record.id.to_string()),
-            timeout: Duration::from_secs(record.spec.timeout_s),
+            timeout: deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
             idle_timeout: Some(idle),
         };
 
@@ -423,7 +469,16 @@ fn judge(
         ExitKind::Signal(_) => None,
     };
     match (reader.verdict(exit_code), &outcome.exit) {
-        (Verdict::Succeeded, _) => Ok(()),
+        (Verdict::Succeeded, ExitKind::Code(0)) => Ok(()),
+        // A CLI reports success and then exits 0; anything else means its stream cannot be
+        // trusted (a command of the run may have written to the CLI's stdout and killed it).
+        (Verdict::Succeeded, exit) => Err(Failure::failed(
+            ReasonCode::CliError,
+            format!(
+                "the CLI reported success but then ended with {}",
+                describe_exit(exit)
+            ),
+        )),
         (Verdict::Failed { reason, message }, _) => Err(Failure::failed(reason, message)),
         (Verdict::NoOutcome, ExitKind::Code(2)) => Err(Failure::failed(
             ReasonCode::CliUsageError,
@@ -438,11 +493,15 @@ fn judge(
 
 /// What to say when the CLI ended without a turn outcome: its last error, else the first
 /// meaningful stderr line (its backtraces are noise).
-fn cli_stopped_message(reader: &OutputReader, outcome: &supervisor::ProcessOutcome) -> String {
-    let exit = match outcome.exit {
+fn describe_exit(exit: &ExitKind) -> String {
+    match exit {
         ExitKind::Code(code) => format!("exit code {code}"),
         ExitKind::Signal(signal) => format!("signal {signal}"),
-    };
+    }
+}
+
+fn cli_stopped_message(reader: &OutputReader, outcome: &supervisor::ProcessOutcome) -> String {
+    let exit = describe_exit(&outcome.exit);
     let detail = reader.last_error().or_else(|| {
         outcome
             .stderr
@@ -485,6 +544,21 @@ fn write_profiles(dirs: &RunDirs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `text` cut to `max` bytes: its first quarter and last three quarters, with a marker.
+fn cap_text(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let head = text.floor_char_boundary(max / 4);
+    let tail = text.ceil_char_boundary(text.len() - (max - max / 4));
+    let dropped = tail - head;
+    format!(
+        "{}\n[{dropped} bytes of the account dropped here]\n{}",
+        &text[..head],
+        &text[tail..]
+    )
+}
+
 fn apply_failure(record: &mut RunRecord, failure: Failure) {
     record.outcome = Some(failure.outcome);
     record.reason = Some(failure.reason);
@@ -523,6 +597,17 @@ mod tests {
     const COMPLETED: &str = r#"{"type":"turn.completed","usage":{}}"#;
 
     #[test]
+    fn long_accounts_keep_their_head_and_tail() {
+        let text = format!("{}{}", "a".repeat(3000), "z".repeat(3000));
+        let capped = cap_text(text, 1000);
+        assert!(
+            capped.starts_with(&"a".repeat(250)) && capped.ends_with(&"z".repeat(750)),
+            "{capped}"
+        );
+        assert!(capped.contains("[5000 bytes of the account dropped here]"));
+    }
+
+    #[test]
     fn exit_code_zero_does_not_hide_a_failed_turn() {
         let err = judge(
             &transcript(&[FAILED]),
@@ -550,10 +635,19 @@ mod tests {
         assert_eq!(err.reason, ReasonCode::CliError);
     }
 
+    /// Regression: a command of the run wrote a fake `turn.completed` to the CLI's stdout and
+    /// killed it, and the run was reported as a success.
     #[test]
-    fn a_completed_turn_wins_over_a_nonzero_exit() {
+    fn a_completed_turn_followed_by_a_kill_is_not_success() {
+        let killed = process(ExitKind::Signal(9), None, "");
+        let err = judge(&transcript(&[COMPLETED]), &killed, 60, 60).unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliError);
+    }
+
+    #[test]
+    fn a_completed_turn_with_a_nonzero_exit_is_not_success() {
         assert!(
-            judge(
+            !judge(
                 &transcript(&[COMPLETED]),
                 &process(ExitKind::Code(1), None, ""),
                 60,

@@ -127,16 +127,23 @@ pub async fn run(
 
     let deadline = tokio::time::sleep(spec.timeout);
     let idle_limit = spec.idle_timeout.unwrap_or(Duration::MAX);
-    let idle = tokio::time::sleep(idle_limit.min(spec.timeout));
+    let wall_end = started + spec.timeout;
+    // An idle limit that would end after the wall clock is parked past it, so the wall clock
+    // decides and the run is reported as timed out, not stalled.
+    let idle_end = |from: Instant| {
+        let parked = wall_end + Duration::from_secs(1);
+        from.checked_add(idle_limit)
+            .filter(|end| *end < wall_end)
+            .unwrap_or(parked)
+    };
+    let idle = tokio::time::sleep_until(idle_end(started).into());
     tokio::pin!(deadline, idle);
     let mut stopped = None;
     let status = loop {
         tokio::select! {
             Some((stream, line)) = lines.recv() => {
                 observe(stream, &line);
-                if let Some(next) = Instant::now().checked_add(idle_limit) {
-                    idle.as_mut().reset(next.min(started + spec.timeout).into());
-                }
+                idle.as_mut().reset(idle_end(Instant::now()).into());
             }
             status = child.wait() => break status?,
             () = &mut deadline, if stopped.is_none() => {

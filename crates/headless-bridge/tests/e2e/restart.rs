@@ -97,3 +97,35 @@ async fn after_a_kill_9_the_restarted_bridge_records_the_run_and_kills_what_it_l
         .await;
     assert_eq!(events.last().unwrap().event, "outcome");
 }
+
+#[tokio::test]
+async fn a_second_bridge_on_the_same_data_dir_is_refused() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = |dir: &std::path::Path| {
+        let mut raw = headless_bridge::config::RawConfig::default();
+        let dir = dir.display().to_string();
+        raw.merge_env(|name| (name == "HB_DATA_DIR").then(|| dir.clone()));
+        raw.build().unwrap()
+    };
+    let first = headless_bridge::server::Bridge::open(config(data_dir.path()))
+        .await
+        .expect("the first bridge opens");
+
+    let second = headless_bridge::server::Bridge::open(config(data_dir.path())).await;
+
+    let err = second
+        .err()
+        .expect("the second bridge must not open")
+        .to_string();
+    assert!(
+        err.contains("another headless-bridge is using the data directory"),
+        "{err}"
+    );
+    drop(first);
+    assert!(
+        headless_bridge::server::Bridge::open(config(data_dir.path()))
+            .await
+            .is_ok(),
+        "the lock goes with the bridge"
+    );
+}

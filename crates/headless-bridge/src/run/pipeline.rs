@@ -646,15 +646,8 @@ mod tests {
 
     #[test]
     fn a_completed_turn_with_a_nonzero_exit_is_not_success() {
-        assert!(
-            !judge(
-                &transcript(&[COMPLETED]),
-                &process(ExitKind::Code(1), None, ""),
-                60,
-                60
-            )
-            .is_ok()
-        );
+        let exited = process(ExitKind::Code(1), None, "");
+        assert!(judge(&transcript(&[COMPLETED]), &exited, 60, 60).is_err());
     }
 
     #[test]

@@ -74,6 +74,7 @@ const SETTINGS: &[Setting] = &[
     Setting::new("max_log_bytes", "HB_MAX_LOG_BYTES", None),
     Setting::new("webhook_secret", "HB_WEBHOOK_SECRET", None),
     Setting::new("adapters_dir", "HB_ADAPTERS_DIR", Some("--adapters-dir")),
+    Setting::new("shim_bin", "HB_SHIM_BIN", None),
     Setting::new("keep_workspaces", "HB_KEEP_WORKSPACES", None),
     Setting::new("log_format", "HB_LOG_FORMAT", None),
 ];
@@ -113,6 +114,10 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// A directory of adapter profiles (`*.toml`), one CLI each.
     pub adapters_dir: Option<PathBuf>,
+    /// The executable whose `shim` subcommand wraps each CLI so none of its processes
+    /// outlives it; the `headless-bridge` binary itself unless set. Without one, runs rely on
+    /// process groups and the marker sweep alone.
+    pub shim_bin: Option<PathBuf>,
     /// Keep each run's workspace after it finishes (for debugging).
     pub keep_workspaces: bool,
     /// How log lines are written.
@@ -360,6 +365,7 @@ impl RawConfig {
             )?,
             webhook_secret,
             adapters_dir: self.path("adapters_dir"),
+            shim_bin: self.path("shim_bin"),
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
             log_format: self.parse("log_format", "auto", parse_log_format)?,
         })

@@ -26,6 +26,13 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve(ServeArgs),
+    /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
+    #[command(hide = true)]
+    Shim {
+        /// The CLI and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Flags of `serve`; each overrides its HB_* variable and the config file.
@@ -91,12 +98,21 @@ impl ServeArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Shim { mut command } => {
+            let program = command.remove(0);
+            let code = headless_bridge::run::shim::main(program, command);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
     }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.config() {
-        Ok(config) => config,
+        // The bridge is its own run shim unless told otherwise.
+        Ok(mut config) => {
+            config.shim_bin = config.shim_bin.or_else(|| std::env::current_exe().ok());
+            config
+        }
         Err(e) => {
             eprintln!("headless-bridge: {e}");
             return ExitCode::from(2);

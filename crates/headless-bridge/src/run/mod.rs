@@ -7,6 +7,7 @@
 pub mod engine;
 pub mod events;
 mod pipeline;
+pub mod shim;
 pub mod supervisor;
 pub mod text;
 pub mod webhook;

@@ -345,6 +345,7 @@ impl Pipeline {
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1)),
             idle_timeout: Some(idle),
+            shim: self.config.shim_bin.clone(),
         };
 
         let mut reader = self.adapter.reader();

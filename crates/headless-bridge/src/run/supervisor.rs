@@ -56,6 +56,8 @@ pub struct ProcessSpec {
     pub timeout: Duration,
     /// Longest silence on both pipes before the process counts as stalled and is stopped.
     pub idle_timeout: Option<Duration>,
+    /// The run shim to start the program under (see [`super::shim`]), if any.
+    pub shim: Option<PathBuf>,
 }
 
 /// How the process ended.
@@ -165,7 +167,14 @@ pub async fn run(
     };
 
     reaper::forget(pid.map(|p| p.as_raw() as u32));
-    let stragglers_killed = sweep(pid, &spec.marker).await;
+    // A shim that exited by itself has already killed everything below it; only a shim
+    // that was killed leaves the marker sweep work to do.
+    let shim_cleaned_up = spec.shim.is_some() && matches!(exit_kind(status), ExitKind::Code(_));
+    let stragglers_killed = if shim_cleaned_up {
+        kill_group(pid)
+    } else {
+        sweep(pid, &spec.marker).await
+    };
     let drain = async {
         while let Some((stream, line)) = lines.recv().await {
             observe(stream, &line);
@@ -206,7 +215,14 @@ impl StderrHead {
 }
 
 fn command(spec: &ProcessSpec) -> Command {
-    let mut cmd = Command::new(&spec.program);
+    let mut cmd = match &spec.shim {
+        Some(shim) => {
+            let mut cmd = Command::new(shim);
+            cmd.arg("shim").arg("--").arg(&spec.program);
+            cmd
+        }
+        None => Command::new(&spec.program),
+    };
     cmd.args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -234,6 +250,14 @@ async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
 
 /// Kills what is left of the group and every process carrying the marker; returns how many
 /// marked processes it found.
+/// Kills what may be left of the group once its leader has exited.
+fn kill_group(pid: Option<Pid>) -> usize {
+    if let Some(pid) = pid {
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+    0
+}
+
 /// Kills every process whose environment carries `name=value`: what is left of a run whose
 /// supervisor is gone (the bridge was killed). Returns how many it killed.
 pub async fn kill_marked(name: &str, value: &str) -> usize {
@@ -333,6 +357,7 @@ mod tests {
             marker: ("HB_TEST_MARKER".into(), marker.into()),
             timeout,
             idle_timeout: None,
+            shim: None,
         }
     }
 

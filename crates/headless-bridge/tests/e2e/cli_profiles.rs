@@ -356,3 +356,45 @@ async fn on_shutdown_a_run_within_the_grace_period_finishes() {
     assert_eq!(after["outcome"], "succeeded", "{after}");
     assert_eq!(after["output"], "started\nfinished\n");
 }
+
+/// Regression: processes that cleared their environment (and so the run's marker), left
+/// their session and ignored SIGTERM survived their run.
+#[tokio::test]
+async fn processes_that_shed_the_marker_and_ignore_sigterm_still_die_with_the_run() {
+    let tag = format!("escapee-{}", std::process::id());
+    // Each escapee reports through its own fifo once it has left the session, so the CLI
+    // exits only after both have escaped.
+    let script = format!(
+        "mkfifo a b
+         setsid env -i /bin/sh -c ': {tag}; echo > \"$0\"; exec sleep 4101' \"$PWD/a\" </dev/null >/dev/null 2>&1 &
+         nohup setsid env -i /bin/sh -c ': {tag}; trap \"\" TERM HUP; echo > \"$0\"; while :; do sleep 1; done' \"$PWD/b\" </dev/null >/dev/null 2>&1 &
+         read _ < a; read _ < b; echo escaped"
+    );
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "escaper", &script, "");
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "escaper", "x").await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(run["output"], "escaped\n");
+    assert_eq!(
+        processes_with_cmdline(&tag),
+        Vec::<u32>::new(),
+        "an escaped process outlived its run"
+    );
+}
+
+fn processes_with_cmdline(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        })
+        .collect()
+}

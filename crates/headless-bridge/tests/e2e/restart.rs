@@ -73,19 +73,16 @@ async fn after_a_kill_9_the_restarted_bridge_records_the_run_and_kills_what_it_l
 
     bridge.child.kill().await.expect("SIGKILL the bridge");
     let marker = format!("{RUN_MARKER}={id}");
-    assert!(
-        !processes_with_env(marker.as_bytes()).is_empty(),
-        "the killed bridge's CLI is still running"
-    );
 
     let restarted = BridgeProcess::start(model.codex_dir.path(), data_dir.path()).await;
     let (_, after) = restarted.client().get(&format!("/v1/runs/{id}")).await;
 
     assert_eq!(after["outcome"], "interrupted", "{after}");
+    // The run's shim stops the CLI when the bridge dies; the restart sweeps what is left.
     assert_eq!(
         processes_with_env(marker.as_bytes()),
         vec![],
-        "the restart killed the orphaned CLI"
+        "nothing of the killed bridge's run survives its restart"
     );
     let workspaces = std::fs::read_dir(data_dir.path().join("workspaces"))
         .unwrap()

@@ -41,6 +41,10 @@ impl BridgeBuilder {
             ("HB_ALLOWED_HOSTS", "127.0.0.1".to_owned()),
             ("HB_LOG_FORMAT", "text".to_owned()),
             ("HB_SHUTDOWN_GRACE", "1".to_owned()),
+            (
+                "HB_SHIM_BIN",
+                env!("CARGO_BIN_EXE_headless-bridge").to_owned(),
+            ),
         ];
         Self {
             vars,

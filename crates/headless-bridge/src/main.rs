@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
     #[command(hide = true)]
     Shim {
@@ -97,7 +97,7 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Shim { mut command } => {
             let program = command.remove(0);
             let code = headless_bridge::run::shim::main(program, command);

@@ -94,7 +94,10 @@ pub enum StoreError {
 /// Handle to the run store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// All writes go through this connection, one at a time.
     conn: Arc<Mutex<Connection>>,
+    /// Reads use their own connection: in WAL mode they never wait for a writer.
+    reader: Arc<Mutex<Connection>>,
 }
 
 impl Store {
@@ -112,15 +115,20 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         migrate(&mut conn, path)?;
+        let reader = Connection::open(path).map_err(open_err)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            reader: Arc::new(Mutex::new(reader)),
         })
     }
 
     /// Inserts a new record or replaces the stored one with the same id.
     pub async fn put(&self, record: &RunRecord) -> Result<(), StoreError> {
         let row = RunRow::of(record)?;
-        self.with_conn(move |conn| row.upsert(conn)).await
+        self.with_conn_mut(move |conn| row.upsert(conn)).await
     }
 
     /// The record with this id, if any.
@@ -328,6 +336,7 @@ impl Store {
         self.append_events(record.id, vec![event]).await
     }
 
+    /// Runs a write on the writer connection.
     async fn with_conn_mut<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -340,11 +349,12 @@ impl Store {
         .await?
     }
 
+    /// Runs a read on the reader connection.
     async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
+        let conn = self.reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             f(&conn)

@@ -113,13 +113,19 @@ impl Pipeline {
         self.enter(&mut record, RunState::Preparing, sink).await;
         record.started_at = Some(OffsetDateTime::now_utc());
 
+        // Directory work blocks, so it runs on the blocking pool, never on a runtime worker.
         let workspaces = self.config.data_dir.join("workspaces");
-        match Workspace::create(&workspaces, record.id) {
+        let (dir, id) = (workspaces.clone(), record.id);
+        let created = tokio::task::spawn_blocking(move || Workspace::create(&dir, id))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match created {
             Ok(workspace) => {
                 self.run_in(&mut record, &workspace, sink).await;
                 if !self.config.keep_workspaces {
                     let root = workspace.root().to_owned();
-                    if let Err(e) = workspace.remove() {
+                    let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
+                    if let Ok(Err(e)) = removed {
                         tracing::warn!(error = %e, path = %root.display(), "failed to remove a workspace");
                     }
                 }

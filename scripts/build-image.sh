@@ -104,6 +104,10 @@ if [[ -n "$build_ca" ]]; then
   ca_args=(--secret "id=npm_ca,src=$build_ca")
 fi
 
+# This storage is the script's own. buildah 1.28 leaves a working container behind for a
+# stage without instructions (`binary`), and a failed build leaves its own: clear them.
+bah rm --all >/dev/null
+
 step "buildah bud -f Containerfile -t $image (BINARY_SOURCE=prebuilt)"
 bah bud --quiet --isolation chroot --layers --pull=never "${ca_args[@]}" \
   --build-arg BASE_IMAGE="$base" --build-arg BINARY_SOURCE=prebuilt \

@@ -64,8 +64,16 @@ pub fn command(
 fn environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
     let mut env = super::run_environment(dirs);
     env.push(("CODEX_HOME".into(), dirs.codex_home.clone().into()));
+    // The CLI's own setting for where ChatGPT tokens are refreshed (codex-rs reads it), for
+    // operators whose token endpoint sits behind a gateway, and for tests.
+    if let Some(url) = std::env::var_os(REFRESH_URL_OVERRIDE) {
+        env.push((REFRESH_URL_OVERRIDE.into(), url));
+    }
     env
 }
+
+/// The Codex CLI's variable that moves its token refresh endpoint.
+const REFRESH_URL_OVERRIDE: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 
 /// Shell start-up files for the run's HOME that put the tool directory first on PATH.
 /// Codex runs commands in a login shell (`bash -lc`), and a login shell's /etc/profile may

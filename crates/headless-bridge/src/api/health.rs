@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::AppState;
 use super::body::ApiQuery;
 use crate::config::CodexConfig;
-use crate::credentials::{self, AuthMode};
+use crate::credentials::{AuthMode, WorkingCopy};
 
 /// How long the result of the program checks is reused.
 const PROGRAM_CHECK_TTL: Duration = Duration::from_secs(10);
@@ -44,7 +44,7 @@ pub async fn health(
 
     let codex_home = state.config.data_dir.join("health").join("codex-home");
     let (binary, git) = cached_program_checks(&state.config.codex, &codex_home).await;
-    let login = check_credentials(&state.config.codex);
+    let login = check_credentials(state.engine.login());
     let config_toml = check_config_toml(&state.config.codex);
     let codex_ok = binary["ok"] == true && login["ok"] == true && config_toml["ok"] == true;
     let ok = codex_ok && git["ok"] == true;
@@ -177,8 +177,11 @@ async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Val
     }
 }
 
-fn check_credentials(config: &CodexConfig) -> Value {
-    let auth = match credentials::load(config) {
+/// Judges the login as the next run would get it (the working copy while it is current with
+/// the Secret), and what the latest run found: a login a run found dead is reported until the
+/// Secret changes.
+fn check_credentials(login: &WorkingCopy) -> Value {
+    let auth = match login.current() {
         Ok(auth) => auth,
         Err(e) => return json!({ "ok": false, "reason": e.reason(), "problem": e.to_string() }),
     };
@@ -186,20 +189,28 @@ fn check_credentials(config: &CodexConfig) -> Value {
     let facts = &auth.facts;
     let mut body = json!({
         "ok": facts.usable_at(now),
-        "source": auth.path.display().to_string(),
+        "path": auth.path.display().to_string(),
         "facts": facts,
+        "versions": login.facts(),
     });
     let expired = facts.access_token_expires_at.is_some_and(|exp| exp <= now);
-    if facts.auth_mode == AuthMode::Chatgpt && expired && !facts.refresh_token_present {
+    if let Some(reason) = login.dead_reason() {
+        body["ok"] = json!(false);
+        body["reason"] = json!(reason);
+        body["problem"] = json!("the latest run could not authenticate with this login");
+        body["remedy"] = json!(RELOGIN);
+    } else if facts.auth_mode == AuthMode::Chatgpt && expired && !facts.refresh_token_present {
         body["reason"] = json!("credentials_expired");
         body["problem"] =
             json!("the ChatGPT access token has expired and there is no refresh token");
-        body["remedy"] = json!(
-            "log in again with `codex login` on a workstation and update the Secret with the new auth.json"
-        );
+        body["remedy"] = json!(RELOGIN);
     } else if facts.auth_mode == AuthMode::Chatgpt && expired {
         body["note"] =
             json!("the access token has expired; the CLI will refresh it on the next run");
     }
     body
 }
+
+/// What a person must do when a login is dead.
+const RELOGIN: &str =
+    "log in again with `codex login` on a workstation and update the Secret with the new auth.json";

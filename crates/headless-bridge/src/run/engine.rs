@@ -27,6 +27,7 @@ use super::pipeline::Pipeline;
 use super::webhook::Webhooks;
 use crate::adapter::Adapters;
 use crate::config::Config;
+use crate::credentials::WorkingCopy;
 use crate::fetch::Fetcher;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
@@ -85,6 +86,7 @@ struct Inner {
     config: Arc<Config>,
     store: Store,
     adapters: Adapters,
+    login: Arc<WorkingCopy>,
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
@@ -115,7 +117,9 @@ impl Engine {
     /// An engine over `store`; runs write their workspaces and logs under the data directory.
     pub fn new(config: Arc<Config>, store: Store, adapters: Adapters) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
+        let login = Arc::new(WorkingCopy::new(&config.data_dir, config.codex.clone()));
         let inner = Inner {
+            login,
             fetcher: Fetcher::new(policy.clone()),
             webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -142,6 +146,11 @@ impl Engine {
     /// The adapters runs may use.
     pub fn adapters(&self) -> &Adapters {
         &self.inner.adapters
+    }
+
+    /// The Codex login's working copy.
+    pub fn login(&self) -> &WorkingCopy {
+        &self.inner.login
     }
 
     /// The store runs are recorded in.
@@ -333,6 +342,7 @@ impl Engine {
             stop,
             cancel_requested,
             adapter,
+            login: self.inner.login.clone(),
         };
         let engine = self.clone();
         self.inner.tasks.spawn(

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::adapter::codex::{self, RunDirs};
 use crate::adapter::{self, Adapter, OutputReader, Verdict};
 use crate::config::Config;
-use crate::credentials::{self, CredentialError};
+use crate::credentials::{self, CredentialError, LoadedAuth, WorkingCopy, WriterGuard};
 use crate::fetch::{FetchError, Fetcher};
 use crate::git::{Checkout, Git, GitError};
 use crate::policy::UrlPolicy;
@@ -29,6 +29,26 @@ use crate::run::supervisor::{self, ExitKind, ProcessSpec, RUN_MARKER, StopCause,
 use crate::run::{Outcome, ReasonCode, RunRecord, RunSpec, RunState};
 use crate::store::Store;
 use crate::workspace::Workspace;
+
+/// What preparation leaves for the CLI's run.
+struct Prepared<'a> {
+    checkout: Option<Checkout>,
+    /// The login given to the CLI, when the adapter has one.
+    login: Option<LoadedAuth>,
+    /// Held until the CLI is done with a login it may refresh.
+    _writer: Option<WriterGuard<'a>>,
+}
+
+/// Failures that say the login itself is dead, as opposed to the run.
+fn is_login_failure(reason: ReasonCode) -> bool {
+    matches!(
+        reason,
+        ReasonCode::CredentialsExpired
+            | ReasonCode::CredentialsRefreshReused
+            | ReasonCode::CredentialsInvalidated
+            | ReasonCode::CredentialsInvalid
+    )
+}
 
 /// The readable account kept in a record; beyond it, the head and tail are kept.
 const MAX_LOGS_BYTES: usize = 1 << 20;
@@ -45,6 +65,8 @@ pub(super) struct Pipeline {
     pub cancel_requested: Arc<AtomicBool>,
     /// The adapter of this run.
     pub adapter: Adapter,
+    /// The Codex login's working copy, shared by every run.
+    pub login: Arc<WorkingCopy>,
 }
 
 /// Why a run stopped before or instead of its CLI finishing.
@@ -209,18 +231,20 @@ impl Pipeline {
                 ))
             }),
         };
-        let checkout = prepared?;
+        let prepared = prepared?;
 
         self.enter(record, RunState::Running, sink).await;
         let result = self
             .run_cli(record, dirs, deadline, account, redactor, sink)
             .await;
-        if let Adapter::Codex = self.adapter {
-            // The CLI may have refreshed its tokens during the run; mask the new ones too.
+        if let Some(given) = &prepared.login {
+            // The CLI may have refreshed its tokens during the run: keep them, and mask them.
             redactor.extend(credentials::secrets_in(&dirs.codex_home.join("auth.json")));
+            self.check_in_login(given, dirs, &result);
         }
+        drop(prepared._writer);
 
-        if let Some(checkout) = &checkout {
+        if let Some(checkout) = &prepared.checkout {
             match Git::new(&dirs.home).diff(checkout).await {
                 Ok(diff) => record.diff = diff,
                 Err(e) => account.push(format!("could not take the diff: {e}")),
@@ -237,27 +261,56 @@ impl Pipeline {
         redactor: &mut Redactor,
         account: &mut Vec<String>,
         sink: &mut EventSink,
-    ) -> Result<Option<Checkout>, Failure> {
-        let auth = match self.adapter {
-            Adapter::Codex => Some(credentials::load(&self.config.codex)?),
-            Adapter::Profile(_) => None,
-        };
-        if let Some(auth) = &auth {
+    ) -> Result<Prepared<'_>, Failure> {
+        // Fail fast on a broken login, before any clone or download.
+        if let Adapter::Codex = self.adapter {
+            let auth = self.login.checkout()?;
             redactor.extend(auth.secrets().iter().cloned());
         }
-
         let checkout = self.clone_repo(spec, dirs, account, sink).await?;
         self.fetch_tools(spec, dirs, account, sink).await?;
-        if let Some(auth) = &auth {
-            credentials::install(auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
-                Failure::failed(
-                    ReasonCode::WorkspaceError,
-                    format!("failed to copy the login: {e}"),
-                )
-            })?;
-        }
+
+        let (login, writer) = match self.adapter {
+            Adapter::Codex => {
+                // Wait for any other run that may refresh this login, then take the working
+                // copy as that run left it.
+                let peek = self.login.checkout()?;
+                let writer = self.login.writer(&peek).await;
+                let auth = self.login.checkout()?;
+                redactor.extend(auth.secrets().iter().cloned());
+                credentials::install(&auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
+                    Failure::failed(
+                        ReasonCode::WorkspaceError,
+                        format!("failed to copy the login: {e}"),
+                    )
+                })?;
+                (Some(auth), Some(writer))
+            }
+            Adapter::Profile(_) => (None, None),
+        };
         write_profiles(dirs)?;
-        Ok(checkout)
+        Ok(Prepared {
+            checkout,
+            login,
+            _writer: writer,
+        })
+    }
+
+    /// Keeps what the CLI did to its login, and notes how the login fared.
+    fn check_in_login(&self, given: &LoadedAuth, dirs: &RunDirs, result: &Result<(), Failure>) {
+        if let Err(e) = self
+            .login
+            .check_in(&dirs.codex_home.join("auth.json"), given)
+        {
+            tracing::error!(error = %e, "failed to keep the refreshed login; the next run may find it burnt");
+        }
+        match result {
+            Ok(()) => self.login.record_run(None),
+            Err(failure) if is_login_failure(failure.reason) => {
+                self.login.record_run(Some(failure.reason))
+            }
+            Err(_) => {}
+        }
     }
 
     async fn clone_repo(

@@ -8,5 +8,6 @@ mod api;
 mod cli_profiles;
 mod codex_runs;
 mod health;
+mod login;
 mod restart;
 mod service;

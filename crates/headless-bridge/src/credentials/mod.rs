@@ -5,6 +5,13 @@
 //! copied into a CODEX_HOME of its own, owner-only, because the CLI insists on writing there
 //! and must never see, or scribble on, the source. Judging a login never calls the network and
 //! never shows a secret: facts come from the file and the access token's own claims.
+//!
+//! Between the source and the runs sits a [`WorkingCopy`]: the bridge's own private copy of
+//! the login, which keeps the tokens the CLI refreshes during a run.
+
+mod working_copy;
+
+pub use working_copy::{WorkingCopy, WriterGuard};
 
 use std::fs;
 use std::io;
@@ -51,12 +58,17 @@ pub enum CredentialError {
     NotJson { path: PathBuf, reason: String },
     #[error("{path} holds neither an API key nor ChatGPT tokens: log in again with `codex login`")]
     NoCredential { path: PathBuf },
+    #[error(
+        "failed to keep the working copy of the login in {dir} ({reason}): HB_DATA_DIR must be writable"
+    )]
+    WorkingCopy { dir: PathBuf, reason: String },
 }
 
 impl CredentialError {
     /// The reason code a run that needed this login ends with.
     pub fn reason(&self) -> ReasonCode {
         match self {
+            Self::WorkingCopy { .. } => ReasonCode::WorkspaceError,
             Self::NotConfigured | Self::Missing { .. } | Self::Empty { .. } => {
                 ReasonCode::CredentialsMissing
             }
@@ -120,6 +132,11 @@ impl std::fmt::Debug for LoadedAuth {
 }
 
 impl LoadedAuth {
+    /// The auth.json bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// The secret values in this login, for redaction.
     pub fn secrets(&self) -> &[String] {
         &self.secrets
@@ -152,6 +169,11 @@ struct Tokens {
 pub fn load(config: &CodexConfig) -> Result<LoadedAuth, CredentialError> {
     let path = config.auth_path().ok_or(CredentialError::NotConfigured)?;
     let bytes = read_source(&path)?;
+    parse(path, bytes)
+}
+
+/// Judges the auth.json `bytes` read from `path`.
+pub fn parse(path: PathBuf, bytes: Vec<u8>) -> Result<LoadedAuth, CredentialError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(CredentialError::Empty { path });
     }
@@ -235,7 +257,8 @@ pub fn install(auth: &LoadedAuth, config: &CodexConfig, codex_home: &Path) -> io
     Ok(())
 }
 
-fn read_source(path: &Path) -> Result<Vec<u8>, CredentialError> {
+/// Reads the source auth.json, with errors that say how to fix the pod spec.
+pub fn read_source(path: &Path) -> Result<Vec<u8>, CredentialError> {
     let meta = match fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -1,0 +1,360 @@
+//! The working copy of a login: the bridge's own private auth.json, shared by every run of the
+//! login and kept across runs, so that tokens the CLI refreshes are not lost.
+//!
+//! ChatGPT refresh tokens are single-use and rotate. A run that gets a fresh copy of the
+//! mounted Secret each time burns the login on its first refresh: the token endpoint rotates
+//! the refresh token, the run's copy is thrown away with its workspace, and the next run
+//! presents the old one ("refresh token was already used"). So:
+//! - a run starts from the working copy, and whatever auth.json the CLI leaves behind becomes
+//!   the new working copy (check-in), written atomically;
+//! - the source is imported again only when its content changes (the operator rotated the
+//!   Secret: the kubelet swaps its `..data` symlink), which a digest of it tells;
+//! - one writer: runs of a ChatGPT login never overlap, so two runs can never refresh the same
+//!   token. Runs of an API-key login, which never refreshes, run side by side.
+//!
+//! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600) and
+//! `source.sha256`, the digest of the source content last imported.
+
+use std::fs;
+use std::io::{self, Write as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::MutexGuard;
+
+use super::{AuthMode, CredentialError, LoadedAuth};
+use crate::config::CodexConfig;
+use crate::digest::Sha256Digest;
+use crate::run::ReasonCode;
+
+/// How many hex characters of a digest health shows: enough to tell versions apart.
+const DIGEST_PREFIX: usize = 12;
+
+/// A login's private working copy and what happened to it.
+pub struct WorkingCopy {
+    dir: PathBuf,
+    config: CodexConfig,
+    writer: tokio::sync::Mutex<()>,
+    /// Serialises the file work of concurrent runs (imports and check-ins).
+    files: Mutex<()>,
+    history: Mutex<History>,
+}
+
+/// What the bridge saw of the login; never holds a secret.
+#[derive(Debug, Default, Clone)]
+struct History {
+    last_import: Option<OffsetDateTime>,
+    last_refresh: Option<OffsetDateTime>,
+    /// The latest run's verdict on the login: `None` when it authenticated.
+    last_run: Option<(OffsetDateTime, Option<ReasonCode>)>,
+}
+
+/// Held by a run while it may refresh the login; dropping it lets the next run in.
+pub struct WriterGuard<'a>(
+    #[allow(dead_code, reason = "held for its Drop")] Option<MutexGuard<'a, ()>>,
+);
+
+impl WorkingCopy {
+    /// The working copy of the login `config` names, kept under `data_dir`.
+    pub fn new(data_dir: &Path, config: CodexConfig) -> Self {
+        Self {
+            dir: data_dir.join("credentials").join("codex"),
+            config,
+            writer: tokio::sync::Mutex::new(()),
+            files: Mutex::new(()),
+            history: Mutex::new(History::default()),
+        }
+    }
+
+    /// The login a run should use: the working copy, after importing the source if it changed.
+    pub fn checkout(&self) -> Result<LoadedAuth, CredentialError> {
+        let source_path = self
+            .config
+            .auth_path()
+            .ok_or(CredentialError::NotConfigured)?;
+        let source = super::read_source(&source_path)?;
+        // Judge the source first: a broken Secret must say so, not hide behind an old copy.
+        super::parse(source_path.clone(), source.clone())?;
+
+        let digest = Sha256Digest::of(&source);
+        let working = self.dir.join("auth.json");
+        let _files = self.lock_files();
+        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
+        if imported.as_deref().map(str::trim) != Some(digest.hex()) || !working.exists() {
+            self.import(&source, &digest)
+                .map_err(|e| self.unwritable(e))?;
+        }
+        let bytes = fs::read(&working).map_err(|e| self.unwritable(e))?;
+        super::parse(working, bytes)
+    }
+
+    /// The login as a run would get it now, without importing or writing anything: the working
+    /// copy while it is current with the source, else the source.
+    pub fn current(&self) -> Result<LoadedAuth, CredentialError> {
+        let source_path = self
+            .config
+            .auth_path()
+            .ok_or(CredentialError::NotConfigured)?;
+        let source = super::read_source(&source_path)?;
+        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
+        let working = self.dir.join("auth.json");
+        if imported.as_deref().map(str::trim) == Some(Sha256Digest::of(&source).hex())
+            && let Ok(bytes) = fs::read(&working)
+        {
+            return super::parse(working, bytes);
+        }
+        super::parse(source_path, source)
+    }
+
+    /// Waits until this run may use `auth`: at once for an API key, after any other run of a
+    /// ChatGPT login has finished otherwise.
+    pub async fn writer(&self, auth: &LoadedAuth) -> WriterGuard<'_> {
+        match auth.facts.auth_mode {
+            AuthMode::ApiKey => WriterGuard(None),
+            AuthMode::Chatgpt => WriterGuard(Some(self.writer.lock().await)),
+        }
+    }
+
+    /// Keeps the auth.json a run's CLI left at `run_auth` as the new working copy if the CLI
+    /// changed it (it refreshed its tokens). Returns whether it did.
+    pub fn check_in(&self, run_auth: &Path, given: &LoadedAuth) -> io::Result<bool> {
+        let Ok(left) = fs::read(run_auth) else {
+            return Ok(false);
+        };
+        if left == given.bytes() {
+            return Ok(false);
+        }
+        if super::parse(run_auth.to_owned(), left.clone()).is_err() {
+            tracing::warn!(
+                "the CLI left an auth.json that does not parse; keeping the previous working copy"
+            );
+            return Ok(false);
+        }
+        write_atomically(&self.dir.join("auth.json"), &left, &self.lock_files())?;
+        self.lock_history().last_refresh = Some(OffsetDateTime::now_utc());
+        tracing::info!("the CLI refreshed its login; the working copy now holds the new tokens");
+        Ok(true)
+    }
+
+    /// Records how the latest run fared with the login: `None` when it authenticated, else the
+    /// credential reason it failed with.
+    pub fn record_run(&self, reason: Option<ReasonCode>) {
+        self.lock_history().last_run = Some((OffsetDateTime::now_utc(), reason));
+    }
+
+    /// Facts for the deep health check: versions by digest and time, never content.
+    pub fn facts(&self) -> Value {
+        let history = self.lock_history().clone();
+        let version = |path: PathBuf| {
+            let bytes = fs::read(&path).ok()?;
+            let modified = fs::metadata(&path)
+                .ok()?
+                .modified()
+                .ok()
+                .map(OffsetDateTime::from);
+            Some(json!({
+                "sha256_prefix": &Sha256Digest::of(&bytes).hex()[..DIGEST_PREFIX],
+                "modified_at": modified.map(rfc3339),
+            }))
+        };
+        json!({
+            "source": self.config.auth_path().and_then(version),
+            "working_copy": version(self.dir.join("auth.json")),
+            "last_import": history.last_import.map(rfc3339),
+            "last_refresh": history.last_refresh.map(rfc3339),
+            "last_run": history.last_run.map(|(at, reason)| json!({"at": rfc3339(at), "reason": reason})),
+        })
+    }
+
+    /// The reason the latest run failed on this login, if it did: a login a run found dead
+    /// stays dead until a person logs in again and the Secret changes.
+    pub fn dead_reason(&self) -> Option<ReasonCode> {
+        let reason = self
+            .lock_history()
+            .last_run
+            .and_then(|(_, reason)| reason)?;
+        // A changed Secret is a new login that no run has judged yet.
+        let source = self.config.auth_path().and_then(|p| fs::read(p).ok())?;
+        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok()?;
+        (imported.trim() == Sha256Digest::of(&source).hex()).then_some(reason)
+    }
+
+    fn import(&self, source: &[u8], digest: &Sha256Digest) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        write_private_atomically(&self.dir.join("auth.json"), source)?;
+        write_private_atomically(&self.dir.join("source.sha256"), digest.hex().as_bytes())?;
+        let mut history = self.lock_history();
+        history.last_import = Some(OffsetDateTime::now_utc());
+        // A new login deserves a new verdict.
+        history.last_run = None;
+        tracing::info!(
+            sha256_prefix = &digest.hex()[..DIGEST_PREFIX],
+            "imported the login from its source"
+        );
+        Ok(())
+    }
+
+    fn unwritable(&self, err: io::Error) -> CredentialError {
+        CredentialError::WorkingCopy {
+            dir: self.dir.clone(),
+            reason: err.to_string(),
+        }
+    }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.files
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock_history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// [`write_private_atomically`] for a caller that shows it holds the file lock.
+fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    _files: &std::sync::MutexGuard<'_, ()>,
+) -> io::Result<()> {
+    write_private_atomically(path, bytes)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`, so
+/// a crash leaves either the old file or the new one, never half of either. Callers hold the
+/// file lock, since the temporary name is fixed.
+fn write_private_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const KEY_LOGIN: &str = r#"{"auth_mode":"apikey","OPENAI_API_KEY":"sk-test-0123456789"}"#;
+    const CHATGPT_V1: &str =
+        r#"{"auth_mode":"chatgpt","tokens":{"access_token":"a1","refresh_token":"rt_1"}}"#;
+    const CHATGPT_V2: &str =
+        r#"{"auth_mode":"chatgpt","tokens":{"access_token":"a2","refresh_token":"rt_2"}}"#;
+
+    fn setup(login: &str) -> (tempfile::TempDir, WorkingCopy) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("secret")).unwrap();
+        fs::write(dir.path().join("secret/auth.json"), login).unwrap();
+        let config = CodexConfig {
+            bin: "codex".into(),
+            dir: Some(dir.path().join("secret")),
+            auth_file: None,
+            bypass_sandbox: true,
+        };
+        let copy = WorkingCopy::new(&dir.path().join("data"), config);
+        (dir, copy)
+    }
+
+    #[test]
+    fn a_refreshed_login_is_kept_for_the_next_run() {
+        let (dir, copy) = setup(CHATGPT_V1);
+        let first = copy.checkout().unwrap();
+        let run_auth = dir.path().join("run-auth.json");
+        fs::write(&run_auth, CHATGPT_V2).unwrap();
+
+        assert!(copy.check_in(&run_auth, &first).unwrap());
+
+        assert_eq!(
+            copy.checkout().unwrap().bytes(),
+            CHATGPT_V2.as_bytes(),
+            "the next run gets the rotated tokens"
+        );
+        let mode = fs::metadata(dir.path().join("data/credentials/codex/auth.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(copy.facts()["last_refresh"].is_string());
+    }
+
+    #[test]
+    fn an_unchanged_or_broken_run_copy_changes_nothing() {
+        let (dir, copy) = setup(CHATGPT_V1);
+        let first = copy.checkout().unwrap();
+        let run_auth = dir.path().join("run-auth.json");
+        fs::write(&run_auth, CHATGPT_V1).unwrap();
+        assert!(!copy.check_in(&run_auth, &first).unwrap());
+        fs::write(&run_auth, "{half a file").unwrap();
+        assert!(!copy.check_in(&run_auth, &first).unwrap());
+        assert_eq!(copy.checkout().unwrap().bytes(), CHATGPT_V1.as_bytes());
+    }
+
+    #[test]
+    fn a_rotated_source_replaces_the_working_copy() {
+        let (dir, copy) = setup(CHATGPT_V1);
+        let first = copy.checkout().unwrap();
+        let run_auth = dir.path().join("run-auth.json");
+        fs::write(&run_auth, CHATGPT_V2).unwrap();
+        copy.check_in(&run_auth, &first).unwrap();
+        copy.record_run(Some(ReasonCode::CredentialsRefreshReused));
+
+        // The kubelet replaces the Secret's files when the operator updates it.
+        let rotated =
+            r#"{"auth_mode":"chatgpt","tokens":{"access_token":"a9","refresh_token":"rt_9"}}"#;
+        fs::write(dir.path().join("secret/auth.json"), rotated).unwrap();
+
+        assert_eq!(copy.checkout().unwrap().bytes(), rotated.as_bytes());
+        assert_eq!(copy.dead_reason(), None, "a new login gets a new verdict");
+    }
+
+    #[test]
+    fn a_broken_source_is_reported_even_with_a_good_working_copy() {
+        let (dir, copy) = setup(KEY_LOGIN);
+        copy.checkout().unwrap();
+        fs::write(dir.path().join("secret/auth.json"), "").unwrap();
+        assert!(matches!(
+            copy.checkout(),
+            Err(CredentialError::Empty { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn runs_of_a_chatgpt_login_never_overlap_and_api_key_runs_do() {
+        let (_dir, copy) = setup(CHATGPT_V1);
+        let copy = Arc::new(copy);
+        let auth = copy.checkout().unwrap();
+        let first = copy.writer(&auth).await;
+        let second =
+            tokio::time::timeout(std::time::Duration::from_millis(50), copy.writer(&auth)).await;
+        assert!(
+            second.is_err(),
+            "a second ChatGPT run must wait for the first"
+        );
+        drop(first);
+        let _second = copy.writer(&auth).await;
+
+        let (_dir, keys) = setup(KEY_LOGIN);
+        let key_auth = keys.checkout().unwrap();
+        let _a = keys.writer(&key_auth).await;
+        let _b = keys.writer(&key_auth).await;
+    }
+}

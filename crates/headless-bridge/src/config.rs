@@ -19,6 +19,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 const DEFAULT_RUN_TIMEOUT_S: u64 = 600;
 /// The longest run a request may ask for unless the operator raises it.
 const DEFAULT_MAX_RUN_TIMEOUT_S: u64 = 3600;
+/// A tool download, every mirror and retry included.
+const DEFAULT_FETCH_TIMEOUT_S: u64 = 300;
 /// API tokens shorter than this are guessable, so start-up refuses them.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -95,6 +97,41 @@ const SETTINGS: &[Setting] = &[
         env: "HB_LOG_FORMAT",
         flag: None,
     },
+    Setting {
+        key: "tool_cache_dir",
+        env: "HB_TOOL_CACHE_DIR",
+        flag: Some("--tool-cache-dir"),
+    },
+    Setting {
+        key: "tool_max_bytes",
+        env: "HB_TOOL_MAX_BYTES",
+        flag: None,
+    },
+    Setting {
+        key: "fetch_timeout",
+        env: "HB_FETCH_TIMEOUT",
+        flag: None,
+    },
+    Setting {
+        key: "workspace_max_bytes",
+        env: "HB_WORKSPACE_MAX_BYTES",
+        flag: None,
+    },
+    Setting {
+        key: "workspace_min_free_bytes",
+        env: "HB_WORKSPACE_MIN_FREE_BYTES",
+        flag: None,
+    },
+    Setting {
+        key: "artifact_max_bytes",
+        env: "HB_ARTIFACT_MAX_BYTES",
+        flag: None,
+    },
+    Setting {
+        key: "git_credentials_dir",
+        env: "HB_GIT_CREDENTIALS_DIR",
+        flag: None,
+    },
 ];
 
 /// The validated configuration of a running bridge.
@@ -118,6 +155,12 @@ pub struct Config {
     pub keep_workspaces: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Where and within which limits tools are fetched.
+    pub fetch: crate::fetch::FetchSettings,
+    /// Disk limits of a run's workspace and its artifacts.
+    pub workspace: crate::workspace::WorkspaceLimits,
+    /// A directory of files named after git hosts, each holding a token for that host.
+    pub git_credentials_dir: Option<PathBuf>,
 }
 
 /// Where the Codex CLI and its login live.
@@ -301,9 +344,23 @@ impl RawConfig {
             return Err(self.error("run_timeout", "must not exceed HB_MAX_RUN_TIMEOUT"));
         }
 
+        let data_dir = self.path("data_dir").unwrap_or_else(default_data_dir);
+        let fetch = crate::fetch::FetchSettings {
+            cache_dir: self
+                .path("tool_cache_dir")
+                .unwrap_or_else(|| data_dir.join("tool-cache")),
+            max_bytes: self.bytes("tool_max_bytes", "512M")?,
+            total_timeout: self.seconds("fetch_timeout", DEFAULT_FETCH_TIMEOUT_S)?,
+            ..crate::fetch::FetchSettings::default()
+        };
+        let workspace = crate::workspace::WorkspaceLimits {
+            max_bytes: self.bytes("workspace_max_bytes", "4G")?,
+            min_free_bytes: self.bytes("workspace_min_free_bytes", "1G")?,
+            artifact_max_bytes: self.bytes("artifact_max_bytes", "16M")?,
+        };
         Ok(Config {
             listen,
-            data_dir: self.path("data_dir").unwrap_or_else(default_data_dir),
+            data_dir,
             api_tokens,
             codex: CodexConfig {
                 bin: self
@@ -318,6 +375,9 @@ impl RawConfig {
             max_run_timeout,
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
             log_format: self.parse("log_format", "auto", parse_log_format)?,
+            fetch,
+            workspace,
+            git_credentials_dir: self.path("git_credentials_dir"),
         })
     }
 
@@ -398,6 +458,11 @@ impl RawConfig {
         }
     }
 
+    fn bytes(&self, key: &str, default: &str) -> Result<u64, ConfigError> {
+        self.parse(key, default, parse_bytes)
+            .map_err(|_| self.error(key, "expected a size in bytes, such as 1048576, 512M or 4G"))
+    }
+
     fn path(&self, key: &str) -> Option<PathBuf> {
         self.values.get(key).map(|(v, _)| PathBuf::from(v.trim()))
     }
@@ -425,6 +490,18 @@ fn toml_to_text(value: &toml::Value) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A size in bytes, with an optional binary suffix K, M or G.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let upper = text.to_ascii_uppercase();
+    let (number, shift) = match upper.trim_end_matches('B').trim_end_matches('I') {
+        n if n.ends_with('K') => (&n[..n.len() - 1], 10),
+        n if n.ends_with('M') => (&n[..n.len() - 1], 20),
+        n if n.ends_with('G') => (&n[..n.len() - 1], 30),
+        n => (n, 0),
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 fn parse_bool(text: &str) -> Option<bool> {
@@ -473,6 +550,16 @@ mod tests {
         raw.build()
     }
 
+    #[rstest]
+    #[case("1048576", 1 << 20)]
+    #[case("512M", 512 << 20)]
+    #[case("4G", 4 << 30)]
+    #[case("64k", 64 << 10)]
+    #[case("2GiB", 2 << 30)]
+    fn sizes_take_binary_suffixes(#[case] text: &str, #[case] bytes: u64) {
+        assert_eq!(parse_bytes(text), Some(bytes));
+    }
+
     #[test]
     fn defaults_match_the_original_service() {
         let config = from_env(&[]).expect("defaults are valid");
@@ -511,6 +598,8 @@ mod tests {
     #[case::short_token("HB_API_TOKEN", "secret")]
     #[case::tokens_file("HB_API_TOKENS_FILE", "/nonexistent/tokens")]
     #[case::log_format("HB_LOG_FORMAT", "xml")]
+    #[case::size_text("HB_WORKSPACE_MAX_BYTES", "lots")]
+    #[case::size_unit("HB_TOOL_MAX_BYTES", "12T")]
     fn names_the_setting_that_is_wrong(#[case] name: &str, #[case] value: &str) {
         let err = from_env(&[(name, value)]).unwrap_err().to_string();
         assert!(err.contains(name), "{err}");

@@ -205,6 +205,7 @@ mod tests {
             tools: Vec::new(),
             timeout_s: 60,
             contract_id: Some("c-1".into()),
+            artifacts: Vec::new(),
         }
     }
 

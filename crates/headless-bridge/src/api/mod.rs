@@ -3,6 +3,7 @@
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
 //! socket. Everything but `/health` sits behind bearer-token authentication.
 
+mod artifacts;
 mod auth;
 mod body;
 mod error;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/run_codex_session", post(legacy::run_codex_session))
         .route("/v1/runs", post(runs::submit).get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/artifacts/{*path}", get(artifacts::download))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

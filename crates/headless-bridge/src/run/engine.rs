@@ -25,14 +25,14 @@ use crate::adapter::codex::{self, RunDirs};
 use crate::adapter::codex_events::{self, Terminal, Transcript};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError};
-use crate::fetch::{FetchError, Fetcher};
-use crate::git::{Checkout, Git, GitError};
+use crate::fetch::{FetchError, Fetcher, ToolSource};
+use crate::git::{Checkout, CloneOptions, Git, GitError};
 use crate::policy::UrlPolicy;
 use crate::redact::Redactor;
 use crate::run::supervisor::{self, ExitKind, ProcessSpec, StopCause};
 use crate::run::{Outcome, ReasonCode, RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Store, StoreError};
-use crate::workspace::Workspace;
+use crate::workspace::{self as ws, SizeWatch, Workspace};
 
 /// The environment variable that marks every process of a run, for the supervisor's sweep.
 const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
@@ -83,6 +83,7 @@ impl From<GitError> for Failure {
     fn from(err: GitError) -> Self {
         let reason = match err {
             GitError::AuthFailed { .. } => ReasonCode::RepoAuthFailed,
+            GitError::DiskFull(_) => ReasonCode::WorkspaceDiskFull,
             _ => ReasonCode::RepoCloneFailed,
         };
         Self::failed(reason, format!("failed to clone the repository: {err}"))
@@ -94,19 +95,24 @@ impl From<FetchError> for Failure {
         let message = err.to_string();
         match err {
             FetchError::Mismatch {
+                url,
                 expected,
                 actual,
-                size,
-                ..
+                facts,
             } => Self {
                 details: Some(serde_json::json!({
+                    "url": url,
                     "expected_sha256": expected.to_string(),
                     "actual_sha256": actual.to_string(),
-                    "size": size,
+                    "size": facts.size,
+                    "http_status": facts.status,
+                    "final_host": facts.final_host,
+                    "content_type": facts.content_type,
+                    "first_bytes": facts.preview,
                 })),
                 ..Self::failed(ReasonCode::ChecksumMismatch, message)
             },
-            FetchError::Io { .. } => Self::failed(ReasonCode::WorkspaceError, message),
+            _ if err.is_local() => Self::failed(ReasonCode::WorkspaceError, message),
             _ => Self::failed(ReasonCode::DownloadFailed, message),
         }
     }
@@ -117,7 +123,7 @@ impl Engine {
     pub fn new(config: Arc<Config>, store: Store) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
         let inner = Inner {
-            fetcher: Fetcher::new(policy.clone()),
+            fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
             policy,
             config,
             store,
@@ -255,8 +261,10 @@ impl Engine {
         let auth = credentials::load(&config.codex)?;
         redactor.extend(auth.secrets().iter().cloned());
 
-        let checkout = self.clone_repo(&record.spec, dirs, account).await?;
-        self.fetch_tools(&record.spec, dirs, account).await?;
+        let checkout = self
+            .clone_repo(&record.spec, workspace, redactor, account)
+            .await?;
+        self.fetch_tools(&record.spec, workspace, account).await?;
         credentials::install(&auth, &config.codex, &dirs.codex_home).map_err(|e| {
             Failure::failed(
                 ReasonCode::WorkspaceError,
@@ -268,6 +276,7 @@ impl Engine {
         record.state = RunState::Running;
         self.save(record).await;
         let result = self.run_cli(record, dirs, account).await;
+        self.keep_artifacts(record, dirs, redactor, account);
 
         if let Some(checkout) = &checkout {
             match Git::new(&dirs.home).diff(checkout).await {
@@ -281,9 +290,11 @@ impl Engine {
     async fn clone_repo(
         &self,
         spec: &RunSpec,
-        dirs: &RunDirs,
+        workspace: &Workspace,
+        redactor: &mut Redactor,
         account: &mut Vec<String>,
     ) -> Result<Option<Checkout>, Failure> {
+        let dirs = &workspace.dirs;
         let Some(repo) = &spec.repo else {
             std::fs::create_dir(&dirs.work).map_err(|e| {
                 Failure::failed(
@@ -293,43 +304,139 @@ impl Engine {
             })?;
             return Ok(None);
         };
-        let url = self.inner.policy.check(&repo.url).await.map_err(|e| {
+        let url = self.inner.policy.check_repo(&repo.url).await.map_err(|e| {
             Failure::failed(
                 ReasonCode::RepoCloneFailed,
                 format!("the repository URL {e}"),
             )
         })?;
-        let checkout = Git::new(&dirs.home)
-            .clone(&url, repo.git_ref.as_deref(), &dirs.work)
-            .await?;
+        self.check_free_space(workspace)?;
+        let config = &self.inner.config;
+        let auth = crate::git::auth::for_url(config.git_credentials_dir.as_deref(), &url, || {
+            workspace.secrets_dir()
+        })
+        .map_err(|e| {
+            Failure::failed(
+                ReasonCode::WorkspaceError,
+                format!("failed to prepare the git token: {e}"),
+            )
+        })?;
+        if let Some(auth) = &auth {
+            redactor.extend([auth.secret().to_owned()]);
+        }
+        let options = CloneOptions {
+            git_ref: repo.git_ref.as_deref(),
+            submodules: repo.submodules.then_some(&self.inner.policy),
+            size_watch: Some(SizeWatch {
+                dir: workspace.root().to_owned(),
+                limit: config.workspace.max_bytes,
+            }),
+        };
+        let cloned = Git::new(&dirs.home)
+            .with_auth(auth)
+            .clone(&url, options, &dirs.work)
+            .await;
+        // The token is needed only by the clone: the CLI never gets to read it.
+        let _ = std::fs::remove_dir_all(workspace.root().join("secrets"));
+        let checkout = cloned.inspect_err(|e| {
+            if matches!(e, GitError::DiskFull(_)) {
+                let _ = std::fs::remove_dir_all(&dirs.work);
+            }
+        })?;
         account.push(format!("cloned {} at {}", repo.url, checkout.base_commit));
+        for sub in &checkout.submodules {
+            let how = if sub.full_fetch {
+                "fetched whole"
+            } else {
+                "shallow"
+            };
+            account.push(format!("checked out submodule {} ({how})", sub.path));
+        }
         Ok(Some(checkout))
+    }
+
+    /// Refuses to start a clone on a disk that is nearly full.
+    fn check_free_space(&self, workspace: &Workspace) -> Result<(), Failure> {
+        let needed = self.inner.config.workspace.min_free_bytes;
+        match ws::free_bytes(workspace.root()) {
+            Ok(free) if free < needed => Err(Failure::failed(
+                ReasonCode::WorkspaceDiskFull,
+                format!(
+                    "only {free} bytes are free for workspaces; a clone needs at least {needed} \
+                     (HB_WORKSPACE_MIN_FREE_BYTES)"
+                ),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "failed to measure free disk space");
+                Ok(())
+            }
+        }
     }
 
     async fn fetch_tools(
         &self,
         spec: &RunSpec,
-        dirs: &RunDirs,
+        workspace: &Workspace,
         account: &mut Vec<String>,
     ) -> Result<(), Failure> {
         for tool in &spec.tools {
-            let url = self.inner.policy.check(&tool.url).await.map_err(|e| {
-                Failure::failed(
-                    ReasonCode::DownloadFailed,
-                    format!("the URL of tool `{}` {e}", tool.name),
-                )
-            })?;
+            let mut urls = Vec::with_capacity(1 + tool.mirrors.len());
+            for raw in std::iter::once(&tool.url).chain(&tool.mirrors) {
+                let url = self.inner.policy.check(raw).await.map_err(|e| {
+                    Failure::failed(
+                        ReasonCode::DownloadFailed,
+                        format!("a URL of tool `{}` {e}", tool.name),
+                    )
+                })?;
+                urls.push(url);
+            }
+            let source = ToolSource {
+                name: tool.name.clone(),
+                urls,
+                sha256: Some(tool.sha256.clone()),
+            };
             let fetched = self
                 .inner
                 .fetcher
-                .fetch(&url, &tool.sha256, &dirs.bin.join(&tool.name))
+                .install(
+                    &source,
+                    tool.archive_path.as_deref(),
+                    &workspace.dirs.bin,
+                    &workspace.tool_dir(&tool.name),
+                )
                 .await?;
+            let from = fetched.from.as_deref().unwrap_or("the cache");
             account.push(format!(
-                "fetched tool {} ({} bytes, {})",
+                "fetched tool {} ({} bytes, {}) from {from}",
                 tool.name, fetched.size, fetched.digest
             ));
         }
         Ok(())
+    }
+
+    /// Keeps the files the run declared, after the CLI has finished.
+    fn keep_artifacts(
+        &self,
+        record: &mut RunRecord,
+        dirs: &RunDirs,
+        redactor: &Redactor,
+        account: &mut Vec<String>,
+    ) {
+        if record.spec.artifacts.is_empty() {
+            return;
+        }
+        let config = &self.inner.config;
+        let store = crate::artifacts::store_dir(&config.data_dir, &record.id.to_string());
+        let (kept, notes) = crate::artifacts::collect(
+            &dirs.work,
+            &record.spec.artifacts,
+            &store,
+            config.workspace.artifact_max_bytes,
+            redactor,
+        );
+        record.artifacts = kept;
+        account.extend(notes);
     }
 
     async fn run_cli(

@@ -1,0 +1,339 @@
+//! The git CLI, driven safely: cloning a run's repository (with its submodules on request)
+//! and reading back what it changed.
+//!
+//! git runs with a cleared environment, no system or global configuration, a private HOME, and
+//! every way it could ask a person for something turned off, so an unreachable or private
+//! repository fails at once instead of waiting for a terminal. User strings are only ever
+//! arguments after `--` or values of options that take one, never options themselves. A token
+//! for a private repository reaches git only through the askpass helper of [`auth`]. While a
+//! clone writes, a [`SizeWatch`] measures the tree and stops git when it passes the
+//! workspace's limit. Submodule URLs are checked by the URL policy before any is fetched
+//! ([`submodule`]); ref names are checked by [`refname`].
+
+pub mod auth;
+mod refname;
+mod submodule;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::process::Command;
+use url::Url;
+
+pub use self::auth::GitAuth;
+pub use self::refname::check_ref_name;
+use crate::policy::UrlPolicy;
+use crate::workspace::SizeWatch;
+
+/// Clones are shallow; a slow server still gets this long.
+const CLONE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Local commands (rev-parse, diff) on a workspace.
+const LOCAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Diffs past this size are cut, with a note saying so.
+const MAX_DIFF_BYTES: usize = 4 << 20;
+
+/// Configuration given to every git command: no helpers that prompt, only http(s) transports
+/// (no `ext::` or `file://` through submodules), and no redirects the URL policy never saw.
+const HARDENING: &[&str] = &[
+    "credential.helper=",
+    "protocol.allow=never",
+    "protocol.https.allow=always",
+    "protocol.http.allow=always",
+    "http.followRedirects=false",
+    "core.hooksPath=/dev/null",
+    "advice.detachedHead=false",
+];
+
+/// Why a git command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("the git server asked for credentials or refused them: {stderr}")]
+    AuthFailed { stderr: String },
+    #[error("the workspace ran out of room: {0}")]
+    DiskFull(String),
+    #[error("submodule URL `{url}` is not allowed: it {reason}")]
+    SubmoduleUrl { url: String, reason: String },
+    #[error("git {command} failed: {stderr}")]
+    Failed {
+        command: &'static str,
+        stderr: String,
+    },
+    #[error("git {command} did not finish within {}s", .timeout.as_secs())]
+    TimedOut {
+        command: &'static str,
+        timeout: Duration,
+    },
+    #[error("failed to start git")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// What to clone, and how.
+#[derive(Debug, Clone, Default)]
+pub struct CloneOptions<'a> {
+    /// A branch or tag; the remote's default branch when absent.
+    pub git_ref: Option<&'a str>,
+    /// Also check out the submodules (one level), each URL checked by `policy`.
+    pub submodules: Option<&'a UrlPolicy>,
+    /// Stop the clone when the tree passes this size.
+    pub size_watch: Option<SizeWatch>,
+}
+
+/// A checked-out repository in a workspace.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub dir: PathBuf,
+    /// The commit the clone started at; diffs are taken against it.
+    pub base_commit: String,
+    /// Submodules checked out, and those that needed a full fetch.
+    pub submodules: Vec<submodule::Submodule>,
+}
+
+/// Runs git with a private HOME.
+#[derive(Debug, Clone)]
+pub struct Git {
+    program: PathBuf,
+    home: PathBuf,
+    auth: Option<GitAuth>,
+    allow_ssh: bool,
+    size_watch: Option<SizeWatch>,
+}
+
+impl Git {
+    /// git from PATH, with `home` as its HOME.
+    pub fn new(home: &Path) -> Self {
+        Self {
+            program: PathBuf::from("git"),
+            home: home.to_owned(),
+            auth: None,
+            allow_ssh: false,
+            size_watch: None,
+        }
+    }
+
+    /// Uses `auth` whenever the server asks for credentials.
+    pub fn with_auth(mut self, auth: Option<GitAuth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Clones `url` into `dest`: shallow, single branch, then submodules if asked.
+    pub async fn clone(
+        mut self,
+        url: &Url,
+        options: CloneOptions<'_>,
+        dest: &Path,
+    ) -> Result<Checkout, GitError> {
+        self.allow_ssh = url.scheme() == "ssh";
+        self.size_watch = options.size_watch.clone();
+        let mut args: Vec<OsString> = ["clone", "--depth", "1", "--single-branch", "--no-tags"]
+            .map(OsString::from)
+            .into();
+        if let Some(git_ref) = options.git_ref {
+            args.extend(["--branch".into(), git_ref.into()]);
+        }
+        args.extend(["--".into(), url.as_str().into(), dest.into()]);
+        self.output("clone", args, None, CLONE_TIMEOUT)
+            .await
+            .map_err(classify_clone_error)?;
+
+        let submodules = match options.submodules {
+            Some(policy) => submodule::update(&self, policy, dest).await?,
+            None => Vec::new(),
+        };
+        let head = self.run_in(dest, &["rev-parse", "HEAD"]).await?;
+        Ok(Checkout {
+            dir: dest.to_owned(),
+            base_commit: String::from_utf8_lossy(&head).trim().to_owned(),
+            submodules,
+        })
+    }
+
+    /// Everything that differs from the clone's starting commit, untracked files included, as
+    /// a patch. Cut at a size limit with a trailing note.
+    pub async fn diff(&self, checkout: &Checkout) -> Result<String, GitError> {
+        let dir = &checkout.dir;
+        self.run_in(dir, &["add", "--all", "--intent-to-add"])
+            .await?;
+        let args = [
+            "diff",
+            "--no-color",
+            "--no-ext-diff",
+            "--no-textconv",
+            "--binary",
+            &checkout.base_commit,
+            "--",
+        ];
+        let patch = self.run_in(dir, &args).await?;
+        let mut text = String::from_utf8_lossy(&patch).into_owned();
+        if text.len() > MAX_DIFF_BYTES {
+            let cut = text.floor_char_boundary(MAX_DIFF_BYTES);
+            let dropped = text.len() - cut;
+            text.truncate(cut);
+            text.push_str(&format!(
+                "\n[diff truncated: {dropped} more bytes not shown]\n"
+            ));
+        }
+        Ok(text)
+    }
+
+    /// A local command in `dir`, named by its first argument.
+    async fn run_in(&self, dir: &Path, args: &[&str]) -> Result<Vec<u8>, GitError> {
+        let command = static_name(args[0]);
+        let args = args.iter().map(OsString::from).collect();
+        self.output(command, args, Some(dir), LOCAL_TIMEOUT).await
+    }
+
+    async fn output(
+        &self,
+        command: &'static str,
+        args: Vec<OsString>,
+        cwd: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, GitError> {
+        let mut cmd = self.command(args);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd.spawn().map_err(GitError::Spawn)?;
+        let group = child.id().map(|id| Pid::from_raw(id as i32));
+        let kill_group = || {
+            if let Some(group) = group {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        };
+        let watch = self.size_watch.clone();
+        let over_limit = async move {
+            match watch {
+                Some(watch) => (watch.exceeded().await, watch.limit),
+                None => std::future::pending().await,
+            }
+        };
+
+        let output = tokio::select! {
+            result = tokio::time::timeout(timeout, child.wait_with_output()) => match result {
+                Ok(result) => result.map_err(GitError::Spawn)?,
+                Err(_) => {
+                    kill_group();
+                    return Err(GitError::TimedOut { command, timeout });
+                }
+            },
+            (used, limit) = over_limit => {
+                kill_group();
+                let detail = format!("{used} bytes used, more than the limit of {limit}");
+                return Err(GitError::DiskFull(detail));
+            }
+        };
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+            return Err(GitError::Failed { command, stderr });
+        }
+        Ok(output.stdout)
+    }
+
+    fn command(&self, args: Vec<OsString>) -> Command {
+        let mut cmd = Command::new(&self.program);
+        for setting in HARDENING {
+            cmd.arg("-c").arg(setting);
+        }
+        if self.allow_ssh {
+            cmd.args(["-c", "protocol.ssh.allow=always"]);
+        }
+        match &self.auth {
+            Some(auth) => cmd
+                .arg("-c")
+                .arg(format!("core.askPass={}", auth.askpass.display())),
+            None => cmd.args(["-c", "core.askPass="]),
+        };
+        cmd.args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env("HOME", &self.home)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GCM_INTERACTIVE", "never")
+            .env("GIT_SSH_COMMAND", "ssh -oBatchMode=yes")
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(auth) = &self.auth {
+            cmd.envs(auth.env());
+        }
+        cmd
+    }
+}
+
+/// The command names `run_in` reports, as static strings for the error type.
+fn static_name(command: &str) -> &'static str {
+    match command {
+        "add" => "add",
+        "diff" => "diff",
+        "rev-parse" => "rev-parse",
+        "config" => "config",
+        "submodule" => "submodule",
+        _ => "command",
+    }
+}
+
+/// Tells an authentication problem and a full disk from other clone failures by git's own
+/// messages.
+fn classify_clone_error(err: GitError) -> GitError {
+    const AUTH_SIGNS: &[&str] = &[
+        "could not read Username",
+        "could not read Password",
+        "Authentication failed",
+        "terminal prompts disabled",
+        "HTTP Basic: Access denied",
+        "The requested URL returned error: 401",
+        "The requested URL returned error: 403",
+        "Permission denied (publickey",
+    ];
+    match err {
+        GitError::Failed { stderr, .. } if AUTH_SIGNS.iter().any(|s| stderr.contains(s)) => {
+            GitError::AuthFailed { stderr }
+        }
+        GitError::Failed { stderr, .. } if stderr.contains("No space left on device") => {
+            GitError::DiskFull(stderr)
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    #[rstest]
+    #[case::prompt("fatal: could not read Username for 'https://x': terminal prompts disabled")]
+    #[case::refused("remote: HTTP Basic: Access denied\nfatal: Authentication failed for 'x'")]
+    #[case::status("fatal: unable to access 'x': The requested URL returned error: 401")]
+    fn auth_messages_are_told_apart(#[case] stderr: &str) {
+        let err = classify_clone_error(GitError::Failed {
+            command: "clone",
+            stderr: stderr.into(),
+        });
+        assert!(matches!(err, GitError::AuthFailed { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart() {
+        let stderr = "fatal: write error: No space left on device".into();
+        let err = classify_clone_error(GitError::Failed {
+            command: "clone",
+            stderr,
+        });
+        assert!(matches!(err, GitError::DiskFull(_)), "{err:?}");
+    }
+}

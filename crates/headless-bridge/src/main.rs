@@ -1,7 +1,9 @@
-//! The `headless-bridge` command: `serve` runs the HTTP gateway.
+//! The `headless-bridge` command: `serve` runs the HTTP gateway; `fetch` downloads one tool
+//! with the same fetcher, cache and URL policy the runs use.
 //!
-//! Exit codes: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when the bridge
-//! failed to start or stopped serving on an error.
+//! Exit codes of `serve`: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when
+//! the bridge failed to start or stopped serving on an error. Those of `fetch` are in
+//! [`fetch_command`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use headless_bridge::config::{Config, RawConfig};
 use headless_bridge::server::Bridge;
 use headless_bridge::{error_chain, telemetry};
+
+mod fetch_command;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +30,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve(ServeArgs),
+    /// Download a tool, verify it and copy it out of the tool cache.
+    Fetch(fetch_command::FetchArgs),
 }
 
 /// Flags of `serve`; each overrides its HB_* variable and the config file.
@@ -83,6 +89,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Fetch(args) => fetch_command::run(args),
     }
 }
 

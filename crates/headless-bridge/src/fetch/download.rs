@@ -283,6 +283,10 @@ impl Download<'_> {
 
     fn request_error(&self, err: &reqwest::Error) -> Stop {
         let reason = crate::error_chain(err);
+        if refused_by_policy(err) {
+            let url = shown_url(self.url);
+            return self.fail(FetchError::NotAllowed { url, reason });
+        }
         if err.is_redirect() {
             let url = shown_url(self.url);
             return self.fail(FetchError::Redirect { url, reason });
@@ -314,6 +318,18 @@ impl Download<'_> {
             limit: self.settings.total_timeout,
         }
     }
+}
+
+/// Whether the resolver refused the connection: a final answer, not a network hiccup.
+fn refused_by_policy(err: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cause) = source {
+        if cause.is::<super::resolver::AddressRefused>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Decides how to use an answer with `status` to a request made at `offset`.

@@ -64,6 +64,8 @@ pub enum FetchError {
     Network { url: String, reason: String },
     #[error("failed to download {url}: a redirect was refused: {reason}")]
     Redirect { url: String, reason: String },
+    #[error("failed to download {url}: the URL policy refused a connection: {reason}")]
+    NotAllowed { url: String, reason: String },
     #[error("failed to download the tool within {}s", .limit.as_secs_f32())]
     TimedOut { limit: Duration },
     #[error("failed to unpack the tool: {0}")]
@@ -99,7 +101,7 @@ impl FetchError {
             Self::Mismatch { .. } => 5,
             Self::Io { .. } | Self::Archive(_) => 4,
             Self::HtmlPage { .. } | Self::TooLarge { .. } => 3,
-            Self::Status { .. } | Self::Redirect { .. } => 2,
+            Self::Status { .. } | Self::Redirect { .. } | Self::NotAllowed { .. } => 2,
             Self::Network { .. } => 1,
             Self::TimedOut { .. } => 0,
         }

@@ -20,7 +20,7 @@ pub mod archive;
 pub mod cache;
 pub mod download;
 mod error;
-mod resolver;
+pub mod resolver;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -14,6 +14,16 @@ use url::{Host, Url};
 
 use crate::policy::{self, UrlPolicy};
 
+/// A connection refused because its host resolved to an address the policy forbids.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "host `{host}` resolves to the non-public address {addr}, and HB_ALLOWED_HOSTS does not list it"
+)]
+pub struct AddressRefused {
+    pub host: String,
+    pub addr: std::net::IpAddr,
+}
+
 /// Resolves names for the fetcher's HTTP client, within the policy.
 #[derive(Debug)]
 pub struct PolicyResolver {
@@ -34,11 +44,8 @@ impl Resolve for PolicyResolver {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if !allowed && let Some(bad) = addrs.iter().find(|a| !policy::is_public(a.ip())) {
-                let message = format!(
-                    "host `{host}` resolves to the non-public address {}, and HB_ALLOWED_HOSTS does not list it",
-                    bad.ip()
-                );
-                return Err(message.into());
+                let addr = bad.ip();
+                return Err(Box::new(AddressRefused { host, addr }) as _);
             }
             let addrs: Addrs = Box::new(addrs.into_iter());
             Ok(addrs)

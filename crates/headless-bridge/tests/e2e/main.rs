@@ -6,5 +6,6 @@ mod support;
 
 mod api;
 mod codex_runs;
+mod fetch;
 mod health;
 mod restart;

@@ -77,7 +77,9 @@ fn collect_one(
 ) -> Result<Artifact, String> {
     check_declared(path).map_err(str::to_owned)?;
     let root = fs::canonicalize(work).map_err(|e| format!("the work tree is gone ({e})"))?;
-    let real = fs::canonicalize(work.join(path)).map_err(|_| "the run did not write it")?;
+    let declared = work.join(path);
+    fs::symlink_metadata(&declared).map_err(|_| "the run did not write it")?;
+    let real = fs::canonicalize(&declared).map_err(|_| "it is a link that leads nowhere")?;
     if !real.starts_with(&root) {
         return Err("it resolves outside the work tree".into());
     }

@@ -144,6 +144,15 @@ impl Git {
             Some(policy) => submodule::update(&self, policy, dest).await?,
             None => Vec::new(),
         };
+        // A clone that finished between two measurements is measured once more.
+        if let Some(watch) = &self.size_watch {
+            let used = crate::workspace::disk_usage(&watch.dir);
+            if used > watch.limit {
+                let limit = watch.limit;
+                let detail = format!("{used} bytes used, more than the limit of {limit}");
+                return Err(GitError::DiskFull(detail));
+            }
+        }
         let head = self.run_in(dest, &["rev-parse", "HEAD"]).await?;
         Ok(Checkout {
             dir: dest.to_owned(),
@@ -281,6 +290,7 @@ fn static_name(command: &str) -> &'static str {
         "rev-parse" => "rev-parse",
         "config" => "config",
         "submodule" => "submodule",
+        "fetch" => "fetch",
         _ => "command",
     }
 }
@@ -325,6 +335,34 @@ mod tests {
             stderr: stderr.into(),
         });
         assert!(matches!(err, GitError::AuthFailed { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_token_is_in_no_argument_and_no_environment_variable_of_git() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url: Url = "http://127.0.0.1:8080/r.git".parse().expect("a URL");
+        let auth = auth::install(dir.path(), &url, "tok-canary-77".into()).expect("installs");
+        let git = Git::new(dir.path()).with_auth(Some(auth));
+        let cmd = git.command(vec!["clone".into(), "--".into(), url.as_str().into()]);
+
+        let std = cmd.as_std();
+        let args: Vec<_> = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.iter().all(|a| !a.contains("tok-canary-77")),
+            "{args:?}"
+        );
+        let envs = std
+            .get_envs()
+            .filter_map(|(_, v)| v)
+            .map(|v| v.to_string_lossy().into_owned());
+        assert!(envs.into_iter().all(|v| !v.contains("tok-canary-77")));
+        assert!(
+            args.iter().any(|a| a.starts_with("core.askPass=")),
+            "{args:?}"
+        );
     }
 
     #[test]

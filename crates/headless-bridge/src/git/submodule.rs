@@ -5,8 +5,9 @@
 //! superproject, into the clone's own config; those resolved URLs are what the policy judges,
 //! so `../other.git` is checked as the host it really names. A shallow fetch asks for the
 //! branch tip and then for the pinned commit; a server that only serves advertised tips
-//! refuses the second when the commit is not a tip, and a full fetch of that submodule
-//! follows. Only the first level is checked out: nested submodules would need the same checks
+//! refuses the second when the commit is not a tip (protocol v0 without
+//! `uploadpack.allowReachableSHA1InWant`; v2 serves any reachable commit), and then that
+//! submodule's history is fetched whole. Only the first level is checked out: nested submodules would need the same checks
 //! one level down, which this module does not do yet.
 
 use std::path::Path;
@@ -73,6 +74,15 @@ async fn fetch_one(git: &Git, dir: &Path, path: &str) -> Result<bool, GitError> 
             );
         }
         Err(other) => return Err(other),
+    }
+    // The shallow clone of the branch tip is there; `submodule update` alone would fetch
+    // shallow again, so the history is deepened first.
+    let sub_dir = dir.join(path);
+    if sub_dir.join(".git").exists() {
+        let unshallow = ["fetch", "--unshallow", "--no-tags", "origin"];
+        git.run_in(&sub_dir, &unshallow)
+            .await
+            .map_err(classify_clone_error)?;
     }
     let full = ["submodule", "update", "--", path];
     git.run_in(dir, &full).await.map_err(classify_clone_error)?;

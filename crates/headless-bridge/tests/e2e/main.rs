@@ -9,3 +9,4 @@ mod codex_runs;
 mod fetch;
 mod health;
 mod restart;
+mod workspaces;

@@ -44,26 +44,36 @@ struct Shared {
     password: Option<String>,
     /// Requests refused for missing or wrong credentials.
     refused: std::sync::atomic::AtomicUsize,
+    /// Speak only protocol v0, like an older host: fetching a commit that no ref advertises
+    /// is refused there, while v2 serves any reachable commit.
+    v0_only: bool,
 }
 
 impl GitServer {
     /// Starts a server with no repositories, kept in a temporary directory it owns.
     pub async fn start() -> GitServer {
-        Self::start_inner(None).await
+        Self::start_inner(None, false).await
+    }
+
+    /// Starts a server that speaks only git protocol v0, which refuses requests for commits
+    /// no branch or tag points at, as older hosts do.
+    pub async fn start_protocol_v0() -> GitServer {
+        Self::start_inner(None, true).await
     }
 
     /// Starts a server that answers only requests with HTTP basic credentials whose password
     /// is `password`, and 401 to any other.
     pub async fn start_with_password(password: &str) -> GitServer {
-        Self::start_inner(Some(password.to_owned())).await
+        Self::start_inner(Some(password.to_owned()), false).await
     }
 
-    async fn start_inner(password: Option<String>) -> GitServer {
+    async fn start_inner(password: Option<String>, v0_only: bool) -> GitServer {
         let root = TempDir::new().expect("the temp dir is writable");
         let shared = Arc::new(Shared {
             project_root: root.path().to_owned(),
             password,
             refused: Default::default(),
+            v0_only,
         });
 
         let router = Router::new()
@@ -169,9 +179,12 @@ async fn serve(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    mut headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if shared.v0_only {
+        headers.remove("git-protocol");
+    }
     if let Some(password) = &shared.password
         && !has_password(&headers, password)
     {

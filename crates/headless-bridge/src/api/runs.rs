@@ -257,7 +257,7 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
         }
         let url = required("url", MAX_URL)?;
         body::url(state.engine.policy(), &field("url"), &url).await?;
-        let sha256 = body::digest(&field("sha256"), &required("sha256", 80)?)?;
+        let sha256 = body::digest(&field("sha256"), &required("sha256", 320)?)?;
         let mirrors = validate_mirrors(state, tool, &field("mirrors")).await?;
         let archive_path = body::optional_string(tool, "archive_path", 512)?;
         if let Some(path) = &archive_path {

@@ -52,10 +52,11 @@ impl Cache {
             .map_err(|source| io_error(root, source))
     }
 
-    /// The verified file for `digest`, if the cache holds it.
-    pub fn lookup(&self, digest: &Sha256Digest) -> Option<PathBuf> {
+    /// The verified file for `digest` and its size, if the cache holds it: one `stat`.
+    pub fn lookup(&self, digest: &Sha256Digest) -> Option<(PathBuf, u64)> {
         let path = self.verified_path(digest);
-        path.is_file().then_some(path)
+        let meta = fs::metadata(&path).ok().filter(fs::Metadata::is_file)?;
+        Some((path, meta.len()))
     }
 
     /// Where a download of `url` for `digest` is kept while in progress. The key holds both,

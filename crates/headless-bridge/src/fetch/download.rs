@@ -134,7 +134,7 @@ impl Download<'_> {
             let facts = with_body_preview(facts, response).await;
             let err = FetchError::Status {
                 url: shown_url(self.url),
-                facts,
+                facts: Box::new(facts),
             };
             return Err(Stop::Failed(err, retry_after));
         }
@@ -143,7 +143,7 @@ impl Download<'_> {
             .to_ascii_lowercase()
             .starts_with("text/html")
         {
-            let facts = with_body_preview(facts, response).await;
+            let facts = Box::new(with_body_preview(facts, response).await);
             return Err(self.fail(FetchError::HtmlPage {
                 url: shown_url(self.url),
                 facts,
@@ -228,11 +228,11 @@ impl Download<'_> {
         let Some(expected) = self.expected.filter(|e| **e != actual) else {
             return self.accept(actual, size, facts);
         };
-        let facts = ResponseFacts {
+        let facts = Box::new(ResponseFacts {
             size,
             preview: ResponseFacts::preview_of(&self.head()),
             ..facts
-        };
+        });
         let url = shown_url(self.url);
         if looks_like_html(&self.head()) {
             return Err(FetchError::HtmlPage { url, facts });
@@ -255,11 +255,11 @@ impl Download<'_> {
     ) -> Result<Downloaded, FetchError> {
         let head = self.head();
         if self.expected.is_none() && looks_like_html(&head) {
-            let facts = ResponseFacts {
+            let facts = Box::new(ResponseFacts {
                 size,
                 preview: ResponseFacts::preview_of(&head),
                 ..facts
-            };
+            });
             return Err(FetchError::HtmlPage {
                 url: shown_url(self.url),
                 facts,

@@ -52,12 +52,18 @@ pub enum FetchError {
         url: String,
         expected: Sha256Digest,
         actual: Sha256Digest,
-        facts: ResponseFacts,
+        facts: Box<ResponseFacts>,
     },
     #[error("failed to download {url}: the server answered with an error ({facts})")]
-    Status { url: String, facts: ResponseFacts },
+    Status {
+        url: String,
+        facts: Box<ResponseFacts>,
+    },
     #[error("failed to download {url}: the server sent an HTML page, not a tool ({facts})")]
-    HtmlPage { url: String, facts: ResponseFacts },
+    HtmlPage {
+        url: String,
+        facts: Box<ResponseFacts>,
+    },
     #[error("failed to download {url}: larger than the limit of {limit} bytes")]
     TooLarge { url: String, limit: u64 },
     #[error("failed to download {url}: {reason}")]
@@ -87,6 +93,33 @@ impl FetchError {
             Self::Status { facts, .. } => facts.status == 429 || facts.status >= 500,
             _ => false,
         }
+    }
+
+    /// What the server answered, for the errors that have an answer, as JSON for a run's
+    /// `details`.
+    pub fn details(&self) -> Option<serde_json::Value> {
+        let (url, facts) = match self {
+            Self::Mismatch { url, facts, .. }
+            | Self::Status { url, facts }
+            | Self::HtmlPage { url, facts } => (url, facts),
+            _ => return None,
+        };
+        let mut details = serde_json::json!({
+            "url": url,
+            "http_status": facts.status,
+            "final_host": facts.final_host,
+            "content_type": facts.content_type,
+            "size": facts.size,
+            "first_bytes": facts.preview,
+        });
+        if let Self::Mismatch {
+            expected, actual, ..
+        } = self
+        {
+            details["expected_sha256"] = expected.to_string().into();
+            details["actual_sha256"] = actual.to_string().into();
+        }
+        Some(details)
     }
 
     /// Whether this is our own disk's fault rather than the download's.
@@ -152,10 +185,10 @@ mod tests {
     fn only_server_errors_and_throttling_are_retried(#[case] status: u16, #[case] retry: bool) {
         let err = FetchError::Status {
             url: "u".into(),
-            facts: ResponseFacts {
+            facts: Box::new(ResponseFacts {
                 status,
                 ..ResponseFacts::default()
-            },
+            }),
         };
         assert_eq!(err.is_retryable(), retry);
     }

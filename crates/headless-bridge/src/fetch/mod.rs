@@ -190,8 +190,7 @@ impl Fetcher {
 
     /// A cache hit: one `stat`, no network.
     pub fn cached(&self, digest: &Sha256Digest) -> Option<Fetched> {
-        let path = self.cache.lookup(digest)?;
-        let size = std::fs::metadata(&path).ok()?.len();
+        let (path, size) = self.cache.lookup(digest)?;
         Some(Fetched {
             path,
             digest: digest.clone(),

@@ -11,8 +11,8 @@
 //! ([`submodule`]); ref names are checked by [`refname`].
 
 pub mod auth;
-mod refname;
-mod submodule;
+pub mod refname;
+pub mod submodule;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

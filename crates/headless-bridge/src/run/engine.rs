@@ -92,28 +92,14 @@ impl From<GitError> for Failure {
 
 impl From<FetchError> for Failure {
     fn from(err: FetchError) -> Self {
-        let message = err.to_string();
-        match err {
-            FetchError::Mismatch {
-                url,
-                expected,
-                actual,
-                facts,
-            } => Self {
-                details: Some(serde_json::json!({
-                    "url": url,
-                    "expected_sha256": expected.to_string(),
-                    "actual_sha256": actual.to_string(),
-                    "size": facts.size,
-                    "http_status": facts.status,
-                    "final_host": facts.final_host,
-                    "content_type": facts.content_type,
-                    "first_bytes": facts.preview,
-                })),
-                ..Self::failed(ReasonCode::ChecksumMismatch, message)
-            },
-            _ if err.is_local() => Self::failed(ReasonCode::WorkspaceError, message),
-            _ => Self::failed(ReasonCode::DownloadFailed, message),
+        let reason = match err {
+            FetchError::Mismatch { .. } => ReasonCode::ChecksumMismatch,
+            _ if err.is_local() => ReasonCode::WorkspaceError,
+            _ => ReasonCode::DownloadFailed,
+        };
+        Self {
+            details: err.details(),
+            ..Self::failed(reason, err.to_string())
         }
     }
 }

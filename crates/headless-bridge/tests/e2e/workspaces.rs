@@ -377,15 +377,37 @@ async fn a_run_uses_a_tool_from_a_mirror_archive_and_its_artifacts_are_served_ca
     assert!(logs.contains("outside the work tree"), "{logs}");
 }
 
+/// The new request fields are checked before any work starts, each with its own code.
 #[rstest::rstest]
-#[case::parent(json!(["../secrets/git-token"]))]
-#[case::absolute(json!(["/etc/passwd"]))]
-#[case::not_a_list(json!("fix.patch"))]
+#[case::artifact_parent(json!({"artifacts": ["../secrets/git-token"]}), "invalid_artifact_path")]
+#[case::artifact_absolute(json!({"artifacts": ["/etc/passwd"]}), "invalid_artifact_path")]
+#[case::artifacts_not_a_list(json!({"artifacts": "fix.patch"}), "invalid_field")]
+#[case::submodules_not_bool(json!({"repo": {"url": "http://127.0.0.1:9/r.git", "submodules": "yes"}}), "invalid_field")]
+#[case::ssh_unlisted(json!({"repo": {"url": "ssh://git@93.184.215.14/r.git"}}), "url_not_allowed")]
+#[case::ref_lock(json!({"repo": {"url": "http://127.0.0.1:9/r.git", "ref": "main.lock"}}), "invalid_ref")]
+#[case::mirror_private(tool(json!({"mirrors": ["https://10.0.0.1/ak"]})), "url_not_allowed")]
+#[case::mirrors_not_a_list(tool(json!({"mirrors": "https://127.0.0.1/ak"})), "invalid_field")]
+#[case::archive_path_escapes(tool(json!({"archive_path": "../ak"})), "invalid_field")]
+#[case::sha512(tool(json!({"sha256": format!("sha512:{}", "a".repeat(128))})), "invalid_checksum_format")]
+#[case::short_digest(tool(json!({"sha256": "abc123  ak"})), "invalid_checksum_format")]
 #[tokio::test]
-async fn declared_artifacts_outside_the_work_tree_are_refused_up_front(#[case] artifacts: Value) {
+async fn new_request_fields_are_validated_up_front(#[case] fields: Value, #[case] code: &str) {
     let model = Model::start(Behavior::Reply("unused".into())).await;
     let bridge = model.bridge().await;
-    let request = json!({"adapter": "codex", "prompt": "hi", "artifacts": artifacts});
+    let mut request = json!({"adapter": "codex", "prompt": "hi"});
+    for (key, value) in fields.as_object().expect("an object") {
+        request[key] = value.clone();
+    }
     let (status, body) = bridge.post("/v1/runs", &request).await;
     assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+}
+
+/// A request's `tools` with one valid tool, changed by `changes`.
+fn tool(changes: Value) -> Value {
+    let mut tool = json!({"name": "ak", "url": "http://127.0.0.1:9/ak", "sha256": "a".repeat(64)});
+    for (key, value) in changes.as_object().expect("an object") {
+        tool[key] = value.clone();
+    }
+    json!({"tools": [tool]})
 }

@@ -5,7 +5,7 @@
 //! `HB_BENCH_MB` sets the file size (default 256), `HB_BENCH_RUNS` the runs per contender
 //! (default 3; the best run counts, as the least disturbed by the other tenants of a shared
 //! machine). Targets, from issue 8: the fetcher reaches at least 90% of curl's throughput
-//! including verification; a cache hit takes under 1 ms. The fetcher's figure includes what
+//! including verification; a cache hit takes under 1 ms (judged at the 99th percentile). The fetcher's figure includes what
 //! curl's does not: writing the file, fsync, and the rename into the cache.
 
 use std::process::Stdio;
@@ -37,7 +37,7 @@ fn main() {
     let transfer = best((0..runs).map(|_| curl_only(&url)));
     let curl = best((0..runs).map(|_| curl_sha256sum(&url, &digest)));
     let fetch = best((0..runs).map(|_| client_rt.block_on(fetch_fresh(&url, &digest))));
-    let (hit_mean, hit_max) = client_rt.block_on(cache_hits(&url, &digest));
+    let hits = client_rt.block_on(cache_hits(&url, &digest));
 
     let mb_s = |d: Duration| (mb as f64) / d.as_secs_f64();
     let ratio = mb_s(fetch) / mb_s(curl);
@@ -58,18 +58,20 @@ fn main() {
         fetch.as_secs_f64(),
         mb_s(fetch)
     );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "{:<34} {:>8.1}µs   (max {:.1}µs over {HITS} hits)",
-        "cache hit, mean",
-        hit_mean.as_secs_f64() * 1e6,
-        hit_max.as_secs_f64() * 1e6
+        "{:<34} {:>8.1}µs   (p99 {:.1}µs, max {:.1}µs over {HITS} hits)",
+        "cache hit, median",
+        us(hits.median),
+        us(hits.p99),
+        us(hits.max)
     );
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
         "targets: throughput {:.0}% of curl (>= 90%: {}); cache hit < 1 ms: {}",
         ratio * 100.0,
         verdict(ratio >= 0.9),
-        verdict(hit_mean < Duration::from_millis(1))
+        verdict(hits.p99 < Duration::from_millis(1))
     );
     drop(server);
 }
@@ -115,8 +117,15 @@ async fn fetch_fresh(url: &str, digest: &Sha256Digest) -> Duration {
     started.elapsed()
 }
 
-/// The mean and the worst of many fetches that the cache answers.
-async fn cache_hits(url: &str, digest: &Sha256Digest) -> (Duration, Duration) {
+/// How long fetches that the cache answers take.
+struct Hits {
+    median: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+/// Times many fetches that the cache answers.
+async fn cache_hits(url: &str, digest: &Sha256Digest) -> Hits {
     let cache = tempfile::tempdir().expect("a temp dir");
     let fetcher = fetcher(cache.path());
     let source = source(url, digest);
@@ -124,16 +133,20 @@ async fn cache_hits(url: &str, digest: &Sha256Digest) -> (Duration, Duration) {
         .fetch(&source)
         .await
         .expect("the first fetch fills the cache");
-    let (mut total, mut worst) = (Duration::ZERO, Duration::ZERO);
+    let mut times = Vec::with_capacity(HITS as usize);
     for _ in 0..HITS {
         let started = Instant::now();
         let hit = fetcher.fetch(&source).await.expect("a hit");
-        let took = started.elapsed();
+        times.push(started.elapsed());
         assert!(hit.from.is_none(), "a hit touches no network");
-        total += took;
-        worst = worst.max(took);
     }
-    (total / HITS, worst)
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    Hits {
+        median: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+    }
 }
 
 fn fetcher(cache: &std::path::Path) -> Fetcher {

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt as _;
+use nix::fcntl::{Flock, FlockArg};
 use reqwest::header::{self, HeaderMap};
 use sha2::{Digest as _, Sha256};
 use tokio::time::Instant;
@@ -66,7 +67,44 @@ pub enum RangeAnswer {
 
 impl Download<'_> {
     /// Downloads until done, retrying what may be retried within the settings' limits.
-    pub async fn run(self) -> Result<Downloaded, FetchError> {
+    pub async fn run(mut self) -> Result<Downloaded, FetchError> {
+        let (lock, shared) = self.claim_partial();
+        let result = self.attempts().await;
+        if result.is_err() && !shared {
+            let _ = std::fs::remove_file(&self.partial);
+        }
+        // The lock outlives the run only beside a partial file kept for a later resume.
+        if lock.is_some() && (result.is_ok() || !self.partial.exists()) {
+            let _ = std::fs::remove_file(self.partial.with_extension("lock"));
+        }
+        result
+    }
+
+    /// Locks the partial file against other processes sharing the cache (a `fetch` command
+    /// beside the server). When another holds it, this download writes a file of its own,
+    /// which nobody will resume; the second value says whether the shared one was claimed.
+    fn claim_partial(&mut self) -> (Option<Flock<File>>, bool) {
+        let lock_path = self.partial.with_extension("lock");
+        let opened = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path);
+        let Ok(file) = opened else {
+            return (None, true);
+        };
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => (Some(lock), true),
+            Err(_) => {
+                let own = format!("{}.part", uuid::Uuid::now_v7());
+                self.partial = self.partial.with_extension(own);
+                (None, false)
+            }
+        }
+    }
+
+    async fn attempts(&self) -> Result<Downloaded, FetchError> {
         let (mut attempt, mut restarts) = (1u32, 0u32);
         loop {
             let result = tokio::time::timeout_at(self.deadline, self.once()).await;

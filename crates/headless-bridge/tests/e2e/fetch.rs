@@ -254,6 +254,31 @@ async fn concurrent_requests_for_one_digest_download_once_and_a_hit_needs_no_net
     assert_eq!(std::fs::read(hit.path).unwrap(), bytes);
 }
 
+/// Two fetchers on one cache stand for two processes (the server and a `fetch` command):
+/// each has its own in-process locks, so only the file lock keeps them apart.
+#[tokio::test]
+async fn two_fetchers_sharing_a_cache_do_not_corrupt_each_others_download() {
+    let server = FaultServer::start().await;
+    let bytes = payload();
+    let faults = vec![Fault::CloseHalfway, Fault::CloseHalfway, Fault::IgnoreRange];
+    server.add("/ak", bytes.clone(), faults);
+    let cache = tempfile::tempdir().unwrap();
+    let (one, two) = (fetcher(cache.path()), fetcher(cache.path()));
+    let wanted = source("ak", &[server.url("/ak")], &bytes);
+
+    let (a, b) = tokio::join!(one.fetch(&wanted), two.fetch(&wanted));
+
+    for fetched in [a, b] {
+        let fetched = fetched.expect("both succeed");
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), bytes);
+    }
+    assert_eq!(
+        files_in(&cache.path().join("partial")),
+        0,
+        "nothing is left behind"
+    );
+}
+
 #[rstest]
 #[case::loopback_name("localhost")]
 #[case::other_loopback_address("127.0.0.2")]

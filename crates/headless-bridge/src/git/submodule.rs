@@ -7,13 +7,17 @@
 //! branch tip and then for the pinned commit; a server that only serves advertised tips
 //! refuses the second when the commit is not a tip (protocol v0 without
 //! `uploadpack.allowReachableSHA1InWant`; v2 serves any reachable commit), and then that
-//! submodule's history is fetched whole. Only the first level is checked out: nested submodules would need the same checks
-//! one level down, which this module does not do yet.
+//! submodule's history is fetched whole. Nested submodules are taken level by level, each
+//! level's URLs checked the same way before it is fetched (never `--recursive`, which would
+//! fetch a nested URL unchecked), down to [`MAX_DEPTH`] levels.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Git, GitError, classify_clone_error};
 use crate::policy::UrlPolicy;
+
+/// How many levels of nested submodules are followed; projects rarely nest more than two.
+pub const MAX_DEPTH: usize = 4;
 
 /// A submodule that was checked out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +28,32 @@ pub struct Submodule {
     pub full_fetch: bool,
 }
 
-/// Checks and checks out the submodules of the clone in `dir`.
+/// Checks and checks out the submodules of the clone in `dir`, and theirs, level by level.
+/// Paths in the answer are relative to `dir`.
 pub(super) async fn update(
+    git: &Git,
+    policy: &UrlPolicy,
+    dir: &Path,
+) -> Result<Vec<Submodule>, GitError> {
+    let mut done = Vec::new();
+    let mut pending: Vec<(PathBuf, String, usize)> = vec![(dir.to_owned(), String::new(), 1)];
+    while let Some((repo_dir, prefix, depth)) = pending.pop() {
+        for mut submodule in update_level(git, policy, &repo_dir).await? {
+            let sub_dir = repo_dir.join(&submodule.path);
+            submodule.path = format!("{prefix}{}", submodule.path);
+            if depth < MAX_DEPTH {
+                pending.push((sub_dir, format!("{}/", submodule.path), depth + 1));
+            } else if sub_dir.join(".gitmodules").is_file() {
+                tracing::warn!(path = %submodule.path, "nested submodules past the depth limit left out");
+            }
+            done.push(submodule);
+        }
+    }
+    Ok(done)
+}
+
+/// Checks and checks out the submodules of the repository in `dir`, one level.
+async fn update_level(
     git: &Git,
     policy: &UrlPolicy,
     dir: &Path,

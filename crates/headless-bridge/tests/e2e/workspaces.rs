@@ -217,6 +217,45 @@ async fn a_submodule_pinned_to_a_commit_that_is_no_branch_tip_is_checked_out(
 }
 
 #[tokio::test]
+async fn nested_submodules_are_checked_out_level_by_level() {
+    let git = GitServer::start().await;
+    git.create_repo("core", &[("core.txt", "core-nested-5a1c\n")]);
+    let core = git.head("core");
+    git.create_repo_with_submodule(
+        "lib",
+        &[("lib.txt", "lib\n")],
+        ("deps/core", "../core.git", &core),
+    );
+    let lib = git.head("lib");
+    let app = git.create_repo_with_submodule(
+        "app",
+        &[("README.md", "app\n")],
+        ("vendor/lib", "../lib.git", &lib),
+    );
+    let model = Model::start(Behavior::RunThenReply {
+        command: "cat vendor/lib/deps/core/core.txt".into(),
+        yield_time_ms: 10_000,
+    })
+    .await;
+    let bridge = model.bridge().await;
+
+    let request = json!({"adapter": "codex", "prompt": "read",
+        "repo": {"url": app, "submodules": true}});
+    let (_, run) = bridge.post("/v1/runs?wait=120", &request).await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(
+        run["output"].as_str().unwrap().contains("core-nested-5a1c"),
+        "{run}"
+    );
+    let logs = run["logs"].as_str().unwrap();
+    assert!(
+        logs.contains("checked out submodule vendor/lib/deps/core"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
 async fn a_submodule_url_the_policy_refuses_stops_the_clone() {
     let git = GitServer::start().await;
     let app = git.create_repo_with_submodule(
@@ -257,15 +296,26 @@ async fn a_clone_over_the_workspace_limit_ends_as_disk_full_and_the_bridge_stays
     let big = incompressible(2 << 20);
     let repo_url = git.create_repo("big", &[("blob.txt", &big)]);
     let model = Model::start(Behavior::Reply("still fine".into())).await;
-    let bridge = bridge_with(&model, &[("HB_WORKSPACE_MAX_BYTES", "1M".into())]).await;
+    // Workspaces are kept, so what is removed is what the disk-full path removed itself.
+    let vars = [
+        ("HB_WORKSPACE_MAX_BYTES", "1M".into()),
+        ("HB_KEEP_WORKSPACES", "true".into()),
+    ];
+    let bridge = bridge_with(&model, &vars).await;
 
     let request = json!({"adapter": "codex", "prompt": "hi", "repo": {"url": repo_url}});
     let (_, run) = bridge.post("/v1/runs?wait=120", &request).await;
 
     assert_eq!(run["reason"], "workspace_disk_full", "{run}");
-    let workspaces = bridge.data_dir().join("workspaces");
-    let left = std::fs::read_dir(&workspaces).map_or(0, |d| d.count());
-    assert_eq!(left, 0, "the partial clone is removed");
+    let workspace = bridge
+        .data_dir()
+        .join("workspaces")
+        .join(run["id"].as_str().unwrap());
+    assert!(workspace.is_dir(), "kept on purpose");
+    assert!(
+        !workspace.join("work").exists(),
+        "the partial clone is removed"
+    );
     let response = reqwest::get(format!("{}/health", bridge.url))
         .await
         .unwrap();

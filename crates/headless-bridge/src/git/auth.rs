@@ -138,7 +138,7 @@ pub fn install(secrets_dir: &Path, url: &Url, token: String) -> io::Result<GitAu
 }
 
 /// Creates `path` with `mode` from the start, so the bytes are never readable by others.
-fn write_private(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+pub(super) fn write_private(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write as _;
     let mut file = fs::OpenOptions::new()
         .write(true)

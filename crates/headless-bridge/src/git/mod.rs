@@ -5,13 +5,14 @@
 //! every way it could ask a person for something turned off, so an unreachable or private
 //! repository fails at once instead of waiting for a terminal. User strings are only ever
 //! arguments after `--` or values of options that take one, never options themselves. A token
-//! for a private repository reaches git only through the askpass helper of [`auth`]. While a
-//! clone writes, a [`SizeWatch`] measures the tree and stops git when it passes the
-//! workspace's limit. Submodule URLs are checked by the URL policy before any is fetched
+//! for a private repository reaches git only through the askpass helper of [`auth`], an ssh
+//! key only through the wrapper of [`ssh`]. While a clone writes, a [`SizeWatch`] measures
+//! the tree and stops git when it passes the workspace's limit. Submodule URLs are checked by the URL policy before any is fetched
 //! ([`submodule`]); ref names are checked by [`refname`].
 
 pub mod auth;
 pub mod refname;
+pub mod ssh;
 pub mod submodule;
 
 use std::ffi::OsString;
@@ -26,6 +27,7 @@ use url::Url;
 
 pub use self::auth::GitAuth;
 pub use self::refname::check_ref_name;
+pub use self::ssh::SshAuth;
 use crate::policy::UrlPolicy;
 use crate::workspace::SizeWatch;
 
@@ -98,6 +100,7 @@ pub struct Git {
     program: PathBuf,
     home: PathBuf,
     auth: Option<GitAuth>,
+    ssh: Option<SshAuth>,
     allow_ssh: bool,
     size_watch: Option<SizeWatch>,
 }
@@ -109,6 +112,7 @@ impl Git {
             program: PathBuf::from("git"),
             home: home.to_owned(),
             auth: None,
+            ssh: None,
             allow_ssh: false,
             size_watch: None,
         }
@@ -117,6 +121,12 @@ impl Git {
     /// Uses `auth` whenever the server asks for credentials.
     pub fn with_auth(mut self, auth: Option<GitAuth>) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Uses `ssh` for `ssh://` URLs.
+    pub fn with_ssh(mut self, ssh: Option<SshAuth>) -> Self {
+        self.ssh = ssh;
         self
     }
 
@@ -268,7 +278,6 @@ impl Git {
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GCM_INTERACTIVE", "never")
-            .env("GIT_SSH_COMMAND", "ssh -oBatchMode=yes")
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -278,6 +287,11 @@ impl Git {
         if let Some(auth) = &self.auth {
             cmd.envs(auth.env());
         }
+        // GIT_SSH_COMMAND would win over GIT_SSH, so only one of them is ever set.
+        match &self.ssh {
+            Some(ssh) => cmd.envs(ssh.env()),
+            None => cmd.env("GIT_SSH_COMMAND", "ssh -oBatchMode=yes"),
+        };
         cmd
     }
 }

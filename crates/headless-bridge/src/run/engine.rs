@@ -307,9 +307,17 @@ impl Engine {
                 format!("failed to prepare the git token: {e}"),
             )
         })?;
-        if let Some(auth) = &auth {
-            redactor.extend([auth.secret().to_owned()]);
-        }
+        let ssh = crate::git::ssh::for_url(config.git_credentials_dir.as_deref(), &url, || {
+            workspace.secrets_dir()
+        })
+        .map_err(|e| {
+            Failure::failed(
+                ReasonCode::WorkspaceError,
+                format!("failed to prepare the ssh key: {e}"),
+            )
+        })?;
+        redactor.extend(auth.iter().map(|a| a.secret().to_owned()));
+        redactor.extend(ssh.iter().map(|s| s.secret().to_owned()));
         let options = CloneOptions {
             git_ref: repo.git_ref.as_deref(),
             submodules: repo.submodules.then_some(&self.inner.policy),
@@ -320,6 +328,7 @@ impl Engine {
         };
         let cloned = Git::new(&dirs.home)
             .with_auth(auth)
+            .with_ssh(ssh)
             .clone(&url, options, &dirs.work)
             .await;
         // The token is needed only by the clone: the CLI never gets to read it.

@@ -379,6 +379,35 @@ mod tests {
         );
     }
 
+    /// The watch stops git mid-command: here git waits on a server that never answers, and
+    /// the watched tree is already over its limit.
+    #[tokio::test]
+    async fn a_workspace_over_its_limit_stops_a_running_git() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url: Url = format!("http://{}/r.git", listener.local_addr().expect("addr"))
+            .parse()
+            .expect("a URL");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::write(dir.path().join("filler"), vec![1u8; 64 << 10]).expect("write");
+        let options = CloneOptions {
+            size_watch: Some(SizeWatch {
+                dir: dir.path().to_owned(),
+                limit: 4096,
+            }),
+            ..CloneOptions::default()
+        };
+
+        let started = std::time::Instant::now();
+        let err = Git::new(dir.path())
+            .clone(&url, options, &dir.path().join("work"))
+            .await
+            .expect_err("stopped");
+
+        assert!(matches!(err, GitError::DiskFull(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        drop(listener);
+    }
+
     #[test]
     fn a_full_disk_is_told_apart() {
         let stderr = "fatal: write error: No space left on device".into();

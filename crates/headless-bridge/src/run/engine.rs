@@ -407,7 +407,22 @@ impl Engine {
                 tool.name, fetched.size, fetched.digest
             ));
         }
-        Ok(())
+        self.check_size(workspace)
+    }
+
+    /// Refuses to go on with a workspace that the clone and the tools made too large.
+    fn check_size(&self, workspace: &Workspace) -> Result<(), Failure> {
+        let limit = self.inner.config.workspace.max_bytes;
+        let used = ws::disk_usage(workspace.root());
+        if used <= limit {
+            return Ok(());
+        }
+        Err(Failure::failed(
+            ReasonCode::WorkspaceDiskFull,
+            format!(
+                "the workspace takes {used} bytes with its tools, more than the limit of {limit} (HB_WORKSPACE_MAX_BYTES)"
+            ),
+        ))
     }
 
     /// Keeps the files the run declared, after the CLI has finished.

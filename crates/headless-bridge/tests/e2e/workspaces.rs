@@ -333,6 +333,23 @@ async fn a_clone_over_the_workspace_limit_ends_as_disk_full_and_the_bridge_stays
 }
 
 #[tokio::test]
+async fn tools_that_push_the_workspace_over_its_limit_end_the_run_before_the_cli() {
+    let files = FaultServer::start().await;
+    let tool = incompressible(256 << 10).into_bytes();
+    files.add("/ak", tool.clone(), vec![]);
+    let model = Model::start(Behavior::Reply("never asked".into())).await;
+    let bridge = bridge_with(&model, &[("HB_WORKSPACE_MAX_BYTES", "64K".into())]).await;
+
+    let digest = headless_bridge::digest::Sha256Digest::of(&tool).to_string();
+    let request = json!({"adapter": "codex", "prompt": "hi",
+        "tools": [{"name": "ak", "url": files.url("/ak"), "sha256": digest}]});
+    let (_, run) = bridge.post("/v1/runs?wait=120", &request).await;
+
+    assert_eq!(run["reason"], "workspace_disk_full", "{run}");
+    assert!(model.fake.requests().is_empty(), "the CLI never started");
+}
+
+#[tokio::test]
 async fn too_little_free_space_refuses_to_start_a_clone() {
     let git = GitServer::start().await;
     let repo_url = git.create_repo("small", &[("README.md", "x\n")]);

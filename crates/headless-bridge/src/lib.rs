@@ -6,7 +6,7 @@
 //! process; [`adapter`] knows how the Codex CLI runs headless and how to read its events;
 //! [`credentials`] reads the login and gives each run a private copy; [`fetch`] downloads,
 //! verifies and caches tools; [`git`] clones repositories; [`workspace`] lays out a run's
-//! files and watches its size; [`artifacts`] keeps the files a run declares;
+//! files, prepares them and watches their size; [`artifacts`] keeps the files a run declares;
 //! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
 //! [`redact`] keeps secrets out of what runs report; [`server`] ties them together.
 

@@ -25,14 +25,15 @@ use crate::adapter::codex::{self, RunDirs};
 use crate::adapter::codex_events::{self, Terminal, Transcript};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError};
-use crate::fetch::{FetchError, Fetcher, ToolSource};
-use crate::git::{Checkout, CloneOptions, Git, GitError};
+use crate::fetch::Fetcher;
+use crate::git::{Checkout, Git};
 use crate::policy::UrlPolicy;
 use crate::redact::Redactor;
 use crate::run::supervisor::{self, ExitKind, ProcessSpec, StopCause};
 use crate::run::{Outcome, ReasonCode, RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Store, StoreError};
-use crate::workspace::{self as ws, SizeWatch, Workspace};
+use crate::workspace::Workspace;
+use crate::workspace::prepare::{PrepareError, Preparer};
 
 /// The environment variable that marks every process of a run, for the supervisor's sweep.
 const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
@@ -79,27 +80,11 @@ impl From<CredentialError> for Failure {
     }
 }
 
-impl From<GitError> for Failure {
-    fn from(err: GitError) -> Self {
-        let reason = match err {
-            GitError::AuthFailed { .. } => ReasonCode::RepoAuthFailed,
-            GitError::DiskFull(_) => ReasonCode::WorkspaceDiskFull,
-            _ => ReasonCode::RepoCloneFailed,
-        };
-        Self::failed(reason, format!("failed to clone the repository: {err}"))
-    }
-}
-
-impl From<FetchError> for Failure {
-    fn from(err: FetchError) -> Self {
-        let reason = match err {
-            FetchError::Mismatch { .. } => ReasonCode::ChecksumMismatch,
-            _ if err.is_local() => ReasonCode::WorkspaceError,
-            _ => ReasonCode::DownloadFailed,
-        };
+impl From<PrepareError> for Failure {
+    fn from(err: PrepareError) -> Self {
         Self {
-            details: err.details(),
-            ..Self::failed(reason, err.to_string())
+            details: err.details,
+            ..Self::failed(err.reason, err.message)
         }
     }
 }
@@ -262,7 +247,8 @@ impl Engine {
         record.state = RunState::Running;
         self.save(record).await;
         let result = self.run_cli(record, dirs, account).await;
-        self.keep_artifacts(record, dirs, redactor, account);
+        self.preparer()
+            .keep_artifacts(record, &dirs.work, redactor, account);
 
         if let Some(checkout) = &checkout {
             match Git::new(&dirs.home).diff(checkout).await {
@@ -273,6 +259,14 @@ impl Engine {
         result
     }
 
+    fn preparer(&self) -> Preparer<'_> {
+        Preparer {
+            config: &self.inner.config,
+            policy: &self.inner.policy,
+            fetcher: &self.inner.fetcher,
+        }
+    }
+
     async fn clone_repo(
         &self,
         spec: &RunSpec,
@@ -280,93 +274,11 @@ impl Engine {
         redactor: &mut Redactor,
         account: &mut Vec<String>,
     ) -> Result<Option<Checkout>, Failure> {
-        let dirs = &workspace.dirs;
-        let Some(repo) = &spec.repo else {
-            std::fs::create_dir(&dirs.work).map_err(|e| {
-                Failure::failed(
-                    ReasonCode::WorkspaceError,
-                    format!("failed to create the work directory: {e}"),
-                )
-            })?;
-            return Ok(None);
-        };
-        let url = self.inner.policy.check_repo(&repo.url).await.map_err(|e| {
-            Failure::failed(
-                ReasonCode::RepoCloneFailed,
-                format!("the repository URL {e}"),
-            )
-        })?;
-        self.check_free_space(workspace)?;
-        let config = &self.inner.config;
-        let auth = crate::git::auth::for_url(config.git_credentials_dir.as_deref(), &url, || {
-            workspace.secrets_dir()
-        })
-        .map_err(|e| {
-            Failure::failed(
-                ReasonCode::WorkspaceError,
-                format!("failed to prepare the git token: {e}"),
-            )
-        })?;
-        let ssh = crate::git::ssh::for_url(config.git_credentials_dir.as_deref(), &url, || {
-            workspace.secrets_dir()
-        })
-        .map_err(|e| {
-            Failure::failed(
-                ReasonCode::WorkspaceError,
-                format!("failed to prepare the ssh key: {e}"),
-            )
-        })?;
-        redactor.extend(auth.iter().map(|a| a.secret().to_owned()));
-        redactor.extend(ssh.iter().map(|s| s.secret().to_owned()));
-        let options = CloneOptions {
-            git_ref: repo.git_ref.as_deref(),
-            submodules: repo.submodules.then_some(&self.inner.policy),
-            size_watch: Some(SizeWatch {
-                dir: workspace.root().to_owned(),
-                limit: config.workspace.max_bytes,
-            }),
-        };
-        let cloned = Git::new(&dirs.home)
-            .with_auth(auth)
-            .with_ssh(ssh)
-            .clone(&url, options, &dirs.work)
-            .await;
-        // The token is needed only by the clone: the CLI never gets to read it.
-        let _ = std::fs::remove_dir_all(workspace.root().join("secrets"));
-        let checkout = cloned.inspect_err(|e| {
-            if matches!(e, GitError::DiskFull(_)) {
-                let _ = std::fs::remove_dir_all(&dirs.work);
-            }
-        })?;
-        account.push(format!("cloned {} at {}", repo.url, checkout.base_commit));
-        for sub in &checkout.submodules {
-            let how = if sub.full_fetch {
-                "fetched whole"
-            } else {
-                "shallow"
-            };
-            account.push(format!("checked out submodule {} ({how})", sub.path));
-        }
-        Ok(Some(checkout))
-    }
-
-    /// Refuses to start a clone on a disk that is nearly full.
-    fn check_free_space(&self, workspace: &Workspace) -> Result<(), Failure> {
-        let needed = self.inner.config.workspace.min_free_bytes;
-        match ws::free_bytes(workspace.root()) {
-            Ok(free) if free < needed => Err(Failure::failed(
-                ReasonCode::WorkspaceDiskFull,
-                format!(
-                    "only {free} bytes are free for workspaces; a clone needs at least {needed} \
-                     (HB_WORKSPACE_MIN_FREE_BYTES)"
-                ),
-            )),
-            Ok(_) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "failed to measure free disk space");
-                Ok(())
-            }
-        }
+        let repo = spec.repo.as_ref();
+        let preparer = self.preparer();
+        Ok(preparer
+            .clone_repo(repo, workspace, redactor, account)
+            .await?)
     }
 
     async fn fetch_tools(
@@ -375,78 +287,10 @@ impl Engine {
         workspace: &Workspace,
         account: &mut Vec<String>,
     ) -> Result<(), Failure> {
-        for tool in &spec.tools {
-            let mut urls = Vec::with_capacity(1 + tool.mirrors.len());
-            for raw in std::iter::once(&tool.url).chain(&tool.mirrors) {
-                let url = self.inner.policy.check(raw).await.map_err(|e| {
-                    Failure::failed(
-                        ReasonCode::DownloadFailed,
-                        format!("a URL of tool `{}` {e}", tool.name),
-                    )
-                })?;
-                urls.push(url);
-            }
-            let source = ToolSource {
-                name: tool.name.clone(),
-                urls,
-                sha256: Some(tool.sha256.clone()),
-            };
-            let fetched = self
-                .inner
-                .fetcher
-                .install(
-                    &source,
-                    tool.archive_path.as_deref(),
-                    &workspace.dirs.bin,
-                    &workspace.tool_dir(&tool.name),
-                )
-                .await?;
-            let from = fetched.from.as_deref().unwrap_or("the cache");
-            account.push(format!(
-                "fetched tool {} ({} bytes, {}) from {from}",
-                tool.name, fetched.size, fetched.digest
-            ));
-        }
-        self.check_size(workspace)
-    }
-
-    /// Refuses to go on with a workspace that the clone and the tools made too large.
-    fn check_size(&self, workspace: &Workspace) -> Result<(), Failure> {
-        let limit = self.inner.config.workspace.max_bytes;
-        let used = ws::disk_usage(workspace.root());
-        if used <= limit {
-            return Ok(());
-        }
-        Err(Failure::failed(
-            ReasonCode::WorkspaceDiskFull,
-            format!(
-                "the workspace takes {used} bytes with its tools, more than the limit of {limit} (HB_WORKSPACE_MAX_BYTES)"
-            ),
-        ))
-    }
-
-    /// Keeps the files the run declared, after the CLI has finished.
-    fn keep_artifacts(
-        &self,
-        record: &mut RunRecord,
-        dirs: &RunDirs,
-        redactor: &Redactor,
-        account: &mut Vec<String>,
-    ) {
-        if record.spec.artifacts.is_empty() {
-            return;
-        }
-        let config = &self.inner.config;
-        let store = crate::artifacts::store_dir(&config.data_dir, &record.id.to_string());
-        let (kept, notes) = crate::artifacts::collect(
-            &dirs.work,
-            &record.spec.artifacts,
-            &store,
-            config.workspace.artifact_max_bytes,
-            redactor,
-        );
-        record.artifacts = kept;
-        account.extend(notes);
+        let preparer = self.preparer();
+        Ok(preparer
+            .fetch_tools(&spec.tools, workspace, account)
+            .await?)
     }
 
     async fn run_cli(

@@ -13,14 +13,16 @@
 //! ```
 //!
 //! The limits are checked, not enforced by the kernel: free space before a clone, and the
-//! tree's size while git writes it (see [`SizeWatch`]). What to do when one is passed is left
-//! to the caller.
+//! tree's size while git writes it (see [`SizeWatch`]) and once the tools are in. Filling the
+//! tree for a run is [`prepare`]'s.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub mod prepare;
 
 use crate::adapter::codex::RunDirs;
 use crate::run::RunId;

@@ -104,6 +104,33 @@ impl UrlPolicy {
         Ok(url)
     }
 
+    /// The addresses a program that resolves names itself (git) must connect to for `url`,
+    /// as a curl `--resolve` entry `host:port:addr[,addr]`: resolved and checked now, so a
+    /// name cannot point somewhere else by the time the connection is made (DNS rebinding).
+    /// `None` when there is nothing to pin: an IP literal, an allowed host, or not http(s).
+    pub async fn pin(&self, url: &Url) -> Result<Option<String>, UrlError> {
+        let Some(Host::Domain(name)) = url.host() else {
+            return Ok(None);
+        };
+        if !matches!(url.scheme(), "http" | "https") || self.allows_host(name) {
+            return Ok(None);
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs = resolve(&Host::Domain(name), port).await?;
+        if let Some(addr) = addrs.iter().copied().find(|a| !is_public(*a)) {
+            let host = name.to_owned();
+            return Err(UrlError::NonPublicAddress { host, addr });
+        }
+        let shown: Vec<String> = addrs
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            })
+            .collect();
+        Ok(Some(format!("{name}:{port}:{}", shown.join(","))))
+    }
+
     /// Checks a repository URL: whatever [`UrlPolicy::check`] accepts, or
     /// `ssh://[user@]host[:port]/path` when the operator listed the host. An ssh user name is
     /// not a secret (it is `git` on every code host); a password is refused.
@@ -313,6 +340,23 @@ mod tests {
             .map(drop)
             .map_err(|e| e.code());
         assert_eq!(result, expected, "{raw}");
+    }
+
+    #[rstest]
+    #[case::ip_literal("https://93.184.215.14/r.git")]
+    #[case::allowed_name("http://git.internal:8080/r.git")]
+    #[case::ssh("ssh://git@git.internal/r.git")]
+    #[tokio::test]
+    async fn only_names_outside_the_allowed_list_are_pinned(#[case] raw: &str) {
+        let url: Url = raw.parse().expect("a URL");
+        assert_eq!(policy().pin(&url).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_not_pinned_but_refused() {
+        let url: Url = "https://localhost/r.git".parse().expect("a URL");
+        let err = policy().pin(&url).await.expect_err("refused");
+        assert_eq!(err.code(), "url_not_allowed");
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub struct Git {
     home: PathBuf,
     auth: Option<GitAuth>,
     ssh: Option<SshAuth>,
+    /// `host:port:addr` entries git's HTTP client must use instead of resolving the name.
+    pins: Vec<String>,
     allow_ssh: bool,
     size_watch: Option<SizeWatch>,
 }
@@ -113,6 +115,7 @@ impl Git {
             home: home.to_owned(),
             auth: None,
             ssh: None,
+            pins: Vec::new(),
             allow_ssh: false,
             size_watch: None,
         }
@@ -121,6 +124,13 @@ impl Git {
     /// Uses `auth` whenever the server asks for credentials.
     pub fn with_auth(mut self, auth: Option<GitAuth>) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Makes git connect to the addresses the URL policy checked (see
+    /// [`UrlPolicy::pin`]) rather than resolving the host name again.
+    pub fn with_pin(mut self, pin: Option<String>) -> Self {
+        self.pins.extend(pin);
         self
     }
 
@@ -261,6 +271,9 @@ impl Git {
         if self.allow_ssh {
             cmd.args(["-c", "protocol.ssh.allow=always"]);
         }
+        for pin in &self.pins {
+            cmd.arg("-c").arg(format!("http.curloptResolve={pin}"));
+        }
         match &self.auth {
             Some(auth) => cmd
                 .arg("-c")
@@ -377,6 +390,31 @@ mod tests {
             args.iter().any(|a| a.starts_with("core.askPass=")),
             "{args:?}"
         );
+    }
+
+    /// git connects where the pin says, whatever the name resolves to (here: nothing).
+    #[tokio::test]
+    async fn a_pinned_address_is_where_git_connects() {
+        let server = testkit::git::GitServer::start().await;
+        let real = server.create_repo("widget", &[("README.md", "pinned\n")]);
+        let port = real
+            .split(':')
+            .nth(2)
+            .and_then(|p| p.split('/').next())
+            .expect("a port");
+        let url: Url = format!("http://git.pinned.invalid:{port}/widget.git")
+            .parse()
+            .expect("a URL");
+        let dir = tempfile::tempdir().expect("a temp dir");
+
+        let checkout = Git::new(dir.path())
+            .with_pin(Some(format!("git.pinned.invalid:{port}:127.0.0.1")))
+            .clone(&url, CloneOptions::default(), &dir.path().join("work"))
+            .await
+            .expect("cloned through the pin");
+
+        let readme = std::fs::read_to_string(checkout.dir.join("README.md")).expect("read");
+        assert_eq!(readme, "pinned\n");
     }
 
     /// The watch stops git mid-command: here git waits on a server that never answers, and

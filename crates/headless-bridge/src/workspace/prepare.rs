@@ -1,6 +1,7 @@
 //! Filling a run's workspace before its CLI starts, and emptying it of artifacts afterwards.
 //!
-//! [`Preparer`] clones the repository (free space checked first; the operator's token or ssh
+//! [`Preparer`] clones the repository (its host's addresses checked and pinned for git, so a
+//! name cannot be re-pointed in between; free space checked first; the operator's token or ssh
 //! key installed for that host and deleted when the clone is done; submodules on request; the
 //! size watched), then fetches and installs each tool (mirrors, cache, archives), then checks
 //! the workspace's size once more. When the CLI has finished it keeps the declared artifacts.
@@ -92,6 +93,12 @@ impl Preparer<'_> {
                 format!("the repository URL {e}"),
             )
         })?;
+        let pin = self.policy.pin(&url).await.map_err(|e| {
+            PrepareError::new(
+                ReasonCode::RepoCloneFailed,
+                format!("the repository URL {e}"),
+            )
+        })?;
         self.check_free_space(workspace)?;
         let (auth, ssh) = self.credentials(&url, workspace, redactor)?;
         let options = CloneOptions {
@@ -103,6 +110,7 @@ impl Preparer<'_> {
             }),
         };
         let cloned = Git::new(&dirs.home)
+            .with_pin(pin)
             .with_auth(auth)
             .with_ssh(ssh)
             .clone(&url, options, &dirs.work)

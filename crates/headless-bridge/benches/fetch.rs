@@ -16,6 +16,7 @@ use headless_bridge::fetch::{FetchSettings, Fetcher, ToolSource};
 use headless_bridge::policy::UrlPolicy;
 use testkit::faults::FaultServer;
 
+/// Enough cache hits for a stable 99th percentile, few enough to take milliseconds.
 const HITS: u32 = 2000;
 
 fn main() {

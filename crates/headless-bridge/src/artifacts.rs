@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Sha256Digest;
 use crate::redact::Redactor;
 
-/// The most artifacts a run may declare.
+/// The most artifacts a run may declare: a patch and a few reports, not a file tree; each is
+/// held in memory once while it is redacted.
 pub const MAX_DECLARED: usize = 16;
-/// The longest declared path.
+/// The longest declared path; real ones are short, and a path is part of a URL.
 const MAX_PATH: usize = 512;
 
 /// A file a run left for its caller.

@@ -279,7 +279,8 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
     Ok(tools)
 }
 
-/// The most mirrors one tool may list.
+/// The most mirrors one tool may list: each failing one costs retries within the fetch's time
+/// limit, so a long list only delays the verdict.
 const MAX_MIRRORS: usize = 8;
 
 async fn validate_mirrors(

@@ -149,16 +149,10 @@ impl Git {
     ) -> Result<Checkout, GitError> {
         self.allow_ssh = url.scheme() == "ssh";
         self.size_watch = options.size_watch.clone();
-        let mut args: Vec<OsString> = ["clone", "--depth", "1", "--single-branch", "--no-tags"]
-            .map(OsString::from)
-            .into();
-        if let Some(git_ref) = options.git_ref {
-            args.extend(["--branch".into(), git_ref.into()]);
+        match options.git_ref {
+            Some(commit) if is_commit_id(commit) => self.fetch_commit(url, commit, dest).await?,
+            git_ref => self.clone_branch(url, git_ref, dest).await?,
         }
-        args.extend(["--".into(), url.as_str().into(), dest.into()]);
-        self.output("clone", args, None, CLONE_TIMEOUT)
-            .await
-            .map_err(classify_clone_error)?;
 
         let submodules = match options.submodules {
             Some(policy) => submodule::update(&self, policy, dest).await?,
@@ -179,6 +173,60 @@ impl Git {
             base_commit: String::from_utf8_lossy(&head).trim().to_owned(),
             submodules,
         })
+    }
+
+    /// `git clone --depth 1` of a branch or tag, or of the default branch.
+    async fn clone_branch(
+        &self,
+        url: &Url,
+        git_ref: Option<&str>,
+        dest: &Path,
+    ) -> Result<(), GitError> {
+        let mut args: Vec<OsString> = ["clone", "--depth", "1", "--single-branch", "--no-tags"]
+            .map(OsString::from)
+            .into();
+        if let Some(git_ref) = git_ref {
+            args.extend(["--branch".into(), git_ref.into()]);
+        }
+        args.extend(["--".into(), url.as_str().into(), dest.into()]);
+        self.output("clone", args, None, CLONE_TIMEOUT)
+            .await
+            .map_err(classify_clone_error)?;
+        Ok(())
+    }
+
+    /// Checks out one commit: fetched alone and shallow where the server serves any
+    /// reachable commit (protocol v2), else with the whole history, which a server that only
+    /// serves branch tips (v0) answers too.
+    async fn fetch_commit(&self, url: &Url, commit: &str, dest: &Path) -> Result<(), GitError> {
+        std::fs::create_dir_all(dest).map_err(GitError::Spawn)?;
+        self.run_in(dest, &["init", "-q"]).await?;
+        self.run_in(dest, &["remote", "add", "origin", url.as_str()])
+            .await?;
+        let shallow = ["fetch", "--depth", "1", "--no-tags", "origin", commit];
+        if let Err(err) = self.network_in(dest, &shallow).await {
+            let GitError::Failed { stderr, .. } = &err else {
+                return Err(err);
+            };
+            tracing::info!(
+                stderr,
+                "a shallow fetch of the commit failed; fetching the history"
+            );
+            self.network_in(dest, &["fetch", "--no-tags", "origin"])
+                .await?;
+        }
+        self.run_in(dest, &["checkout", "-q", "--detach", commit])
+            .await?;
+        Ok(())
+    }
+
+    /// A command in `dir` that talks to the server: the clone's time limit and its errors.
+    async fn network_in(&self, dir: &Path, args: &[&str]) -> Result<Vec<u8>, GitError> {
+        let command = static_name(args[0]);
+        let args = args.iter().map(OsString::from).collect();
+        self.output(command, args, Some(dir), CLONE_TIMEOUT)
+            .await
+            .map_err(classify_clone_error)
     }
 
     /// Everything that differs from the clone's starting commit, untracked files included, as
@@ -318,8 +366,19 @@ fn static_name(command: &str) -> &'static str {
         "config" => "config",
         "submodule" => "submodule",
         "fetch" => "fetch",
+        "init" => "init",
+        "remote" => "remote",
+        "checkout" => "checkout",
         _ => "command",
     }
+}
+
+/// Whether a ref names a commit by its full id (SHA-1 or SHA-256) rather than a branch or tag.
+pub fn is_commit_id(git_ref: &str) -> bool {
+    matches!(git_ref.len(), 40 | 64)
+        && git_ref
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Tells an authentication problem and a full disk from other clone failures by git's own
@@ -444,6 +503,17 @@ mod tests {
         assert!(matches!(err, GitError::DiskFull(_)), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(30));
         drop(listener);
+    }
+
+    #[rstest]
+    #[case::sha1("0123456789abcdef0123456789abcdef01234567", true)]
+    #[case::sha256(&"ab".repeat(32), true)]
+    #[case::upper("0123456789ABCDEF0123456789ABCDEF01234567", false)]
+    #[case::short("0123456", false)]
+    #[case::branch("main", false)]
+    #[case::hexish_branch("deadbeef", false)]
+    fn commit_ids_are_told_from_branch_names(#[case] git_ref: &str, #[case] commit: bool) {
+        assert_eq!(is_commit_id(git_ref), commit);
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Git, GitError, classify_clone_error};
+use super::{Git, GitError};
 use crate::policy::UrlPolicy;
 
 /// How many levels of nested submodules are followed; projects rarely nest more than two.
@@ -88,11 +88,7 @@ async fn update_level(
 /// Checks out one submodule, shallow if possible; answers whether it needed a full fetch.
 async fn fetch_one(git: &Git, dir: &Path, path: &str) -> Result<bool, GitError> {
     let shallow = ["submodule", "update", "--depth", "1", "--", path];
-    match git
-        .run_in(dir, &shallow)
-        .await
-        .map_err(classify_clone_error)
-    {
+    match git.network_in(dir, &shallow).await {
         Ok(_) => return Ok(false),
         Err(GitError::Failed { stderr, .. }) => {
             tracing::info!(
@@ -108,12 +104,10 @@ async fn fetch_one(git: &Git, dir: &Path, path: &str) -> Result<bool, GitError> 
     let sub_dir = dir.join(path);
     if sub_dir.join(".git").exists() {
         let unshallow = ["fetch", "--unshallow", "--no-tags", "origin"];
-        git.run_in(&sub_dir, &unshallow)
-            .await
-            .map_err(classify_clone_error)?;
+        git.network_in(&sub_dir, &unshallow).await?;
     }
     let full = ["submodule", "update", "--", path];
-    git.run_in(dir, &full).await.map_err(classify_clone_error)?;
+    git.network_in(dir, &full).await?;
     Ok(true)
 }
 

@@ -43,11 +43,11 @@ async fn bridge_with(model: &Model, vars: &[(&'static str, String)]) -> TestBrid
     builder.start().await
 }
 
-/// Everything the bridge logs while the test runs, at every level. The runtime of a
-/// `#[tokio::test]` runs on this thread, so a thread-local subscriber sees the bridge's tasks.
+/// Everything the bridge logs, from every test of this binary, at every level of its own
+/// crates. One global subscriber: a thread-local one would miss events whose callsites
+/// another test's thread cached as uninteresting.
 struct LogCapture {
     buffer: Arc<Mutex<Vec<u8>>>,
-    _guard: tracing::subscriber::DefaultGuard,
 }
 
 #[derive(Clone)]
@@ -65,14 +65,21 @@ impl std::io::Write for SharedWriter {
 
 impl LogCapture {
     fn start() -> Self {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = SharedWriter(Arc::clone(&buffer));
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        Self { buffer, _guard }
+        static BUFFER: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+        let buffer = BUFFER.get_or_init(|| {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let writer = SharedWriter(Arc::clone(&buffer));
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("headless_bridge=trace,testkit=trace")
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other test sets a global subscriber");
+            buffer
+        });
+        Self {
+            buffer: Arc::clone(buffer),
+        }
     }
 
     fn text(&self) -> String {
@@ -214,6 +221,45 @@ async fn a_submodule_pinned_to_a_commit_that_is_no_branch_tip_is_checked_out(
     let line = format!("checked out submodule vendor/lib ({how})");
     assert!(logs.contains(&line), "{logs}");
     assert!(run["diff"].as_str().unwrap().is_empty(), "{run}");
+}
+
+/// A ref may be a commit id, here one that no branch points at any more.
+#[rstest::rstest]
+#[case::protocol_v2(false)]
+#[case::protocol_v0(true)]
+#[tokio::test]
+async fn a_commit_id_as_ref_checks_out_that_commit(#[case] v0_only: bool) {
+    let git = if v0_only {
+        GitServer::start_protocol_v0().await
+    } else {
+        GitServer::start().await
+    };
+    let repo_url = git.create_repo("lib", &[("lib.txt", "lib-old-commit-v1\n")]);
+    let old = git.head("lib");
+    git.commit("lib", &[("lib.txt", "lib-tip-v2\n")], "Move the tip on");
+    let model = Model::start(Behavior::RunThenReply {
+        command: "cat lib.txt".into(),
+        yield_time_ms: 10_000,
+    })
+    .await;
+    let bridge = model.bridge().await;
+
+    let request = json!({"adapter": "codex", "prompt": "read",
+        "repo": {"url": repo_url, "ref": old}});
+    let (_, run) = bridge.post("/v1/runs?wait=120", &request).await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(
+        run["output"]
+            .as_str()
+            .unwrap()
+            .contains("lib-old-commit-v1"),
+        "{run}"
+    );
+    assert!(
+        run["logs"].as_str().unwrap().contains(&format!("at {old}")),
+        "{run}"
+    );
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use clap::Args;
 use headless_bridge::config::RawConfig;
 use headless_bridge::digest::Sha256Digest;
 use headless_bridge::error_chain;
-use headless_bridge::fetch::{FetchError, Fetcher, ToolSource, install_copy};
+use headless_bridge::fetch::{FetchError, Fetcher, ToolSource};
 use headless_bridge::policy::UrlPolicy;
 
 /// Arguments of `fetch`.
@@ -93,10 +93,9 @@ async fn fetch(args: FetchArgs) -> Result<serde_json::Value, (u8, String)> {
     let fetcher = Fetcher::new(policy, config.fetch);
     let source = ToolSource { name, urls, sha256 };
     let fetched = fetcher
-        .fetch(&source)
+        .install(&source, &output, None)
         .await
         .map_err(|e| (exit_code(&e), error_chain(&e)))?;
-    install_copy(&fetched.path, &output).map_err(|e| (1, error_chain(&e)))?;
     Ok(serde_json::json!({
         "path": output,
         "sha256": fetched.digest.to_string(),

@@ -10,7 +10,8 @@
 //!
 //! A file reaches `sha256/` only by [`Cache::commit`], after its digest matched, so a lookup
 //! trusts what it finds and touches no network. Runs get a copy, never a link: a CLI that
-//! wrote to its tool must not change what the next run gets.
+//! wrote to its tool must not change what the next run gets. The copy is hashed as it is made
+//! ([`copy_verified`]), so a cache file changed behind the bridge's back is never installed.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -85,6 +86,11 @@ impl Cache {
         Ok(dest)
     }
 
+    /// Drops the cached file for `digest`, which no longer has that digest.
+    pub fn evict(&self, digest: &Sha256Digest) {
+        let _ = fs::remove_file(self.verified_path(digest));
+    }
+
     /// The URL that last worked for tool `name`.
     pub fn last_good(&self, name: &str) -> Option<String> {
         self.read_last_good().remove(name)
@@ -123,15 +129,39 @@ impl Cache {
     }
 }
 
-/// Copies the verified file `source` to `dest` as an executable, through a temporary name so
-/// that `dest` never holds a partial copy.
-pub fn install_copy(source: &Path, dest: &Path) -> Result<(), FetchError> {
+/// Copies the cached file `source` to `dest` with `mode`, through a temporary name, hashing
+/// what it copies. Answers whether the copy has `digest`; when it has not, `dest` is left
+/// alone. The cache was verified when it was filled, but anything running as the bridge's
+/// user can write to it since; copying reads every byte anyway, so checking costs little.
+pub fn copy_verified(
+    source: &Path,
+    dest: &Path,
+    digest: &Sha256Digest,
+    mode: u32,
+) -> Result<bool, FetchError> {
+    use std::io::{Read as _, Write as _};
     let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
     let temp = dest.with_file_name(format!(".{}.installing", file_name.unwrap_or_default()));
-    fs::copy(source, &temp).map_err(|e| io_error(&temp, e))?;
-    fs::set_permissions(&temp, fs::Permissions::from_mode(0o755))
-        .map_err(|e| io_error(&temp, e))?;
-    fs::rename(&temp, dest).map_err(|e| io_error(dest, e))
+    let io = |e| io_error(&temp, e);
+    let mut input = fs::File::open(source).map_err(|e| io_error(source, e))?;
+    let mut output = fs::File::create(&temp).map_err(io)?;
+    let (mut hasher, mut buf) = (Sha256::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = input.read(&mut buf).map_err(|e| io_error(source, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n]).map_err(io)?;
+    }
+    drop(output);
+    if Sha256Digest::from_hasher(hasher) != *digest {
+        let _ = fs::remove_file(&temp);
+        return Ok(false);
+    }
+    fs::set_permissions(&temp, fs::Permissions::from_mode(mode)).map_err(io)?;
+    fs::rename(&temp, dest).map_err(|e| io_error(dest, e))?;
+    Ok(true)
 }
 
 pub(super) fn io_error(path: &Path, source: io::Error) -> FetchError {
@@ -156,6 +186,27 @@ mod tests {
         let reopened = Cache::new(dir.path());
         assert_eq!(reopened.last_good("ak").as_deref(), Some(url.as_str()));
         assert_eq!(reopened.last_good("other"), None);
+    }
+
+    #[test]
+    fn a_copy_is_made_only_of_bytes_that_still_match() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let source = dir.path().join("cached");
+        fs::write(&source, b"tool").expect("write");
+        let dest = dir.path().join("ak");
+        let digest = Sha256Digest::of(b"tool");
+        assert!(copy_verified(&source, &dest, &digest, 0o755).expect("copies"));
+        assert_eq!(fs::read(&dest).expect("read"), b"tool");
+
+        fs::write(&source, b"tampered").expect("write");
+        let other = dir.path().join("ak2");
+        assert!(!copy_verified(&source, &other, &digest, 0o755).expect("copies"));
+        assert!(!other.exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("list").count(),
+            2,
+            "no temp file left"
+        );
     }
 
     #[test]

@@ -23,14 +23,14 @@ mod error;
 pub mod resolver;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use url::Url;
 
-pub use self::cache::{Cache, install_copy};
+pub use self::cache::{Cache, copy_verified};
 use self::download::Download;
 pub use self::error::{FetchError, ResponseFacts, shown_url};
 use crate::digest::Sha256Digest;
@@ -159,33 +159,59 @@ impl Fetcher {
         result
     }
 
-    /// Fetches a tool and installs it as `bin_dir/<name>`: a copy of the verified file, or,
-    /// for an archive, a link to `archive_path` inside the archive unpacked into `tool_dir`.
+    /// Fetches a tool and installs it at `dest`: a copy of the verified file, or, for an
+    /// archive given as (path of the executable inside, directory to unpack into), a link to
+    /// that executable. A cache file that no longer matches its digest is dropped and fetched
+    /// again.
     pub async fn install(
         &self,
         source: &ToolSource,
-        archive_path: Option<&str>,
-        bin_dir: &std::path::Path,
-        tool_dir: &std::path::Path,
+        dest: &Path,
+        archive: Option<(&str, &Path)>,
     ) -> Result<Fetched, FetchError> {
         let fetched = self.fetch(source).await?;
-        let dest = bin_dir.join(&source.name);
-        let Some(inner) = archive_path else {
-            install_copy(&fetched.path, &dest)?;
+        if self.place(&fetched, dest, archive).await? {
             return Ok(fetched);
+        }
+        tracing::warn!(tool = %source.name, digest = %fetched.digest, "a cached tool no longer matches its digest; fetching it again");
+        self.cache.evict(&fetched.digest);
+        let fetched = self.fetch(source).await?;
+        if self.place(&fetched, dest, archive).await? {
+            return Ok(fetched);
+        }
+        let changed = std::io::Error::other("the cached file changed while it was installed");
+        Err(cache::io_error(&fetched.path, changed))
+    }
+
+    /// Copies (and unpacks) a fetched file into place; `false` when the cached bytes no
+    /// longer have their digest.
+    async fn place(
+        &self,
+        fetched: &Fetched,
+        dest: &Path,
+        archive: Option<(&str, &Path)>,
+    ) -> Result<bool, FetchError> {
+        let Some((inner, tool_dir)) = archive else {
+            return cache::copy_verified(&fetched.path, dest, &fetched.digest, 0o755);
         };
-        let (archive, tool_dir, inner) =
-            (fetched.path.clone(), tool_dir.to_owned(), inner.to_owned());
+        // Unpacked from a verified private copy, so the cache file may change meanwhile.
+        let copy = tool_dir.with_extension("archive");
+        if let Some(parent) = copy.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| cache::io_error(parent, e))?;
+        }
+        if !cache::copy_verified(&fetched.path, &copy, &fetched.digest, 0o600)? {
+            return Ok(false);
+        }
         // Archives are capped at four times the download limit once unpacked: tools compress
         // well, bombs compress better.
         let limit = self.settings.max_bytes.saturating_mul(4);
-        let exe = tokio::task::spawn_blocking(move || {
-            archive::unpack(&archive, &tool_dir, &inner, limit)
-        })
-        .await
-        .map_err(|e| cache::io_error(&dest, std::io::Error::other(e)))??;
-        std::os::unix::fs::symlink(&exe, &dest).map_err(|e| cache::io_error(&dest, e))?;
-        Ok(fetched)
+        let (from, into, inner) = (copy.clone(), tool_dir.to_owned(), inner.to_owned());
+        let unpacked =
+            tokio::task::spawn_blocking(move || archive::unpack(&from, &into, &inner, limit)).await;
+        let _ = std::fs::remove_file(&copy);
+        let exe = unpacked.map_err(|e| cache::io_error(dest, std::io::Error::other(e)))??;
+        std::os::unix::fs::symlink(&exe, dest).map_err(|e| cache::io_error(dest, e))?;
+        Ok(true)
     }
 
     /// A cache hit: one `stat`, no network.

@@ -186,12 +186,13 @@ impl Preparer<'_> {
     ) -> Result<(), PrepareError> {
         for tool in tools {
             let source = self.tool_source(tool).await?;
-            let archive_path = tool.archive_path.as_deref();
             let tool_dir = workspace.tool_dir(&tool.name);
-            let fetched = self
-                .fetcher
-                .install(&source, archive_path, &workspace.dirs.bin, &tool_dir)
-                .await?;
+            let archive = tool
+                .archive_path
+                .as_deref()
+                .map(|inner| (inner, tool_dir.as_path()));
+            let dest = workspace.dirs.bin.join(&tool.name);
+            let fetched = self.fetcher.install(&source, &dest, archive).await?;
             let from = fetched.from.as_deref().unwrap_or("the cache");
             account.push(format!(
                 "fetched tool {} ({} bytes, {}) from {from}",

@@ -395,12 +395,12 @@ async fn an_archive_is_unpacked_and_its_executable_linked_into_bin() {
     let run = tempfile::tempdir().unwrap();
     std::fs::create_dir(run.path().join("bin")).unwrap();
 
+    let tool_dir = run.path().join("tools/ak");
     fetcher(cache.path())
         .install(
             &source("ak", &[server.url("/ak.tar.gz")], &archive),
-            Some("ak-1.0/bin/ak"),
-            &run.path().join("bin"),
-            &run.path().join("tools/ak"),
+            &run.path().join("bin/ak"),
+            Some(("ak-1.0/bin/ak", tool_dir.as_path())),
         )
         .await
         .expect("installed");
@@ -409,6 +409,35 @@ async fn an_archive_is_unpacked_and_its_executable_linked_into_bin() {
         .output()
         .expect("runs");
     assert_eq!(output.stdout, b"ok\n");
+}
+
+/// Anything running as the bridge's user can write to the cache; a changed file is never
+/// installed, but dropped and fetched again.
+#[tokio::test]
+async fn a_cache_file_changed_behind_the_bridges_back_is_fetched_again() {
+    let server = FaultServer::start().await;
+    let bytes = payload();
+    server.add("/ak", bytes.clone(), vec![]);
+    let cache = tempfile::tempdir().unwrap();
+    let fetcher = fetcher(cache.path());
+    let wanted = source("ak", &[server.url("/ak")], &bytes);
+    let cached = fetcher.fetch(&wanted).await.expect("fetched").path;
+    std::fs::write(&cached, b"#!/bin/sh\necho poisoned\n").unwrap();
+    let run = tempfile::tempdir().unwrap();
+
+    let dest = run.path().join("ak");
+    fetcher
+        .install(&wanted, &dest, None)
+        .await
+        .expect("installed");
+
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(&cached).unwrap(),
+        bytes,
+        "the cache is repaired"
+    );
+    assert_eq!(server.hits("/ak"), 2);
 }
 
 fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {

@@ -147,52 +147,9 @@ impl Download<'_> {
             request = request.header(header::RANGE, format!("bytes={offset}-"));
         }
         let response = request.send().await.map_err(|e| self.request_error(&e))?;
+        let start = self.usable_start(offset, &response)?;
+        let (response, facts) = self.refuse_error_answers(response).await?;
 
-        let status = response.status().as_u16();
-        let answer = range_answer(
-            offset,
-            status,
-            header_str(response.headers(), header::CONTENT_RANGE),
-        );
-        if answer == RangeAnswer::Restart {
-            tracing::debug!(url = %shown_url(self.url), status, offset, "unusable range answer");
-            let _ = std::fs::remove_file(&self.partial);
-            return Err(Stop::Restart);
-        }
-        let facts = ResponseFacts {
-            status,
-            final_host: response.url().host_str().unwrap_or("unknown").to_owned(),
-            content_type: header_str(response.headers(), header::CONTENT_TYPE)
-                .unwrap_or("unknown")
-                .to_owned(),
-            ..ResponseFacts::default()
-        };
-        let retry_after = retry_after(response.headers(), self.settings.backoff_max);
-        if !response.status().is_success() {
-            let facts = with_body_preview(facts, response).await;
-            let err = FetchError::Status {
-                url: shown_url(self.url),
-                facts: Box::new(facts),
-            };
-            return Err(Stop::Failed(err, retry_after));
-        }
-        if facts
-            .content_type
-            .to_ascii_lowercase()
-            .starts_with("text/html")
-        {
-            let facts = Box::new(with_body_preview(facts, response).await);
-            return Err(self.fail(FetchError::HtmlPage {
-                url: shown_url(self.url),
-                facts,
-            }));
-        }
-
-        let start = if answer == RangeAnswer::Resume {
-            offset
-        } else {
-            0
-        };
         if response
             .content_length()
             .is_some_and(|len| start + len > self.settings.max_bytes)
@@ -205,6 +162,53 @@ impl Download<'_> {
             .map_err(|e| self.fail(io_error(&self.partial, e)))?;
         self.verify(Sha256Digest::from_hasher(hasher), size, facts)
             .map_err(|e| self.fail(e))
+    }
+
+    /// Where the body of `response` to a request made at `offset` starts in the file; a
+    /// range answer that cannot be used empties the partial file and asks for a restart.
+    fn usable_start(&self, offset: u64, response: &reqwest::Response) -> Result<u64, Stop> {
+        let status = response.status().as_u16();
+        let content_range = header_str(response.headers(), header::CONTENT_RANGE);
+        match range_answer(offset, status, content_range) {
+            RangeAnswer::Resume => Ok(offset),
+            RangeAnswer::Fresh => Ok(0),
+            RangeAnswer::Restart => {
+                tracing::debug!(url = %shown_url(self.url), status, offset, "unusable range answer");
+                let _ = std::fs::remove_file(&self.partial);
+                Err(Stop::Restart)
+            }
+        }
+    }
+
+    /// Turns an error status or an HTML page into a failure that shows what the server said;
+    /// anything else is a body to download.
+    async fn refuse_error_answers(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<(reqwest::Response, ResponseFacts), Stop> {
+        let facts = ResponseFacts {
+            status: response.status().as_u16(),
+            final_host: response.url().host_str().unwrap_or("unknown").to_owned(),
+            content_type: header_str(response.headers(), header::CONTENT_TYPE)
+                .unwrap_or("unknown")
+                .to_owned(),
+            ..ResponseFacts::default()
+        };
+        let url = shown_url(self.url);
+        if !response.status().is_success() {
+            let retry_after = retry_after(response.headers(), self.settings.backoff_max);
+            let facts = Box::new(with_body_preview(facts, response).await);
+            return Err(Stop::Failed(FetchError::Status { url, facts }, retry_after));
+        }
+        let html = facts
+            .content_type
+            .to_ascii_lowercase()
+            .starts_with("text/html");
+        if html {
+            let facts = Box::new(with_body_preview(facts, response).await);
+            return Err(self.fail(FetchError::HtmlPage { url, facts }));
+        }
+        Ok((response, facts))
     }
 
     /// Opens the partial file at `start`, hashing what it already holds.

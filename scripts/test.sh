@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need (git, Node.js, the pinned
-# Codex CLI), then checks formatting, lints, docs, and runs every test.
+# Codex CLI, the manifest validators), then checks formatting, lints, docs, the Kubernetes
+# manifests and the Containerfile, and runs every test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,5 +14,7 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --quiet
+echo "== kubernetes manifests and Containerfile"
+scripts/validate-k8s.sh
 echo "== cargo test"
 cargo test --locked --workspace

@@ -21,6 +21,16 @@ const DEFAULT_RUN_TIMEOUT_S: u64 = 600;
 const DEFAULT_MAX_RUN_TIMEOUT_S: u64 = 3600;
 /// A tool download, every mirror and retry included.
 const DEFAULT_FETCH_TIMEOUT_S: u64 = 300;
+/// A CLI silent this long is most likely waiting for something that will not come.
+const DEFAULT_IDLE_TIMEOUT_S: u64 = 300;
+/// Runs mostly wait on a model provider, so a few at once fit even a small pod.
+const DEFAULT_MAX_CONCURRENT: usize = 8;
+const DEFAULT_MAX_QUEUED: usize = 64;
+/// Below Kubernetes' default terminationGracePeriodSeconds (30), leaving time to record.
+const DEFAULT_SHUTDOWN_GRACE_S: u64 = 25;
+const DEFAULT_RETENTION_S: u64 = 7 * 86_400;
+const DEFAULT_RETENTION_COUNT: usize = 10_000;
+const DEFAULT_MAX_LOG_BYTES: u64 = 64 << 20;
 /// API tokens shorter than this are guessable, so start-up refuses them.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -31,107 +41,59 @@ struct Setting {
     flag: Option<&'static str>,
 }
 
+impl Setting {
+    const fn new(key: &'static str, env: &'static str, flag: Option<&'static str>) -> Self {
+        Self { key, env, flag }
+    }
+}
+
 const SETTINGS: &[Setting] = &[
-    Setting {
-        key: "listen",
-        env: "HB_LISTEN",
-        flag: Some("--listen"),
-    },
-    Setting {
-        key: "data_dir",
-        env: "HB_DATA_DIR",
-        flag: Some("--data-dir"),
-    },
-    Setting {
-        key: "api_token",
-        env: "HB_API_TOKEN",
-        flag: None,
-    },
-    Setting {
-        key: "api_tokens_file",
-        env: "HB_API_TOKENS_FILE",
-        flag: Some("--api-tokens-file"),
-    },
-    Setting {
-        key: "codex_dir",
-        env: "HB_CODEX_DIR",
-        flag: Some("--codex-dir"),
-    },
-    Setting {
-        key: "auth_file",
-        env: "HB_AUTH_FILE",
-        flag: Some("--auth-file"),
-    },
-    Setting {
-        key: "codex_bin",
-        env: "HB_CODEX_BIN",
-        flag: Some("--codex-bin"),
-    },
-    Setting {
-        key: "codex_bypass_sandbox",
-        env: "HB_CODEX_BYPASS_SANDBOX",
-        flag: None,
-    },
-    Setting {
-        key: "allowed_hosts",
-        env: "HB_ALLOWED_HOSTS",
-        flag: Some("--allowed-hosts"),
-    },
-    Setting {
-        key: "run_timeout",
-        env: "HB_RUN_TIMEOUT",
-        flag: Some("--run-timeout"),
-    },
-    Setting {
-        key: "max_run_timeout",
-        env: "HB_MAX_RUN_TIMEOUT",
-        flag: None,
-    },
-    Setting {
-        key: "keep_workspaces",
-        env: "HB_KEEP_WORKSPACES",
-        flag: None,
-    },
-    Setting {
-        key: "log_format",
-        env: "HB_LOG_FORMAT",
-        flag: None,
-    },
-    Setting {
-        key: "tool_cache_dir",
-        env: "HB_TOOL_CACHE_DIR",
-        flag: Some("--tool-cache-dir"),
-    },
-    Setting {
-        key: "tool_max_bytes",
-        env: "HB_TOOL_MAX_BYTES",
-        flag: None,
-    },
-    Setting {
-        key: "fetch_timeout",
-        env: "HB_FETCH_TIMEOUT",
-        flag: None,
-    },
-    Setting {
-        key: "workspace_max_bytes",
-        env: "HB_WORKSPACE_MAX_BYTES",
-        flag: None,
-    },
-    Setting {
-        key: "workspace_min_free_bytes",
-        env: "HB_WORKSPACE_MIN_FREE_BYTES",
-        flag: None,
-    },
-    Setting {
-        key: "artifact_max_bytes",
-        env: "HB_ARTIFACT_MAX_BYTES",
-        flag: None,
-    },
-    Setting {
-        key: "git_credentials_dir",
-        env: "HB_GIT_CREDENTIALS_DIR",
-        flag: None,
-    },
+    Setting::new("listen", "HB_LISTEN", Some("--listen")),
+    Setting::new("data_dir", "HB_DATA_DIR", Some("--data-dir")),
+    Setting::new("api_token", "HB_API_TOKEN", None),
+    Setting::new(
+        "api_tokens_file",
+        "HB_API_TOKENS_FILE",
+        Some("--api-tokens-file"),
+    ),
+    Setting::new("codex_dir", "HB_CODEX_DIR", Some("--codex-dir")),
+    Setting::new("auth_file", "HB_AUTH_FILE", Some("--auth-file")),
+    Setting::new("codex_bin", "HB_CODEX_BIN", Some("--codex-bin")),
+    Setting::new("codex_bypass_sandbox", "HB_CODEX_BYPASS_SANDBOX", None),
+    Setting::new("allowed_hosts", "HB_ALLOWED_HOSTS", Some("--allowed-hosts")),
+    Setting::new("run_timeout", "HB_RUN_TIMEOUT", Some("--run-timeout")),
+    Setting::new("max_run_timeout", "HB_MAX_RUN_TIMEOUT", None),
+    Setting::new("run_idle_timeout", "HB_RUN_IDLE_TIMEOUT", None),
+    Setting::new(
+        "max_concurrent_runs",
+        "HB_MAX_CONCURRENT_RUNS",
+        Some("--max-concurrent-runs"),
+    ),
+    Setting::new("max_queued_runs", "HB_MAX_QUEUED_RUNS", None),
+    Setting::new("shutdown_grace", "HB_SHUTDOWN_GRACE", None),
+    Setting::new("run_retention", "HB_RUN_RETENTION", None),
+    Setting::new("run_retention_count", "HB_RUN_RETENTION_COUNT", None),
+    Setting::new("max_log_bytes", "HB_MAX_LOG_BYTES", None),
+    Setting::new("webhook_secret", "HB_WEBHOOK_SECRET", None),
+    Setting::new("adapters_dir", "HB_ADAPTERS_DIR", Some("--adapters-dir")),
+    Setting::new("shim_bin", "HB_SHIM_BIN", None),
+    Setting::new("keep_workspaces", "HB_KEEP_WORKSPACES", None),
+    Setting::new("log_format", "HB_LOG_FORMAT", None),
+    Setting::new(
+        "tool_cache_dir",
+        "HB_TOOL_CACHE_DIR",
+        Some("--tool-cache-dir"),
+    ),
+    Setting::new("tool_max_bytes", "HB_TOOL_MAX_BYTES", None),
+    Setting::new("fetch_timeout", "HB_FETCH_TIMEOUT", None),
+    Setting::new("workspace_max_bytes", "HB_WORKSPACE_MAX_BYTES", None),
+    Setting::new(
+        "workspace_min_free_bytes",
+        "HB_WORKSPACE_MIN_FREE_BYTES",
+        None,
+    ),
+    Setting::new("artifact_max_bytes", "HB_ARTIFACT_MAX_BYTES", None),
+    Setting::new("git_credentials_dir", "HB_GIT_CREDENTIALS_DIR", None),
 ];
 
 /// The validated configuration of a running bridge.
@@ -151,6 +113,28 @@ pub struct Config {
     pub run_timeout: Duration,
     /// The most a run may ask for.
     pub max_run_timeout: Duration,
+    /// Longest silence before a run counts as stalled, unless it asks for less.
+    pub run_idle_timeout: Duration,
+    /// Runs executing at once; more wait in the queue.
+    pub max_concurrent_runs: usize,
+    /// Runs waiting for a slot; past this, submissions get 429.
+    pub max_queued_runs: usize,
+    /// On SIGTERM, how long runs in progress may go on before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// Finished runs older than this are deleted.
+    pub run_retention: Duration,
+    /// At most this many finished runs are kept.
+    pub run_retention_count: usize,
+    /// The full output stream of a run is kept in a file up to this size.
+    pub max_log_bytes: u64,
+    /// Key for the HMAC signature of completion webhooks; webhooks are refused without one.
+    pub webhook_secret: Option<Secret>,
+    /// A directory of adapter profiles (`*.toml`), one CLI each.
+    pub adapters_dir: Option<PathBuf>,
+    /// The executable whose `shim` subcommand wraps each CLI so none of its processes
+    /// outlives it; the `headless-bridge` binary itself unless set. Without one, runs rely on
+    /// process groups and the marker sweep alone.
+    pub shim_bin: Option<PathBuf>,
     /// Keep each run's workspace after it finishes (for debugging).
     pub keep_workspaces: bool,
     /// How log lines are written.
@@ -214,6 +198,23 @@ impl ApiTokens {
 impl fmt::Debug for ApiTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiTokens({} configured)", self.0.len())
+    }
+}
+
+/// A secret setting. `Debug` never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -358,6 +359,21 @@ impl RawConfig {
             min_free_bytes: self.bytes("workspace_min_free_bytes", "1G")?,
             artifact_max_bytes: self.bytes("artifact_max_bytes", "16M")?,
         };
+        let run_idle_timeout = self.seconds("run_idle_timeout", DEFAULT_IDLE_TIMEOUT_S)?;
+        let webhook_secret = self
+            .values
+            .get("webhook_secret")
+            .map(|(v, _)| Secret(v.trim().to_owned()));
+        if webhook_secret
+            .as_ref()
+            .is_some_and(|s| s.0.len() < MIN_TOKEN_LEN)
+        {
+            return Err(self.error(
+                "webhook_secret",
+                format!("use at least {MIN_TOKEN_LEN} random characters"),
+            ));
+        }
+
         Ok(Config {
             listen,
             data_dir,
@@ -373,6 +389,20 @@ impl RawConfig {
             allowed_hosts: self.list("allowed_hosts"),
             run_timeout,
             max_run_timeout,
+            run_idle_timeout,
+            max_concurrent_runs: self.count("max_concurrent_runs", DEFAULT_MAX_CONCURRENT)?,
+            max_queued_runs: self.count("max_queued_runs", DEFAULT_MAX_QUEUED)?,
+            shutdown_grace: self.seconds("shutdown_grace", DEFAULT_SHUTDOWN_GRACE_S)?,
+            run_retention: self.seconds("run_retention", DEFAULT_RETENTION_S)?,
+            run_retention_count: self.count("run_retention_count", DEFAULT_RETENTION_COUNT)?,
+            max_log_bytes: self.parse(
+                "max_log_bytes",
+                &DEFAULT_MAX_LOG_BYTES.to_string(),
+                |v| v.parse().ok(),
+            )?,
+            webhook_secret,
+            adapters_dir: self.path("adapters_dir"),
+            shim_bin: self.path("shim_bin"),
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
             log_format: self.parse("log_format", "auto", parse_log_format)?,
             fetch,
@@ -448,13 +478,17 @@ impl RawConfig {
 
     fn seconds(&self, key: &str, default: u64) -> Result<Duration, ConfigError> {
         let default = default.to_string();
-        let secs = self.parse(key, &default, |v| {
-            v.strip_suffix('s').unwrap_or(v).parse::<u64>().ok()
-        });
-        match secs {
+        match self.parse(key, &default, parse_duration_s) {
             Ok(0) => Err(self.error(key, "must be at least 1 second")),
             Ok(secs) => Ok(Duration::from_secs(secs)),
-            Err(_) => Err(self.error(key, "expected a whole number of seconds, such as 600")),
+            Err(_) => Err(self.error(key, "expected seconds such as 600, or 10m, 2h, 7d")),
+        }
+    }
+
+    fn count(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        match self.parse(key, &default.to_string(), |v| v.parse::<usize>().ok()) {
+            Ok(0) | Err(_) => Err(self.error(key, "expected a whole number of at least 1")),
+            Ok(n) => Ok(n),
         }
     }
 
@@ -502,6 +536,22 @@ fn parse_bytes(text: &str) -> Option<u64> {
         n => (n, 0),
     };
     number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Seconds, optionally with a unit: `600`, `600s`, `10m`, `2h`, `7d`.
+fn parse_duration_s(text: &str) -> Option<u64> {
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(factor)
 }
 
 fn parse_bool(text: &str) -> Option<bool> {
@@ -600,6 +650,9 @@ mod tests {
     #[case::log_format("HB_LOG_FORMAT", "xml")]
     #[case::size_text("HB_WORKSPACE_MAX_BYTES", "lots")]
     #[case::size_unit("HB_TOOL_MAX_BYTES", "12T")]
+    #[case::concurrency("HB_MAX_CONCURRENT_RUNS", "0")]
+    #[case::retention("HB_RUN_RETENTION", "1w")]
+    #[case::webhook_secret("HB_WEBHOOK_SECRET", "secret")]
     fn names_the_setting_that_is_wrong(#[case] name: &str, #[case] value: &str) {
         let err = from_env(&[(name, value)]).unwrap_err().to_string();
         assert!(err.contains(name), "{err}");
@@ -652,6 +705,14 @@ mod tests {
             err.contains("HB_RUN_TIMEOUT") && err.contains("hb.toml"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration_s("600"), Some(600));
+        assert_eq!(parse_duration_s("10m"), Some(600));
+        assert_eq!(parse_duration_s("7d"), Some(604_800));
+        assert_eq!(parse_duration_s("1.5h"), None);
     }
 
     #[test]

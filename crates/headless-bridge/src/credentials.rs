@@ -199,6 +199,31 @@ pub fn load(config: &CodexConfig) -> Result<LoadedAuth, CredentialError> {
     })
 }
 
+/// The secret values in an auth.json at `path` (an API key, tokens), or none if it cannot be
+/// read. Used on a run's private copy after the CLI may have refreshed it.
+pub fn secrets_in(path: &Path) -> Vec<String> {
+    let Ok(bytes) = fs::read(path) else {
+        return Vec::new();
+    };
+    let Ok(auth) = serde_json::from_slice::<AuthJson>(&bytes) else {
+        return Vec::new();
+    };
+    let tokens = auth.tokens.unwrap_or(Tokens {
+        id_token: None,
+        access_token: None,
+        refresh_token: None,
+    });
+    [
+        auth.api_key,
+        tokens.id_token,
+        tokens.access_token,
+        tokens.refresh_token,
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// Copies the login and the optional config.toml into `codex_home` (created 0700), files 0600.
 pub fn install(auth: &LoadedAuth, config: &CodexConfig, codex_home: &Path) -> io::Result<()> {
     fs::create_dir_all(codex_home)?;

@@ -19,6 +19,7 @@ pub mod digest;
 pub mod fetch;
 pub mod git;
 pub mod policy;
+pub mod reaper;
 pub mod redact;
 pub mod run;
 pub mod server;

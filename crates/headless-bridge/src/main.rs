@@ -29,9 +29,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Download a tool, verify it and copy it out of the tool cache.
     Fetch(fetch_command::FetchArgs),
+    /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
+    #[command(hide = true)]
+    Shim {
+        /// The CLI and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Flags of `serve`; each overrides its HB_* variable and the config file.
@@ -65,6 +72,15 @@ struct ServeArgs {
     /// Default run timeout in seconds [env: HB_RUN_TIMEOUT] [default: 600].
     #[arg(long, value_name = "SECONDS")]
     run_timeout: Option<String>,
+    /// Runs executing at once [env: HB_MAX_CONCURRENT_RUNS] [default: 8].
+    #[arg(long, value_name = "N")]
+    max_concurrent_runs: Option<String>,
+    /// Directory of adapter profiles, one `*.toml` per CLI [env: HB_ADAPTERS_DIR].
+    #[arg(long, value_name = "DIR")]
+    adapters_dir: Option<String>,
+    /// The content-addressed tool cache [env: HB_TOOL_CACHE_DIR] [default: <data dir>/tool-cache].
+    #[arg(long, value_name = "DIR")]
+    tool_cache_dir: Option<String>,
 }
 
 impl ServeArgs {
@@ -82,20 +98,32 @@ impl ServeArgs {
         raw.merge_flag("codex_bin", self.codex_bin);
         raw.merge_flag("allowed_hosts", self.allowed_hosts);
         raw.merge_flag("run_timeout", self.run_timeout);
+        raw.merge_flag("max_concurrent_runs", self.max_concurrent_runs);
+        raw.merge_flag("adapters_dir", self.adapters_dir);
+        raw.merge_flag("tool_cache_dir", self.tool_cache_dir);
         raw.build()
     }
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Fetch(args) => fetch_command::run(args),
+        Command::Shim { mut command } => {
+            let program = command.remove(0);
+            let code = headless_bridge::run::shim::main(program, command);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
     }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.config() {
-        Ok(config) => config,
+        // The bridge is its own run shim unless told otherwise.
+        Ok(mut config) => {
+            config.shim_bin = config.shim_bin.or_else(|| std::env::current_exe().ok());
+            config
+        }
         Err(e) => {
             eprintln!("headless-bridge: {e}");
             return ExitCode::from(2);
@@ -116,6 +144,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listen = config.listen;
+    harden_process();
+    if headless_bridge::reaper::start_if_init() {
+        tracing::info!("running as PID 1: reaping orphaned processes");
+    }
     let bridge = Bridge::open(config).await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -124,6 +156,19 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     bridge.serve(listener, shutdown_signal()).await?;
     tracing::info!("headless-bridge stopped");
     Ok(())
+}
+
+/// Process-wide protections, before any secret is used or any file written:
+/// - files the bridge creates (run store, logs, workspaces) are private to its user;
+/// - the process is not dumpable, so a run's commands, which run as the same user, cannot
+///   read the bridge's environment (its API tokens) or memory through /proc, and no core
+///   dump holds a secret.
+fn harden_process() {
+    use nix::sys::stat::{Mode, umask};
+    umask(Mode::from_bits_truncate(0o077));
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "failed to make the process non-dumpable; runs may read its environment");
+    }
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).

@@ -169,6 +169,9 @@ impl UrlPolicy {
             return Err(UrlError::Credentials);
         }
         let host = url.host().ok_or(UrlError::NoHost)?;
+        if url.port() == Some(0) {
+            return Err(UrlError::Malformed("port 0 names no service".into()));
+        }
         if url.scheme() == "http" && !self.is_allowed(&host) {
             return Err(UrlError::PlainHttp(host.to_string()));
         }
@@ -239,9 +242,11 @@ pub fn is_public(addr: IpAddr) -> bool {
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     let shared = a == 100 && (64..128).contains(&b); // RFC 6598 carrier-grade NAT
     let benchmarking = a == 198 && (b == 18 || b == 19); // RFC 2544
+    let protocol_assignments = a == 192 && b == 0 && c == 0; // RFC 6890
+    let relay_anycast = a == 192 && b == 88 && c == 99; // RFC 7526, 6to4 relays
     let reserved = a >= 240; // RFC 1112, includes broadcast
     let this_network = a == 0;
     !(ip.is_loopback()
@@ -251,16 +256,34 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || shared
         || benchmarking
+        || protocol_assignments
+        || relay_anycast
         || reserved
         || this_network)
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let [first, second, third, ..] = ip.segments();
+    // 6to4 (RFC 3056) carries an IPv4 address in bits 16..48; judge that address.
+    if first == 0x2002 {
+        let [a, b] = second.to_be_bytes();
+        let [c, d] = third.to_be_bytes();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    // IPv4-translated addresses (RFC 2765, ::ffff:0:a.b.c.d) reach the IPv4 address too.
+    let segments = ip.segments();
+    if segments[..4].iter().all(|s| *s == 0) && segments[4] == 0xffff && segments[5] == 0 {
+        let [a, b] = segments[6].to_be_bytes();
+        let [c, d] = segments[7].to_be_bytes();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
     let unique_local = (first & 0xfe00) == 0xfc00; // RFC 4193
     let link_local = (first & 0xffc0) == 0xfe80;
-    let documentation = first == 0x2001 && ip.segments()[1] == 0x0db8;
-    let nat64 = first == 0x0064 && ip.segments()[1] == 0xff9b; // may embed private IPv4
+    let site_local = (first & 0xffc0) == 0xfec0; // deprecated by RFC 3879, still routed by some
+    let documentation = first == 0x2001 && second == 0x0db8;
+    let teredo = first == 0x2001 && second == 0; // RFC 4380, tunnels to any IPv4 address
+    let discard = first == 0x0100 && ip.segments()[1..4].iter().all(|s| *s == 0); // RFC 6666
+    let nat64 = first == 0x0064 && second == 0xff9b; // may embed private IPv4
     let ipv4_compatible = ip.segments()[..6].iter().all(|s| *s == 0); // ::/96, deprecated
     !(ipv4_compatible
         || ip.is_loopback()
@@ -268,7 +291,10 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || ip.is_multicast()
         || unique_local
         || link_local
+        || site_local
         || documentation
+        || teredo
+        || discard
         || nat64)
 }
 
@@ -312,6 +338,15 @@ mod tests {
     #[case::ipv6_loopback("https://[::2]/", "url_not_allowed")]
     #[case::ipv6_mapped_private("https://[::ffff:192.168.1.1]/", "url_not_allowed")]
     #[case::ipv6_unique_local("https://[fd00::1]/", "url_not_allowed")]
+    #[case::six_to_four_loopback("https://[2002:7f00:1::]/", "url_not_allowed")]
+    #[case::six_to_four_metadata("https://[2002:a9fe:a9fe::]/", "url_not_allowed")]
+    #[case::site_local("https://[fec0::1]/", "url_not_allowed")]
+    #[case::teredo("https://[2001:0:4136:e378::1]/", "url_not_allowed")]
+    #[case::discard("https://[100::1]/", "url_not_allowed")]
+    #[case::mapped_zero_metadata("https://[::ffff:0:a9fe:a9fe]/", "url_not_allowed")]
+    #[case::protocol_assignments("https://192.0.0.170/", "url_not_allowed")]
+    #[case::relay_anycast("https://192.88.99.1/", "url_not_allowed")]
+    #[case::port_zero("https://93.184.215.14:0/", "invalid_url")]
     #[case::userinfo("https://user:pass@93.184.215.14/repo.git", "url_has_credentials")]
     #[case::token_user("https://ghp_token@93.184.215.14/repo.git", "url_has_credentials")]
     #[tokio::test]

@@ -29,6 +29,25 @@ static TOKEN_SHAPES: LazyLock<Regex> = LazyLock::new(|| {
     .expect("token pattern is a valid regex")
 });
 
+/// Credentials in the proxy settings the bridge passes to CLIs (`http://user:pass@proxy`),
+/// which would otherwise show up in any command's `env` output.
+pub fn proxy_secrets() -> Vec<String> {
+    const PROXY_VARS: &[&str] = &["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"];
+    PROXY_VARS
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .filter_map(|value| url::Url::parse(&value).ok())
+        .flat_map(|url| {
+            [
+                url.password().map(str::to_owned),
+                Some(url.username().to_owned()),
+            ]
+        })
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// Replaces known secret values and token-shaped strings with [`MASK`].
 #[derive(Clone, Default)]
 pub struct Redactor {

@@ -1,15 +1,30 @@
-//! Starting and stopping the bridge: open the store, recover from a previous crash, serve
-//! until the shutdown future resolves, then stop runs in progress so their records are final.
+//! Starting and stopping the bridge.
+//!
+//! Start-up opens the store, records runs a previous process left unfinished as interrupted,
+//! removes their workspaces, and starts the retention sweep. Shutdown drains: the listener
+//! stops accepting, new runs are refused, runs in progress get the grace period to finish,
+//! then the rest are cancelled and recorded as interrupted before the process exits.
 
+use std::fs::File;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
+use crate::adapter::Adapters;
+use crate::adapter::profile::{Profile, ProfileError};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::run::engine::Engine;
+use crate::run::supervisor::{self, RUN_MARKER};
 use crate::store::{Store, StoreError};
+
+/// How often finished runs past their retention are deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Why the bridge could not start or stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +37,13 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(
+        "another headless-bridge is using the data directory {path}: give each bridge its own \
+         HB_DATA_DIR (two would mark each other's runs interrupted)"
+    )]
+    Locked { path: std::path::PathBuf },
     #[error("failed to serve HTTP")]
     Http(#[source] std::io::Error),
 }
@@ -29,45 +51,133 @@ pub enum ServeError {
 /// The parts of a bridge, built from its configuration.
 pub struct Bridge {
     pub state: AppState,
+    /// Held while the bridge runs: one bridge per data directory.
+    _lock: Flock<File>,
 }
 
 impl Bridge {
-    /// Opens the data directory and the run store, and marks runs a previous process left
-    /// unfinished as interrupted.
+    /// Opens the data directory and the run store, and cleans up after a previous process.
     pub async fn open(config: Config) -> Result<Self, ServeError> {
         let data_dir = &config.data_dir;
-        std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir {
-            path: data_dir.clone(),
-            source,
-        })?;
+        for dir in [data_dir.clone(), data_dir.join("logs")] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| ServeError::DataDir { path: dir, source })?;
+        }
+        let lock = lock_data_dir(data_dir)?;
         let store = Store::open(&data_dir.join("runs.sqlite3"))?;
         let interrupted = store.interrupt_unfinished().await?;
-        if interrupted > 0 {
-            tracing::warn!(
-                interrupted,
-                "runs left unfinished by a previous process were marked interrupted"
-            );
+        for id in &interrupted {
+            // A bridge killed without warning leaves its runs' processes behind.
+            let killed = supervisor::kill_marked(RUN_MARKER, &id.to_string()).await;
+            tracing::warn!(run_id = %id, killed, "a run left unfinished by a previous process was marked interrupted");
         }
+        // No run of this process exists yet, so every workspace left is a dead run's.
+        remove_children(&data_dir.join("workspaces"));
 
+        let profiles = match &config.adapters_dir {
+            Some(dir) => Profile::load_dir(dir)?,
+            None => Default::default(),
+        };
+        tracing::info!(profiles = profiles.len(), "adapters loaded");
         let config = Arc::new(config);
-        let engine = Engine::new(config.clone(), store);
+        let engine = Engine::new(config.clone(), store, Adapters::new(profiles));
         Ok(Self {
             state: AppState::new(config, engine),
+            _lock: lock,
         })
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then stops runs in progress.
+    /// Serves on `listener` until `shutdown` resolves, then drains and stops runs in progress.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let engine = self.state.engine.clone();
+        let grace = self.state.config.shutdown_grace;
+        let retention = tokio::spawn(retention_loop(self.state.config.clone(), engine.clone()));
+
+        // Once the signal comes, axum stops accepting and waits for requests in flight, some of
+        // which wait for runs; draining lets those runs finish or be cancelled, so it ends.
+        let signalled = CancellationToken::new();
+        let drain = {
+            let (engine, signalled) = (engine.clone(), signalled.clone());
+            tokio::spawn(async move {
+                signalled.cancelled().await;
+                engine.drain(grace).await;
+                engine.shutdown().await;
+            })
+        };
         let app = api::router(self.state);
+        let on_signal = signalled.clone();
         let result = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining runs in progress");
+                on_signal.cancel();
+            })
             .await;
-        engine.shutdown().await;
+
+        signalled.cancel();
+        let _ = drain.await;
+        retention.abort();
         result.map_err(ServeError::Http)
+    }
+}
+
+/// Deletes finished runs past their age or count limit, with their logs, workspaces and
+/// artifacts.
+async fn retention_loop(config: Arc<Config>, engine: Engine) {
+    let mut interval = tokio::time::interval(RETENTION_INTERVAL);
+    loop {
+        interval.tick().await;
+        match engine
+            .store()
+            .prune(config.run_retention, config.run_retention_count)
+            .await
+        {
+            Ok(pruned) if !pruned.is_empty() => {
+                for id in &pruned {
+                    let _ = std::fs::remove_file(engine.log_path(*id));
+                    let _ = std::fs::remove_dir_all(
+                        config.data_dir.join("workspaces").join(id.to_string()),
+                    );
+                    let artifacts = crate::artifacts::store_dir(&config.data_dir, &id.to_string());
+                    let _ = std::fs::remove_dir_all(artifacts);
+                }
+                tracing::info!(deleted = pruned.len(), "deleted runs past their retention");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %crate::error_chain(&e), "failed to delete old runs"),
+        }
+    }
+}
+
+/// Takes the data directory's lock file, so a second bridge on it stops before it touches any
+/// record. The lock goes with the process, however it ends.
+fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, ServeError> {
+    let path = data_dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServeError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| ServeError::Locked {
+        path: data_dir.to_owned(),
+    })
+}
+
+fn remove_children(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(error = %e, path = %entry.path().display(), "failed to remove a stale workspace");
+        }
     }
 }

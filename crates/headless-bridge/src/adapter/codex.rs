@@ -16,23 +16,6 @@ use std::path::{Path, PathBuf};
 
 use crate::config::CodexConfig;
 
-/// Variables passed through from the bridge's own environment: locale, time zone, and the
-/// settings an operator needs behind a proxy or with a private CA. Nothing else leaks in;
-/// in particular not the bridge's API tokens.
-const PASSTHROUGH_ENV: &[&str] = &[
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
-
 /// The directories of one run that the CLI is told about.
 #[derive(Debug, Clone)]
 pub struct RunDirs {
@@ -79,25 +62,8 @@ pub fn command(
 }
 
 fn environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
-    let inherited_path =
-        std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut path = dirs.bin.clone().into_os_string();
-    path.push(":");
-    path.push(inherited_path);
-
-    let mut env: Vec<(OsString, OsString)> = vec![
-        ("PATH".into(), path),
-        ("HOME".into(), dirs.home.clone().into()),
-        ("CODEX_HOME".into(), dirs.codex_home.clone().into()),
-        ("TERM".into(), "dumb".into()),
-        ("NO_COLOR".into(), "1".into()),
-        ("CI".into(), "1".into()),
-    ];
-    for name in PASSTHROUGH_ENV {
-        if let Some(value) = std::env::var_os(name) {
-            env.push((name.into(), value));
-        }
-    }
+    let mut env = super::run_environment(dirs);
+    env.push(("CODEX_HOME".into(), dirs.codex_home.clone().into()));
     env
 }
 

@@ -36,14 +36,20 @@ pub struct Transcript {
 }
 
 impl Transcript {
-    /// Takes one stdout line.
-    pub fn observe(&mut self, line: &str) {
+    /// Takes one stdout line; returns it parsed when it is a JSON event.
+    pub fn observe(&mut self, line: &str) -> Option<Value> {
         if line.trim().is_empty() {
-            return;
+            return None;
         }
         match serde_json::from_str::<Value>(line) {
-            Ok(event) => self.observe_event(&event),
-            Err(_) => self.account.push(format!("stdout: {line}")),
+            Ok(event) if event.is_object() => {
+                self.observe_event(&event);
+                Some(event)
+            }
+            _ => {
+                self.account.push(format!("stdout: {line}"));
+                None
+            }
         }
     }
 
@@ -216,7 +222,9 @@ mod tests {
 
     fn transcript(stream: &str) -> Transcript {
         let mut t = Transcript::default();
-        stream.lines().for_each(|l| t.observe(l));
+        stream.lines().for_each(|l| {
+            t.observe(l);
+        });
         t
     }
 

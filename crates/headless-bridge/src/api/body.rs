@@ -25,26 +25,23 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
         let content_type = request
             .headers()
             .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if let Some(content_type) = content_type.filter(|ct| !ct.starts_with("application/json")) {
-            return Err(ApiError {
-                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                code: "unsupported_media_type",
-                message: format!(
-                    "the body must be JSON with `Content-Type: application/json`, not `{content_type}`"
+            .and_then(|v| v.to_str().ok());
+        if !content_type.is_some_and(is_json) {
+            let given = content_type.unwrap_or("none");
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "send the body as JSON with `Content-Type: application/json` (got: {given})"
                 ),
-            });
+            ));
         }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError {
-                        status: StatusCode::PAYLOAD_TOO_LARGE,
-                        code: "body_too_large",
-                        message: format!("the body is larger than {MAX_BODY_BYTES} bytes"),
-                    }
+                    let message = format!("the body is larger than {MAX_BODY_BYTES} bytes");
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
                 } else {
                     ApiError::bad_request(
                         "invalid_body",
@@ -64,6 +61,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonObject {
             )),
         }
     }
+}
+
+/// `application/json` or a `+json` type, in any case, with any parameters.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl JsonObject {
@@ -109,6 +118,10 @@ pub fn optional_string(
             "invalid_field",
             format!("`{field}` is longer than {max_len} bytes"),
         )),
+        Some(Value::String(s)) if s.contains('\0') => Err(ApiError::bad_request(
+            "invalid_field",
+            format!("`{field}` contains a NUL character, which no command line can carry"),
+        )),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::bad_request(
             "invalid_field",
@@ -137,4 +150,27 @@ pub async fn url(
         .check(raw)
         .await
         .map_err(|e| ApiError::bad_request(e.code(), format!("`{field}` {e}")))
+}
+
+/// A query string, refused with a JSON error when it does not parse.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(query)) => Ok(Self(query)),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("the query string is invalid: {}", rejection.body_text()),
+            )),
+        }
+    }
 }

@@ -7,19 +7,22 @@
 //! and what to do when a run could not succeed.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::AppState;
+use super::body::ApiQuery;
 use crate::config::CodexConfig;
 use crate::credentials::{self, AuthMode};
 
+/// How long the result of the program checks is reused.
+const PROGRAM_CHECK_TTL: Duration = Duration::from_secs(10);
 /// `codex --version` answers in well under a second; more means something is wrong.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -32,7 +35,7 @@ pub struct HealthQuery {
 /// Liveness, or the deep check when `deep` is `1` or `true`.
 pub async fn health(
     State(state): State<AppState>,
-    Query(query): Query<HealthQuery>,
+    ApiQuery(query): ApiQuery<HealthQuery>,
 ) -> (StatusCode, Json<Value>) {
     let deep = matches!(query.deep.as_deref(), Some("1" | "true" | "yes"));
     if !deep {
@@ -40,12 +43,17 @@ pub async fn health(
     }
 
     let codex_home = state.config.data_dir.join("health").join("codex-home");
-    let binary = check_binary(&state.config.codex, &codex_home).await;
+    let (binary, git) = cached_program_checks(&state.config.codex, &codex_home).await;
     let login = check_credentials(&state.config.codex);
-    let ok = binary["ok"] == true && login["ok"] == true;
+    let config_toml = check_config_toml(&state.config.codex);
+    let codex_ok = binary["ok"] == true && login["ok"] == true && config_toml["ok"] == true;
+    let ok = codex_ok && git["ok"] == true;
     let body = json!({
         "status": if ok { "ok" } else { "unhealthy" },
-        "adapters": { "codex": { "ok": ok, "binary": binary, "credentials": login } },
+        "git": git,
+        "adapters": { "codex": {
+            "ok": codex_ok, "binary": binary, "credentials": login, "config_toml": config_toml,
+        } },
     });
     let status = if ok {
         StatusCode::OK
@@ -53,6 +61,81 @@ pub async fn health(
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// The program checks, run at most once per [`PROGRAM_CHECK_TTL`] however often probes and
+/// clients ask: the deep check is unauthenticated, and each check starts a process.
+async fn cached_program_checks(
+    config: &CodexConfig,
+    codex_home: &std::path::Path,
+) -> (Value, Value) {
+    type Checked = (Instant, std::path::PathBuf, Value, Value);
+    static CACHE: tokio::sync::Mutex<Option<Checked>> = tokio::sync::Mutex::const_new(None);
+    let mut cache = CACHE.lock().await;
+    if let Some((at, bin, binary, git)) = cache.as_ref()
+        && at.elapsed() < PROGRAM_CHECK_TTL
+        && *bin == config.bin
+    {
+        return (binary.clone(), git.clone());
+    }
+    let binary = check_binary(config, codex_home).await;
+    let git = check_git().await;
+    *cache = Some((
+        Instant::now(),
+        config.bin.clone(),
+        binary.clone(),
+        git.clone(),
+    ));
+    (binary, git)
+}
+
+async fn check_git() -> Value {
+    let mut command = tokio::process::Command::new("git");
+    command
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let output = match crate::reaper::spawn(&mut command) {
+        Ok(child) => {
+            let pid = child.id();
+            let output = tokio::time::timeout(VERSION_TIMEOUT, child.wait_with_output()).await;
+            crate::reaper::forget(pid);
+            output
+        }
+        Err(e) => {
+            return json!({ "ok": false, "problem": format!("failed to run git: {e}"), "remedy": "install git" });
+        }
+    };
+    match output {
+        Ok(Ok(out)) if out.status.success() => {
+            json!({ "ok": true, "version": String::from_utf8_lossy(&out.stdout).trim() })
+        }
+        _ => json!({ "ok": false, "problem": "`git --version` failed", "remedy": "install git" }),
+    }
+}
+
+/// A config.toml that does not parse makes every run fail before it starts.
+fn check_config_toml(config: &CodexConfig) -> Value {
+    let Some(path) = config.config_toml_path().filter(|p| p.exists()) else {
+        return json!({ "ok": true, "present": false });
+    };
+    let parsed = std::fs::read_to_string(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            text.parse::<toml::Table>()
+                .map(|_| ())
+                .map_err(|e| e.message().to_owned())
+        });
+    match parsed {
+        Ok(()) => json!({ "ok": true, "present": true }),
+        Err(why) => json!({
+            "ok": false, "present": true, "reason": "cli_error",
+            "problem": format!("{} is not valid TOML: {why}", path.display()),
+            "remedy": "fix config.toml in the Secret, or remove it",
+        }),
+    }
 }
 
 async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Value {
@@ -74,7 +157,14 @@ async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Val
         .env("CODEX_HOME", codex_home)
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    match tokio::time::timeout(VERSION_TIMEOUT, command.output()).await {
+    let child = match crate::reaper::spawn(command.stdout(Stdio::piped()).stderr(Stdio::null())) {
+        Ok(child) => child,
+        Err(e) => return problem(format!("failed to run {path}: {e}")),
+    };
+    let pid = child.id();
+    let result = tokio::time::timeout(VERSION_TIMEOUT, child.wait_with_output()).await;
+    crate::reaper::forget(pid);
+    match result {
         Ok(Ok(out)) if out.status.success() => {
             json!({ "ok": true, "path": path, "version": String::from_utf8_lossy(&out.stdout).trim() })
         }

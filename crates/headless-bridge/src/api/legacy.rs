@@ -16,14 +16,16 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::body::{self, JsonObject};
 use super::error::ApiError;
+use crate::adapter::CODEX;
 use crate::adapter::codex;
-use crate::run::{AdapterKind, Outcome, RepoSpec, RunRecord, RunSpec, ToolSpec};
+use crate::run::{Outcome, RepoSpec, RunRecord, RunSpec, ToolSpec};
 
 /// The name the original service gives its helper tool.
 const TOOL_NAME: &str = "ak";
 const MAX_CONTRACT_ID: usize = 256;
 const MAX_URL: usize = 2048;
-const MAX_FAILURE_DETAILS: usize = 256 << 10;
+/// The prompt built around the details is one argument, which Linux caps at 128 KiB.
+const MAX_FAILURE_DETAILS: usize = 112 << 10;
 
 /// The original response shape.
 #[derive(Debug, Serialize)]
@@ -41,14 +43,13 @@ pub async fn run_codex_session(
     body: JsonObject,
 ) -> Result<Json<LegacyResponse>, ApiError> {
     let spec = validate(&state, &body).await?;
-    let record = state
-        .engine
-        .submit(spec)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    // The contract id is the original API's idempotency key: a client that retries after a
+    // dropped connection gets the run it started, not a second one.
+    let key = spec.contract_id.as_ref().map(|id| format!("contract:{id}"));
+    let submitted = state.engine.submit(spec, key).await?;
     let finished = state
         .engine
-        .wait(record.id, Duration::MAX)
+        .wait(submitted.record().id, Duration::MAX)
         .await
         .map_err(|e| ApiError::internal(&e))?
         .ok_or_else(|| {
@@ -91,7 +92,7 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
 
     let prompt = codex::legacy_prompt(&repo_url, &ak_url, &digest.to_string(), &failure_details);
     Ok(RunSpec {
-        adapter: AdapterKind::Codex,
+        adapter: CODEX.into(),
         prompt,
         repo: Some(RepoSpec {
             url: repo_url,
@@ -106,6 +107,8 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
             archive_path: None,
         }],
         timeout_s: state.config.run_timeout.as_secs(),
+        idle_timeout_s: None,
+        callback_url: None,
         contract_id: Some(contract_id),
         artifacts: Vec::new(),
     })

@@ -7,6 +7,7 @@ mod artifacts;
 mod auth;
 mod body;
 mod error;
+mod events;
 mod health;
 mod legacy;
 mod runs;
@@ -49,8 +50,12 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
         .route("/run_codex_session", post(legacy::run_codex_session))
+        .route("/v1/adapters", get(runs::adapters))
         .route("/v1/runs", post(runs::submit).get(runs::list))
         .route("/v1/runs/{id}", get(runs::get))
+        .route("/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/v1/runs/{id}/events", get(events::events))
+        .route("/v1/runs/{id}/logs", get(runs::logs))
         .route("/v1/runs/{id}/artifacts/{*path}", get(artifacts::download))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -61,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .merge(protected)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
@@ -68,6 +74,14 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such route; see the README for the API")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see the README for the API",
+    )
 }
 
 /// One span per request, named by the route template (never the raw path, which may hold ids

@@ -3,26 +3,30 @@
 //! `POST /v1/runs` validates the whole request before any work starts, stores the run and
 //! answers 202 with its record at once; `?wait=N` holds the answer up to N seconds for the
 //! outcome (200 when it came, 202 when not yet). `GET /v1/runs/{id}` returns a record and
-//! `GET /v1/runs` the newest ones.
+//! `GET /v1/runs` pages through them. A run can be cancelled, followed live as Server-Sent
+//! Events (see [`super::events`]), and its full output read as text.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::body::{self, JsonObject};
+use super::body::{self, ApiQuery, JsonObject};
 use super::error::ApiError;
-use crate::adapter::codex;
+use crate::adapter::{CODEX, codex};
 use crate::git;
-use crate::run::{AdapterKind, RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
+use crate::run::engine::{CancelError, Submitted};
+use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
+use crate::store::RunFilter;
 
-const MAX_PROMPT: usize = 256 << 10;
+/// Linux caps a single argument at 128 KiB (MAX_ARG_STRLEN), and the prompt is one argument.
+const MAX_PROMPT: usize = 120 << 10;
 const MAX_URL: usize = 2048;
 const MAX_TOOLS: usize = 16;
 /// The longest a request may hold its connection waiting for an outcome.
@@ -40,48 +44,64 @@ pub struct SubmitQuery {
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     limit: Option<usize>,
+    state: Option<String>,
+    adapter: Option<String>,
+    contract_id: Option<String>,
+    cursor: Option<String>,
 }
 
-/// Starts a run.
+/// Starts a run, or finds the one an idempotency key already names.
 pub async fn submit(
     State(state): State<AppState>,
-    Query(query): Query<SubmitQuery>,
+    ApiQuery(query): ApiQuery<SubmitQuery>,
+    headers: HeaderMap,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let spec = validate(&state, &body).await?;
-    let wait = query.wait.unwrap_or(0);
-    if wait > MAX_WAIT_S {
-        return Err(ApiError::bad_request(
-            "invalid_wait",
-            format!("`wait` may be at most {MAX_WAIT_S} seconds"),
-        ));
-    }
+    let wait = match query.wait.or_else(|| prefer_wait(&headers)) {
+        Some(wait) if wait > MAX_WAIT_S => {
+            return Err(ApiError::bad_request(
+                "invalid_wait",
+                format!("`wait` may be at most {MAX_WAIT_S} seconds"),
+            ));
+        }
+        wait => wait.unwrap_or(0),
+    };
+    let key = idempotency_key(&headers)?
+        .or_else(|| spec.contract_id.as_ref().map(|id| format!("contract:{id}")));
 
-    let record = state
-        .engine
-        .submit(spec)
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    let record = if wait > 0 {
+    let submitted = state.engine.submit(spec, key).await?;
+    let replayed = matches!(submitted, Submitted::Existing(_));
+    let mut record = submitted.record().clone();
+    if wait > 0 && !record.is_finished() {
         let waited = state
             .engine
             .wait(record.id, Duration::from_secs(wait))
             .await;
-        waited
+        record = waited
             .map_err(|e| ApiError::internal(&e))?
-            .unwrap_or(record)
-    } else {
-        record
-    };
+            .unwrap_or(record);
+    }
 
-    let status = if record.is_finished() {
+    let status = if record.is_finished() || replayed {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
     };
     let location = HeaderValue::from_str(&format!("/v1/runs/{}", record.id))
         .expect("a uuid path is a valid header");
-    Ok((status, [(header::LOCATION, location)], Json(record)).into_response())
+    let mut response = (status, [(header::LOCATION, location)], Json(record)).into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// The adapters this bridge offers.
+pub async fn adapters(State(state): State<AppState>) -> Json<Value> {
+    Json(serde_json::json!({ "adapters": state.engine.adapters().describe() }))
 }
 
 /// One run's record.
@@ -89,42 +109,155 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<RunRecord>, ApiError> {
-    let not_found = || ApiError::not_found("run_not_found", format!("no run has id `{id}`"));
-    let run_id: RunId = id.parse().map_err(|_| not_found())?;
+    let run_id = parse_id(&id)?;
     let record = state
         .engine
         .store()
         .get(run_id)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    record.map(Json).ok_or_else(not_found)
+    record.map(Json).ok_or_else(|| not_found(&id))
 }
 
-/// The newest runs, newest first.
+/// Cancels a queued or running run; answers with its record once it has stopped.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunRecord>, ApiError> {
+    let run_id = parse_id(&id)?;
+    match state.engine.cancel(run_id).await {
+        Ok(record) => Ok(Json(record)),
+        Err(CancelError::NotFound) => Err(not_found(&id)),
+        Err(CancelError::Finished(record)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "run_finished",
+            format!(
+                "run {id} has already finished as {}",
+                serde_json::to_value(record.outcome).unwrap_or_default()
+            ),
+        )),
+        Err(CancelError::Store(e)) => Err(ApiError::internal(&e)),
+    }
+}
+
+/// Runs matching the filters, newest first, a page at a time.
 pub async fn list(
     State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = query.limit.unwrap_or(20).clamp(1, MAX_LIST);
+    let run_state = match query.state.as_deref() {
+        None => None,
+        Some(text) => Some(
+            serde_json::from_value(Value::String(text.to_owned())).map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_filter",
+                    "`state` is one of queued, preparing, running, finished",
+                )
+            })?,
+        ),
+    };
+    let before = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => Some(cursor.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "`cursor` must be a `next_cursor` from an earlier page",
+            )
+        })?),
+    };
+    let filter = RunFilter {
+        state: run_state,
+        adapter: query.adapter,
+        contract_id: query.contract_id,
+        before,
+        limit,
+    };
     let runs = state
         .engine
         .store()
-        .recent(limit)
+        .list(filter)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    Ok(Json(serde_json::json!({ "runs": runs })))
+    let next_cursor = (runs.len() == limit)
+        .then(|| runs.last().map(|r| r.id.to_string()))
+        .flatten();
+    Ok(Json(
+        serde_json::json!({ "runs": runs, "next_cursor": next_cursor }),
+    ))
+}
+
+/// The run's full output stream as text (stdout, and stderr lines marked `[stderr]`).
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run_id = parse_id(&id)?;
+    if state
+        .engine
+        .store()
+        .get(run_id)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .is_none()
+    {
+        return Err(not_found(&id));
+    }
+    let text = match tokio::fs::read(state.engine.log_path(run_id)).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ApiError::internal(&e)),
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+pub(super) fn parse_id(id: &str) -> Result<RunId, ApiError> {
+    id.parse().map_err(|_| not_found(id))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("run_not_found", format!("no run has id `{id}`"))
+}
+
+/// `Prefer: wait=N` (RFC 7240) as an alternative to `?wait=N`.
+fn prefer_wait(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|pref| pref.trim().strip_prefix("wait=")?.trim().parse().ok())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255);
+    let key = key.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            "`Idempotency-Key` must be 1 to 255 visible characters",
+        )
+    })?;
+    Ok(Some(format!("key:{key}")))
 }
 
 async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
-    let adapter = body.string("adapter", 64, "the CLI to run; this build knows \"codex\"")?;
-    if adapter != "codex" {
+    let known = state.engine.adapters().names().join(", ");
+    let adapter = body.string("adapter", 64, &format!("the CLI to run, one of: {known}"))?;
+    if state.engine.adapters().get(&adapter).is_none() {
         return Err(ApiError::bad_request(
             "unknown_adapter",
-            format!("adapter `{adapter}` is not known; use \"codex\""),
+            format!("adapter `{adapter}` is not known; this bridge has: {known}"),
         ));
     }
     let prompt = body.string("prompt", MAX_PROMPT, "the task for the CLI")?;
-    if prompt.trim() == "-" {
+    if adapter == CODEX && prompt.trim() == "-" {
         // codex exec reads its prompt from stdin when given "-", even after "--".
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -132,6 +265,15 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         ));
     }
     let contract_id = body.optional_string("contract_id", 256)?;
+    if contract_id
+        .as_deref()
+        .is_some_and(|id| id.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "`contract_id` must not contain control characters",
+        ));
+    }
     let timeout_s = match body.optional_u64("timeout_s")? {
         None => state.config.run_timeout.as_secs(),
         Some(0) => {
@@ -148,6 +290,35 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
             ));
         }
         Some(t) => t,
+    };
+
+    let idle_timeout_s = match body.optional_u64("idle_timeout_s")? {
+        Some(0) => {
+            return Err(ApiError::bad_request(
+                "invalid_timeout",
+                "`idle_timeout_s` must be at least 1",
+            ));
+        }
+        Some(idle) if idle > timeout_s => {
+            return Err(ApiError::bad_request(
+                "invalid_timeout",
+                "`idle_timeout_s` may not exceed the run's `timeout_s`",
+            ));
+        }
+        idle => idle,
+    };
+    let callback_url = match body.optional_string("callback_url", MAX_URL)? {
+        Some(_) if !state.engine.webhooks_enabled() => {
+            return Err(ApiError::bad_request(
+                "webhooks_disabled",
+                "`callback_url` needs HB_WEBHOOK_SECRET on the bridge, so that deliveries can be signed",
+            ));
+        }
+        Some(url) => {
+            body::url(state.engine.policy(), "callback_url", &url).await?;
+            Some(url)
+        }
+        None => None,
     };
 
     let repo = match body.0.get("repo") {
@@ -173,12 +344,19 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
 
     let artifacts = validate_artifacts(body.0.get("artifacts"))?;
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
+    let prompt = if adapter == CODEX {
+        codex::run_prompt(&prompt, &names)
+    } else {
+        prompt
+    };
     Ok(RunSpec {
-        adapter: AdapterKind::Codex,
-        prompt: codex::run_prompt(&prompt, &names),
+        adapter,
+        prompt,
         repo,
         tools,
         timeout_s,
+        idle_timeout_s,
+        callback_url,
         contract_id,
         artifacts,
     })

@@ -275,8 +275,9 @@ impl Git {
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
-        let child = cmd.spawn().map_err(GitError::Spawn)?;
-        let group = child.id().map(|id| Pid::from_raw(id as i32));
+        let child = crate::reaper::spawn(&mut cmd).map_err(GitError::Spawn)?;
+        let pid = child.id();
+        let group = pid.map(|id| Pid::from_raw(id as i32));
         let kill_group = || {
             if let Some(group) = group {
                 let _ = killpg(group, Signal::SIGKILL);
@@ -290,20 +291,22 @@ impl Git {
             }
         };
 
-        let output = tokio::select! {
+        let finished = tokio::select! {
             result = tokio::time::timeout(timeout, child.wait_with_output()) => match result {
-                Ok(result) => result.map_err(GitError::Spawn)?,
+                Ok(result) => result.map_err(GitError::Spawn),
                 Err(_) => {
                     kill_group();
-                    return Err(GitError::TimedOut { command, timeout });
+                    Err(GitError::TimedOut { command, timeout })
                 }
             },
             (used, limit) = over_limit => {
                 kill_group();
                 let detail = format!("{used} bytes used, more than the limit of {limit}");
-                return Err(GitError::DiskFull(detail));
+                Err(GitError::DiskFull(detail))
             }
         };
+        crate::reaper::forget(pid);
+        let output = finished?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
             return Err(GitError::Failed { command, stderr });

@@ -1,44 +1,81 @@
-//! The run engine: takes a validated [`RunSpec`] and drives it to an outcome.
+//! The run engine: admits runs, queues them for a slot, and tells callers how they go.
 //!
-//! Theory of operation. `submit` stores a queued record and starts a task for the run; the
-//! record in the store is the truth, and every state change is written there before anyone is
-//! told. The task prepares the workspace in order: the login is read first (cheapest check),
-//! then the repository is cloned, then each tool is downloaded and verified, and only then is
-//! the login copied in and the CLI started, so a bad checksum means the CLI never ran. While
-//! the CLI runs, its event stream is folded into a transcript; when it ends, the stream decides
-//! the outcome, the diff is taken, the account is redacted, and the finished record is stored.
-//! Waiters are woken through a watch channel per run. Shutting down cancels every run, which
-//! then finishes as interrupted.
+//! Theory of operation. `submit` refuses work when draining or when the queue is full, stores
+//! the queued record (claiming its idempotency key in the same transaction), and starts a
+//! task for the run. The task waits for one of `max_concurrent_runs` slots, then hands the run
+//! to the [`Pipeline`]. The record in the store is the truth: every state change is written
+//! there before anyone is told. Each active run has a watch channel that flips when it is
+//! done, another that carries the newest event number for live followers, and a cancellation
+//! token. Shutdown first drains (no new runs, a grace period for running ones), then cancels
+//! what is left, which finishes as interrupted.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::adapter::codex::{self, RunDirs};
-use crate::adapter::codex_events::{self, Terminal, Transcript};
+use super::events::EventSink;
+use super::pipeline::Pipeline;
+use super::webhook::Webhooks;
+use crate::adapter::Adapters;
 use crate::config::Config;
-use crate::credentials::{self, CredentialError};
 use crate::fetch::Fetcher;
-use crate::git::{Checkout, Git};
 use crate::policy::UrlPolicy;
-use crate::redact::Redactor;
-use crate::run::supervisor::{self, ExitKind, ProcessSpec, StopCause};
-use crate::run::{Outcome, ReasonCode, RunId, RunRecord, RunSpec, RunState};
-use crate::store::{Store, StoreError};
-use crate::workspace::Workspace;
-use crate::workspace::prepare::{PrepareError, Preparer};
+use crate::run::{RunId, RunRecord, RunSpec, RunState};
+use crate::store::{Claim, Store, StoreError};
 
-/// The environment variable that marks every process of a run, for the supervisor's sweep.
-const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
+/// How long a client is told to wait before retrying a refused submission.
+const RETRY_AFTER_S: u64 = 5;
 
-/// Starts runs and tells callers when they finish. Cheap to clone.
+/// Why a run was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the run queue is full ({queued} runs waiting)")]
+    QueueFull { queued: usize, retry_after_s: u64 },
+    #[error("the bridge is shutting down")]
+    ShuttingDown,
+    #[error("idempotency key `{key}` was already used for run {run_id} with a different request")]
+    Conflict { key: String, run_id: RunId },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A run that was admitted, or the earlier run the same idempotency key already names.
+#[derive(Debug)]
+pub enum Submitted {
+    New(RunRecord),
+    Existing(RunRecord),
+}
+
+impl Submitted {
+    /// The record, new or existing.
+    pub fn record(&self) -> &RunRecord {
+        match self {
+            Self::New(record) | Self::Existing(record) => record,
+        }
+    }
+}
+
+/// Why a cancel request could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no run has this id")]
+    NotFound,
+    #[error("the run has already finished")]
+    Finished(Box<RunRecord>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Starts runs and tells callers how they go. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -47,58 +84,48 @@ pub struct Engine {
 struct Inner {
     config: Arc<Config>,
     store: Store,
+    adapters: Adapters,
     fetcher: Fetcher,
     policy: UrlPolicy,
-    done: Mutex<HashMap<RunId, watch::Receiver<bool>>>,
+    webhooks: Webhooks,
+    active: Mutex<HashMap<RunId, Active>>,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    draining: AtomicBool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
-/// Why a run stopped before or instead of its CLI finishing.
-#[derive(Debug)]
-struct Failure {
-    outcome: Outcome,
-    reason: ReasonCode,
-    message: String,
-    details: Option<serde_json::Value>,
+/// Handles of a run that has not finished.
+#[derive(Clone)]
+struct Active {
+    done: watch::Receiver<bool>,
+    latest_event: watch::Receiver<u64>,
+    stop: CancellationToken,
+    cancel_requested: Arc<AtomicBool>,
 }
 
-impl Failure {
-    fn failed(reason: ReasonCode, message: impl Into<String>) -> Self {
-        Self {
-            outcome: Outcome::Failed,
-            reason,
-            message: message.into(),
-            details: None,
-        }
-    }
-}
-
-impl From<CredentialError> for Failure {
-    fn from(err: CredentialError) -> Self {
-        Self::failed(err.reason(), err.to_string())
-    }
-}
-
-impl From<PrepareError> for Failure {
-    fn from(err: PrepareError) -> Self {
-        Self {
-            details: err.details,
-            ..Self::failed(err.reason, err.message)
-        }
-    }
+/// How a follower learns about new events of a run still going.
+pub struct Follow {
+    pub latest_event: watch::Receiver<u64>,
+    pub done: watch::Receiver<bool>,
 }
 
 impl Engine {
-    /// An engine over `store`; runs write their workspaces under the configured data directory.
-    pub fn new(config: Arc<Config>, store: Store) -> Self {
+    /// An engine over `store`; runs write their workspaces and logs under the data directory.
+    pub fn new(config: Arc<Config>, store: Store, adapters: Adapters) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
         let inner = Inner {
             fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
+            webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
+            slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             policy,
             config,
             store,
-            done: Mutex::new(HashMap::new()),
+            adapters,
+            active: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
@@ -112,31 +139,70 @@ impl Engine {
         &self.inner.policy
     }
 
+    /// The adapters runs may use.
+    pub fn adapters(&self) -> &Adapters {
+        &self.inner.adapters
+    }
+
     /// The store runs are recorded in.
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    /// Stores a queued run for `spec` and starts it.
-    pub async fn submit(&self, spec: RunSpec) -> Result<RunRecord, StoreError> {
-        let record = RunRecord::queued(spec);
-        self.inner.store.put(&record).await?;
+    /// Whether completion webhooks can be signed (a secret is configured).
+    pub fn webhooks_enabled(&self) -> bool {
+        self.inner.webhooks.enabled()
+    }
 
-        let (done_tx, done_rx) = watch::channel(false);
-        self.lock_done().insert(record.id, done_rx);
-        let span = tracing::info_span!("run", run_id = %record.id, adapter = "codex",
-            contract_id = record.spec.contract_id.as_deref().unwrap_or(""));
-        let engine = self.clone();
-        let (id, queued) = (record.id, record.clone());
-        self.inner.tasks.spawn(
-            async move {
-                engine.execute(queued).await;
-                engine.lock_done().remove(&id);
-                let _ = done_tx.send(true);
+    /// The file holding a run's full output stream.
+    pub fn log_path(&self, id: RunId) -> std::path::PathBuf {
+        self.inner
+            .config
+            .data_dir
+            .join("logs")
+            .join(format!("{id}.log"))
+    }
+
+    /// Admits a run for `spec`. With an idempotency key, a repeat of the same request returns
+    /// the run it made the first time, and a different request under that key is refused.
+    pub async fn submit(
+        &self,
+        spec: RunSpec,
+        idempotency_key: Option<String>,
+    ) -> Result<Submitted, SubmitError> {
+        if self.inner.draining.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let queued = self.inner.waiting.load(Ordering::SeqCst);
+        if self.inner.slots.available_permits() == 0 && queued >= self.inner.config.max_queued_runs
+        {
+            return Err(SubmitError::QueueFull {
+                queued,
+                retry_after_s: RETRY_AFTER_S,
+            });
+        }
+
+        let record = RunRecord::queued(spec);
+        let claim = idempotency_key.map(|key| (key, body_digest(&record.spec)));
+        match self.inner.store.insert_new(&record, claim.clone()).await? {
+            Claim::Claimed => {}
+            Claim::Taken {
+                run_id,
+                body_sha256,
+            } => {
+                let (key, digest) = claim.expect("only a claimed key can be taken");
+                if body_sha256 != digest {
+                    return Err(SubmitError::Conflict { key, run_id });
+                }
+                let existing = self.inner.store.get(run_id).await?;
+                return existing
+                    .map(Submitted::Existing)
+                    .ok_or(SubmitError::Conflict { key, run_id });
             }
-            .instrument(span),
-        );
-        Ok(record)
+        }
+
+        self.start(record.clone());
+        Ok(Submitted::New(record))
     }
 
     /// The run's record once it has finished, or as it stands after `max_wait`.
@@ -145,416 +211,181 @@ impl Engine {
         id: RunId,
         max_wait: Duration,
     ) -> Result<Option<RunRecord>, StoreError> {
-        let receiver = self.lock_done().get(&id).cloned();
-        if let Some(mut receiver) = receiver {
-            let _ = tokio::time::timeout(max_wait, receiver.wait_for(|done| *done)).await;
+        if let Some(mut done) = self.active(id).map(|a| a.done) {
+            let _ = tokio::time::timeout(max_wait, done.wait_for(|done| *done)).await;
         }
         self.inner.store.get(id).await
     }
 
-    /// Cancels every run in progress and waits for them to be recorded.
+    /// Cancels a queued or running run and returns its record once it has stopped.
+    pub async fn cancel(&self, id: RunId) -> Result<RunRecord, CancelError> {
+        let Some(active) = self.active(id) else {
+            return match self.inner.store.get(id).await? {
+                Some(record) => Err(CancelError::Finished(Box::new(record))),
+                None => Err(CancelError::NotFound),
+            };
+        };
+        active.cancel_requested.store(true, Ordering::SeqCst);
+        active.stop.cancel();
+        let mut done = active.done;
+        let _ = done.wait_for(|done| *done).await;
+        self.inner.store.get(id).await?.ok_or(CancelError::NotFound)
+    }
+
+    /// Channels to follow a run still in progress; `None` once it has finished.
+    pub fn follow(&self, id: RunId) -> Option<Follow> {
+        self.active(id).map(|a| Follow {
+            latest_event: a.latest_event,
+            done: a.done,
+        })
+    }
+
+    /// Stops admitting runs and gives those in progress up to `grace` to finish.
+    pub async fn drain(&self, grace: Duration) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let all_done = async {
+            loop {
+                let pending: Vec<_> = self
+                    .lock_active()
+                    .values()
+                    .map(|a| a.done.clone())
+                    .collect();
+                if pending.is_empty() {
+                    return;
+                }
+                for mut done in pending {
+                    let _ = done.wait_for(|done| *done).await;
+                }
+            }
+        };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "runs still going after the shutdown grace period; cancelling them"
+            );
+        }
+    }
+
+    /// Cancels every run still going and waits until all are recorded.
     pub async fn shutdown(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        self.inner.webhooks.close().await;
     }
 
-    fn lock_done(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, watch::Receiver<bool>>> {
+    /// Runs waiting for a slot, and runs holding one.
+    pub fn load(&self) -> (usize, usize) {
+        let waiting = self.inner.waiting.load(Ordering::SeqCst);
+        let running = self.inner.config.max_concurrent_runs - self.inner.slots.available_permits();
+        (waiting, running)
+    }
+
+    fn active(&self, id: RunId) -> Option<Active> {
+        self.lock_active().get(&id).cloned()
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<RunId, Active>> {
         self.inner
-            .done
+            .active
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn execute(&self, mut record: RunRecord) {
-        tracing::info!("run started");
-        record.state = RunState::Preparing;
-        record.started_at = Some(OffsetDateTime::now_utc());
-        self.save(&record).await;
+    fn start(&self, record: RunRecord) {
+        let adapter = self
+            .inner
+            .adapters
+            .get(&record.spec.adapter)
+            .expect("submissions are validated against the adapters");
+        let (done_tx, done) = watch::channel(false);
+        let (latest_tx, latest_event) = watch::channel(0);
+        let stop = self.inner.shutdown.child_token();
+        let cancel_requested = Arc::new(AtomicBool::new(false));
+        let active = Active {
+            done,
+            latest_event,
+            stop: stop.clone(),
+            cancel_requested: cancel_requested.clone(),
+        };
+        self.lock_active().insert(record.id, active);
+        self.inner.waiting.fetch_add(1, Ordering::SeqCst);
 
-        let workspaces = self.inner.config.data_dir.join("workspaces");
-        match Workspace::create(&workspaces, record.id) {
-            Ok(workspace) => {
-                self.run_in(&mut record, &workspace).await;
-                if !self.inner.config.keep_workspaces {
-                    let root = workspace.root().to_owned();
-                    if let Err(e) = workspace.remove() {
-                        tracing::warn!(error = %e, path = %root.display(), "failed to remove a workspace");
-                    }
-                }
+        let log_path = self.log_path(record.id);
+        let _ = std::fs::create_dir_all(log_path.parent().expect("a log path has a parent"));
+        let (mut sink, writer) = EventSink::start(
+            self.inner.store.clone(),
+            record.id,
+            latest_tx,
+            Some(log_path),
+            self.inner.config.max_log_bytes,
+        );
+        sink.state(json!({ "state": RunState::Queued }));
+
+        let span = tracing::info_span!("run", run_id = %record.id, adapter = %record.spec.adapter,
+            contract_id = record.spec.contract_id.as_deref().unwrap_or(""));
+        let pipeline = Pipeline {
+            config: self.inner.config.clone(),
+            store: self.inner.store.clone(),
+            fetcher: self.inner.fetcher.clone(),
+            policy: self.inner.policy.clone(),
+            stop,
+            cancel_requested,
+            adapter,
+        };
+        let engine = self.clone();
+        self.inner.tasks.spawn(
+            async move {
+                let id = record.id;
+                let finished = engine
+                    .run_when_a_slot_is_free(&pipeline, record, &mut sink)
+                    .await;
+                sink.finish(json!({
+                    "state": finished.state, "outcome": finished.outcome, "reason": finished.reason,
+                    "message": finished.message,
+                }));
+                // The outcome event is stored before waiters wake, so a follower never misses it.
+                let _ = writer.await;
+                engine.lock_active().remove(&id);
+                let _ = done_tx.send(true);
+                engine
+                    .inner
+                    .webhooks
+                    .deliver(&finished, &engine.inner.tasks);
             }
-            Err(e) => {
-                let message = format!(
-                    "failed to create the run's workspace under {}: {e}",
-                    workspaces.display()
-                );
-                tracing::error!(%message);
-                apply_failure(
-                    &mut record,
-                    Failure::failed(ReasonCode::WorkspaceError, message),
-                );
-            }
-        }
+            .instrument(span),
+        );
+    }
+
+    async fn run_when_a_slot_is_free(
+        &self,
+        pipeline: &Pipeline,
+        record: RunRecord,
+        sink: &mut EventSink,
+    ) -> RunRecord {
+        let slot = tokio::select! {
+            permit = self.inner.slots.clone().acquire_owned() => permit.ok(),
+            () = pipeline.stop.cancelled() => None,
+        };
+        self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
+        let mut record = match slot {
+            Some(_slot) => pipeline.execute(record, sink).await,
+            None => pipeline.cancelled_in_queue(record),
+        };
 
         record.state = RunState::Finished;
         record.finished_at = Some(OffsetDateTime::now_utc());
-        self.save(&record).await;
+        if let Err(e) = self.inner.store.put(&record).await {
+            tracing::error!(error = %crate::error_chain(&e), "failed to store a finished run");
+        }
         tracing::info!(outcome = ?record.outcome, reason = ?record.reason, "run finished");
-    }
-
-    async fn run_in(&self, record: &mut RunRecord, workspace: &Workspace) {
-        let mut redactor = Redactor::new(self.inner.config.api_tokens.values().iter().cloned());
-        let mut account = Vec::new();
-        let result = self
-            .prepare_and_run(record, workspace, &mut redactor, &mut account)
-            .await;
-        if let Err(failure) = result {
-            account.push(format!("run failed: {}", failure.message));
-            apply_failure(record, failure);
-        }
-        record.logs = redactor.redact(&account.join("\n"));
-        record.output = redactor.redact(&record.output);
-        record.diff = redactor.redact(&record.diff);
-        if let Some(message) = record.message.take() {
-            record.message = Some(redactor.redact(&message));
-        }
-    }
-
-    async fn prepare_and_run(
-        &self,
-        record: &mut RunRecord,
-        workspace: &Workspace,
-        redactor: &mut Redactor,
-        account: &mut Vec<String>,
-    ) -> Result<(), Failure> {
-        let config = &self.inner.config;
-        let dirs = &workspace.dirs;
-        let auth = credentials::load(&config.codex)?;
-        redactor.extend(auth.secrets().iter().cloned());
-
-        let checkout = self
-            .clone_repo(&record.spec, workspace, redactor, account)
-            .await?;
-        self.fetch_tools(&record.spec, workspace, account).await?;
-        credentials::install(&auth, &config.codex, &dirs.codex_home).map_err(|e| {
-            Failure::failed(
-                ReasonCode::WorkspaceError,
-                format!("failed to copy the login: {e}"),
-            )
-        })?;
-        write_profiles(dirs)?;
-
-        record.state = RunState::Running;
-        self.save(record).await;
-        let result = self.run_cli(record, dirs, account).await;
-        self.preparer()
-            .keep_artifacts(record, &dirs.work, redactor, account);
-
-        if let Some(checkout) = &checkout {
-            match Git::new(&dirs.home).diff(checkout).await {
-                Ok(diff) => record.diff = diff,
-                Err(e) => account.push(format!("could not take the diff: {e}")),
-            }
-        }
-        result
-    }
-
-    fn preparer(&self) -> Preparer<'_> {
-        Preparer {
-            config: &self.inner.config,
-            policy: &self.inner.policy,
-            fetcher: &self.inner.fetcher,
-        }
-    }
-
-    async fn clone_repo(
-        &self,
-        spec: &RunSpec,
-        workspace: &Workspace,
-        redactor: &mut Redactor,
-        account: &mut Vec<String>,
-    ) -> Result<Option<Checkout>, Failure> {
-        let repo = spec.repo.as_ref();
-        let preparer = self.preparer();
-        Ok(preparer
-            .clone_repo(repo, workspace, redactor, account)
-            .await?)
-    }
-
-    async fn fetch_tools(
-        &self,
-        spec: &RunSpec,
-        workspace: &Workspace,
-        account: &mut Vec<String>,
-    ) -> Result<(), Failure> {
-        let preparer = self.preparer();
-        Ok(preparer
-            .fetch_tools(&spec.tools, workspace, account)
-            .await?)
-    }
-
-    async fn run_cli(
-        &self,
-        record: &mut RunRecord,
-        dirs: &RunDirs,
-        account: &mut Vec<String>,
-    ) -> Result<(), Failure> {
-        let (program, args, env) =
-            codex::command(&self.inner.config.codex, dirs, &record.spec.prompt);
-        let spec = ProcessSpec {
-            program: program.clone(),
-            args,
-            env,
-            cwd: dirs.work.clone(),
-            marker: (RUN_MARKER.to_owned(), record.id.to_string()),
-            timeout: Duration::from_secs(record.spec.timeout_s),
-        };
-
-        let mut transcript = Transcript::default();
-        let outcome = supervisor::run(spec, self.inner.shutdown.child_token(), |line| {
-            transcript.observe(line)
-        })
-        .await
-        .map_err(|e| cli_not_started(&program, &e))?;
-        account.extend(transcript.account.iter().cloned());
-        let stderr = codex::meaningful_stderr(&outcome.stderr);
-        if !stderr.is_empty() {
-            account.push("--- stderr ---".into());
-            account.push(stderr);
-        }
-        if outcome.stderr_dropped > 0 {
-            account.push(format!(
-                "[{} more bytes of stderr dropped]",
-                outcome.stderr_dropped
-            ));
-        }
-        if outcome.stragglers_killed > 0 {
-            account.push(format!(
-                "killed {} processes left behind by the CLI",
-                outcome.stragglers_killed
-            ));
-        }
-
-        record.exit_code = match outcome.exit {
-            ExitKind::Code(code) => Some(code),
-            ExitKind::Signal(_) => None,
-        };
-        record.usage = transcript.usage.clone();
-        record.output = transcript.output().to_owned();
-        judge(&transcript, &outcome, record.spec.timeout_s)?;
-        record.outcome = Some(Outcome::Succeeded);
-        Ok(())
-    }
-
-    async fn save(&self, record: &RunRecord) {
-        // A store that cannot be written is our fault and loud; the run itself goes on, and the
-        // final write is tried again when it finishes.
-        if let Err(e) = self.inner.store.put(record).await {
-            tracing::error!(error = %error_chain(&e), "failed to store a run record");
-        }
+        record
     }
 }
 
-/// Decides a finished CLI's outcome from its event stream, the way the CLI itself reported it.
-fn judge(
-    transcript: &Transcript,
-    outcome: &supervisor::ProcessOutcome,
-    timeout_s: u64,
-) -> Result<(), Failure> {
-    match outcome.stopped {
-        Some(StopCause::TimedOut) => {
-            return Err(Failure {
-                outcome: Outcome::TimedOut,
-                ..Failure::failed(
-                    ReasonCode::TimedOut,
-                    format!("the run did not finish within {timeout_s}s and was stopped"),
-                )
-            });
-        }
-        Some(StopCause::Cancelled) => {
-            return Err(Failure {
-                outcome: Outcome::Interrupted,
-                ..Failure::failed(
-                    ReasonCode::Interrupted,
-                    "the bridge shut down while the run was in progress",
-                )
-            });
-        }
-        None => {}
-    }
-    match (&transcript.terminal, &outcome.exit) {
-        (Some(Terminal::Completed), _) => Ok(()),
-        (Some(Terminal::Failed { message }), _) => Err(Failure::failed(
-            codex_events::failure_reason(message),
-            message.clone(),
-        )),
-        (None, ExitKind::Code(2)) => Err(Failure::failed(
-            ReasonCode::CliUsageError,
-            cli_stopped_message(transcript, outcome),
-        )),
-        (None, _) => Err(Failure::failed(
-            ReasonCode::CliError,
-            cli_stopped_message(transcript, outcome),
-        )),
-    }
-}
-
-/// What to say when the CLI ended without a turn outcome: its last error, else the first
-/// meaningful stderr line (its backtraces are noise).
-fn cli_stopped_message(transcript: &Transcript, outcome: &supervisor::ProcessOutcome) -> String {
-    let exit = match outcome.exit {
-        ExitKind::Code(code) => format!("exit code {code}"),
-        ExitKind::Signal(signal) => format!("signal {signal}"),
-    };
-    let detail = transcript.last_error.clone().or_else(|| {
-        outcome
-            .stderr
-            .lines()
-            .map(str::trim)
-            .find(|l| {
-                !l.is_empty() && !l.starts_with("WARNING") && !l.starts_with("Stack backtrace")
-            })
-            .map(str::to_owned)
-    });
-    match detail {
-        Some(detail) => format!("the CLI stopped ({exit}) without finishing its turn: {detail}"),
-        None => format!("the CLI stopped ({exit}) without finishing its turn"),
-    }
-}
-
-fn cli_not_started(program: &std::path::Path, err: &std::io::Error) -> Failure {
-    let hint = if err.kind() == std::io::ErrorKind::NotFound {
-        ": set HB_CODEX_BIN to the codex executable"
-    } else {
-        ""
-    };
-    Failure::failed(
-        ReasonCode::CliNotFound,
-        format!("failed to start {}: {err}{hint}", program.display()),
-    )
-}
-
-fn write_profiles(dirs: &RunDirs) -> Result<(), Failure> {
-    let profile = codex::shell_profile(&dirs.bin);
-    for name in [".bash_profile", ".profile"] {
-        let path: PathBuf = dirs.home.join(name);
-        std::fs::write(&path, &profile).map_err(|e| {
-            Failure::failed(
-                ReasonCode::WorkspaceError,
-                format!("failed to write {}: {e}", path.display()),
-            )
-        })?;
-    }
-    Ok(())
-}
-
-fn apply_failure(record: &mut RunRecord, failure: Failure) {
-    record.outcome = Some(failure.outcome);
-    record.reason = Some(failure.reason);
-    record.message = Some(failure.message);
-    record.details = failure.details;
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn process(
-        exit: ExitKind,
-        stopped: Option<StopCause>,
-        stderr: &str,
-    ) -> supervisor::ProcessOutcome {
-        supervisor::ProcessOutcome {
-            exit,
-            stopped,
-            stderr: stderr.into(),
-            stderr_dropped: 0,
-            duration: Duration::ZERO,
-            stragglers_killed: 0,
-        }
-    }
-
-    fn transcript(lines: &[&str]) -> Transcript {
-        let mut t = Transcript::default();
-        lines.iter().for_each(|l| t.observe(l));
-        t
-    }
-
-    const FAILED: &str = r#"{"type":"turn.failed","error":{"message":"stream disconnected"}}"#;
-    const COMPLETED: &str = r#"{"type":"turn.completed","usage":{}}"#;
-
-    #[test]
-    fn exit_code_zero_does_not_hide_a_failed_turn() {
-        let err = judge(
-            &transcript(&[FAILED]),
-            &process(ExitKind::Code(0), None, ""),
-            60,
-        )
-        .unwrap_err();
-        assert_eq!(
-            (err.outcome, err.reason),
-            (Outcome::Failed, ReasonCode::UpstreamError)
-        );
-        assert_eq!(err.message, "stream disconnected");
-    }
-
-    #[test]
-    fn exit_code_zero_without_a_terminal_event_is_not_success() {
-        let err = judge(&transcript(&[]), &process(ExitKind::Code(0), None, ""), 60).unwrap_err();
-        assert_eq!(err.reason, ReasonCode::CliError);
-    }
-
-    #[test]
-    fn a_completed_turn_wins_over_a_nonzero_exit() {
-        assert!(
-            judge(
-                &transcript(&[COMPLETED]),
-                &process(ExitKind::Code(1), None, ""),
-                60
-            )
-            .is_ok()
-        );
-    }
-
-    #[test]
-    fn a_usage_error_is_told_apart_and_explained_from_stderr() {
-        let stderr = "error: unexpected argument '--bogus' found\n\nUsage: codex exec";
-        let err = judge(
-            &transcript(&[]),
-            &process(ExitKind::Code(2), None, stderr),
-            60,
-        )
-        .unwrap_err();
-        assert_eq!(err.reason, ReasonCode::CliUsageError);
-        assert!(
-            err.message.contains("unexpected argument"),
-            "{}",
-            err.message
-        );
-    }
-
-    #[test]
-    fn a_timeout_wins_over_whatever_the_stream_said() {
-        let err = judge(
-            &transcript(&[COMPLETED]),
-            &process(ExitKind::Signal(15), Some(StopCause::TimedOut), ""),
-            5,
-        )
-        .unwrap_err();
-        assert_eq!(
-            (err.outcome, err.reason),
-            (Outcome::TimedOut, ReasonCode::TimedOut)
-        );
-    }
+/// The digest that tells a repeated request from a different one under the same key.
+fn body_digest(spec: &RunSpec) -> String {
+    let canonical = serde_json::to_vec(spec).expect("a run spec serializes");
+    hex::encode(Sha256::digest(&canonical))
 }

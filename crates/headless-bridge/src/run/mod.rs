@@ -5,7 +5,12 @@
 //! branch on. The [`engine`] drives that lifecycle; the [`supervisor`] owns the process.
 
 pub mod engine;
+pub mod events;
+mod pipeline;
+pub mod shim;
 pub mod supervisor;
+pub mod text;
+pub mod webhook;
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,6 +90,8 @@ pub enum ReasonCode {
     CredentialsInvalidated,
     /// The run passed its wall-clock limit.
     TimedOut,
+    /// The CLI printed nothing for longer than the run's idle limit.
+    Stalled,
     Cancelled,
     Interrupted,
     /// A tool's sha256 did not match the request.
@@ -99,6 +106,8 @@ pub enum ReasonCode {
     CliNotFound,
     /// The CLI rejected its command line.
     CliUsageError,
+    /// The CLI stopped to ask a person something; headless, nobody would answer.
+    InteractivePromptBlocked,
     /// The CLI stopped without reporting an outcome (bad configuration, a crash).
     CliError,
     /// The model provider or cloud answered with an error.
@@ -117,13 +126,6 @@ impl ReasonCode {
             _ => unreachable!("unit enum variants serialize as strings"),
         }
     }
-}
-
-/// The adapters this build knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AdapterKind {
-    Codex,
 }
 
 /// A repository to clone into the workspace.
@@ -172,13 +174,20 @@ mod digest_text {
 /// Everything a validated request asks of a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
-    pub adapter: AdapterKind,
+    /// The adapter's name: `codex`, or a profile's.
+    pub adapter: String,
     pub prompt: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repo: Option<RepoSpec>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<ToolSpec>,
     pub timeout_s: u64,
+    /// Longest silence before the run counts as stalled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u64>,
+    /// Where to POST the finished record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
     /// The caller's own reference (the original API's contract id).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contract_id: Option<String>,

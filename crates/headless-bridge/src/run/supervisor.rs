@@ -18,9 +18,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use super::text;
+use crate::reaper;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// The environment variable that marks every process of a run with the run's id.
+pub const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
 
 /// How long a process group has between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(3);
@@ -30,8 +36,11 @@ const DRAIN_GRACE: Duration = Duration::from_secs(2);
 const MAX_LINE_BYTES: usize = 4 << 20;
 /// How much stderr is kept; the rest is counted and dropped.
 const MAX_STDERR_BYTES: usize = 256 << 10;
-/// How many times the sweep looks again for processes that appeared while it was killing.
-const SWEEP_ROUNDS: usize = 20;
+/// How long the sweep keeps killing before it gives up on a process that will not die
+/// (one stuck in uninterruptible sleep, say).
+const SWEEP_PATIENCE: Duration = Duration::from_secs(5);
+/// Pause between looks at /proc while killed processes are torn down.
+const SWEEP_PAUSE: Duration = Duration::from_millis(5);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -45,6 +54,10 @@ pub struct ProcessSpec {
     pub marker: (String, String),
     /// Wall-clock limit; past it the process group is stopped.
     pub timeout: Duration,
+    /// Longest silence on both pipes before the process counts as stalled and is stopped.
+    pub idle_timeout: Option<Duration>,
+    /// The run shim to start the program under (see [`super::shim`]), if any.
+    pub shim: Option<PathBuf>,
 }
 
 /// How the process ended.
@@ -60,6 +73,8 @@ pub enum ExitKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopCause {
     TimedOut,
+    /// It printed nothing for longer than the idle limit.
+    Stalled,
     /// The caller cancelled the run (or the bridge is shutting down).
     Cancelled,
 }
@@ -78,33 +93,69 @@ pub struct ProcessOutcome {
     pub stragglers_killed: usize,
 }
 
-/// Starts `spec`, feeds each stdout line to `on_line`, and returns once the process and every
-/// process carrying its marker are gone. Cancelling `cancel` stops the process like a timeout.
+/// Which pipe a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Starts `spec`, feeds each output line to `on_line` as it arrives, and returns once the
+/// process and every process carrying its marker are gone. Cancelling `cancel` stops the
+/// process like a timeout does.
 pub async fn run(
     spec: ProcessSpec,
     cancel: CancellationToken,
-    mut on_line: impl FnMut(&str),
+    mut on_line: impl FnMut(Stream, &str),
 ) -> io::Result<ProcessOutcome> {
     let started = Instant::now();
-    let mut child = command(&spec).spawn()?;
+    let mut child = reaper::spawn(&mut command(&spec))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
 
     let (line_tx, mut lines) = mpsc::channel(256);
-    let stdout_task = tokio::spawn(read_lines(stdout, line_tx));
-    let stderr_task = tokio::spawn(read_capped(stderr, MAX_STDERR_BYTES));
+    let readers = [
+        tokio::spawn(read_lines(stdout, Stream::Stdout, line_tx.clone())),
+        tokio::spawn(read_lines(stderr, Stream::Stderr, line_tx)),
+    ];
+    let mut stderr_head = StderrHead::default();
+    let mut observe = |stream: Stream, line: &str| {
+        if stream == Stream::Stderr {
+            stderr_head.push(line);
+        }
+        on_line(stream, line);
+    };
 
     let deadline = tokio::time::sleep(spec.timeout);
-    tokio::pin!(deadline);
+    let idle_limit = spec.idle_timeout.unwrap_or(Duration::MAX);
+    let wall_end = started + spec.timeout;
+    // An idle limit that would end after the wall clock is parked past it, so the wall clock
+    // decides and the run is reported as timed out, not stalled.
+    let idle_end = |from: Instant| {
+        let parked = wall_end + Duration::from_secs(1);
+        from.checked_add(idle_limit)
+            .filter(|end| *end < wall_end)
+            .unwrap_or(parked)
+    };
+    let idle = tokio::time::sleep_until(idle_end(started).into());
+    tokio::pin!(deadline, idle);
     let mut stopped = None;
     let status = loop {
         tokio::select! {
-            Some(line) = lines.recv() => on_line(&line),
+            Some((stream, line)) = lines.recv() => {
+                observe(stream, &line);
+                idle.as_mut().reset(idle_end(Instant::now()).into());
+            }
             status = child.wait() => break status?,
             () = &mut deadline, if stopped.is_none() => {
                 stopped = Some(StopCause::TimedOut);
                 tracing::info!(timeout_s = spec.timeout.as_secs(), "process timed out, stopping it");
+                stop_group(pid, &mut child).await;
+            }
+            () = &mut idle, if stopped.is_none() && spec.idle_timeout.is_some() => {
+                stopped = Some(StopCause::Stalled);
+                tracing::info!(idle_s = idle_limit.as_secs(), "process printed nothing for too long, stopping it");
                 stop_group(pid, &mut child).await;
             }
             () = cancel.cancelled(), if stopped.is_none() => {
@@ -115,33 +166,63 @@ pub async fn run(
         }
     };
 
-    let stragglers_killed = sweep(pid, &spec.marker).await;
+    reaper::forget(pid.map(|p| p.as_raw() as u32));
+    // A shim that exited by itself has already killed everything below it; only a shim
+    // that was killed leaves the marker sweep work to do.
+    let shim_cleaned_up = spec.shim.is_some() && matches!(exit_kind(status), ExitKind::Code(_));
+    let stragglers_killed = if shim_cleaned_up {
+        kill_group(pid)
+    } else {
+        sweep(pid, &spec.marker).await
+    };
     let drain = async {
-        while let Some(line) = lines.recv().await {
-            on_line(&line);
+        while let Some((stream, line)) = lines.recv().await {
+            observe(stream, &line);
         }
     };
     if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
         tracing::warn!("output pipe still open after the run's processes were killed");
     }
-    stdout_task.abort();
-    let (stderr, stderr_dropped) = match tokio::time::timeout(DRAIN_GRACE, stderr_task).await {
-        Ok(Ok(captured)) => captured,
-        _ => (String::new(), 0),
-    };
+    readers.iter().for_each(|reader| reader.abort());
 
     Ok(ProcessOutcome {
         exit: exit_kind(status),
         stopped,
-        stderr,
-        stderr_dropped,
+        stderr: stderr_head.text,
+        stderr_dropped: stderr_head.dropped,
         duration: started.elapsed(),
         stragglers_killed,
     })
 }
 
+/// The first [`MAX_STDERR_BYTES`] of stderr, kept to explain a failure.
+#[derive(Default)]
+struct StderrHead {
+    text: String,
+    dropped: usize,
+}
+
+impl StderrHead {
+    fn push(&mut self, line: &str) {
+        let room = MAX_STDERR_BYTES.saturating_sub(self.text.len());
+        if line.len() < room {
+            self.text.push_str(line);
+            self.text.push('\n');
+        } else {
+            self.dropped += line.len() + 1;
+        }
+    }
+}
+
 fn command(spec: &ProcessSpec) -> Command {
-    let mut cmd = Command::new(&spec.program);
+    let mut cmd = match &spec.shim {
+        Some(shim) => {
+            let mut cmd = Command::new(shim);
+            cmd.arg("shim").arg("--").arg(&spec.program);
+            cmd
+        }
+        None => Command::new(&spec.program),
+    };
     cmd.args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -169,6 +250,20 @@ async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
 
 /// Kills what is left of the group and every process carrying the marker; returns how many
 /// marked processes it found.
+/// Kills what may be left of the group once its leader has exited.
+fn kill_group(pid: Option<Pid>) -> usize {
+    if let Some(pid) = pid {
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+    0
+}
+
+/// Kills every process whose environment carries `name=value`: what is left of a run whose
+/// supervisor is gone (the bridge was killed). Returns how many it killed.
+pub async fn kill_marked(name: &str, value: &str) -> usize {
+    sweep(None, &(name.to_owned(), value.to_owned())).await
+}
+
 async fn sweep(pid: Option<Pid>, marker: &(String, String)) -> usize {
     if let Some(pid) = pid {
         // The leader has exited, but members of its group may live on.
@@ -176,19 +271,21 @@ async fn sweep(pid: Option<Pid>, marker: &(String, String)) -> usize {
     }
     let needle = format!("{}={}", marker.0, marker.1).into_bytes();
     tokio::task::spawn_blocking(move || {
-        let mut killed = 0;
-        for _ in 0..SWEEP_ROUNDS {
+        let mut killed = std::collections::HashSet::new();
+        let deadline = Instant::now() + SWEEP_PATIENCE;
+        loop {
             let found = processes_with_env(&needle);
-            if found.is_empty() {
-                break;
+            if found.is_empty() || Instant::now() > deadline {
+                return killed.len();
             }
             for pid in &found {
                 let _ = kill(*pid, Signal::SIGKILL);
+                killed.insert(*pid);
             }
-            killed += found.len();
-            std::thread::yield_now();
+            // SIGKILL is delivered asynchronously; a killed process keeps its environment
+            // until the kernel has torn it down, so look again shortly.
+            std::thread::sleep(SWEEP_PAUSE);
         }
-        killed
     })
     .await
     .unwrap_or(0)
@@ -213,7 +310,11 @@ pub fn processes_with_env(needle: &[u8]) -> Vec<Pid> {
         .collect()
 }
 
-async fn read_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
+async fn read_lines(
+    stream: impl AsyncRead + Unpin,
+    which: Stream,
+    tx: mpsc::Sender<(Stream, String)>,
+) {
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -225,32 +326,13 @@ async fn read_lines(stream: impl AsyncRead + Unpin, tx: mpsc::Sender<String>) {
         {
             Ok(0) | Err(_) => return,
             Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                if tx
-                    .send(line.trim_end_matches(['\n', '\r']).to_owned())
-                    .await
-                    .is_err()
-                {
+                let line = text::clean_line(&buf);
+                if tx.send((which, line)).await.is_err() {
                     return;
                 }
             }
         }
     }
-}
-
-async fn read_capped(mut stream: impl AsyncRead + Unpin, cap: usize) -> (String, usize) {
-    let mut kept = Vec::new();
-    let mut dropped = 0;
-    let mut chunk = [0u8; 8192];
-    while let Ok(n) = stream.read(&mut chunk).await {
-        if n == 0 {
-            break;
-        }
-        let room = cap.saturating_sub(kept.len()).min(n);
-        kept.extend_from_slice(&chunk[..room]);
-        dropped += n - room;
-    }
-    (String::from_utf8_lossy(&kept).into_owned(), dropped)
 }
 
 fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
@@ -274,6 +356,8 @@ mod tests {
             cwd: std::env::temp_dir(),
             marker: ("HB_TEST_MARKER".into(), marker.into()),
             timeout,
+            idle_timeout: None,
+            shim: None,
         }
     }
 
@@ -293,9 +377,13 @@ mod tests {
             Duration::from_secs(30),
             &marker(),
         );
-        let outcome = run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
-            .await
-            .unwrap();
+        let outcome = run(spec, CancellationToken::new(), |stream, l| {
+            if stream == Stream::Stdout {
+                lines.push(l.to_owned())
+            }
+        })
+        .await
+        .unwrap();
         assert_eq!(lines, ["one", "two"]);
         assert_eq!(outcome.exit, ExitKind::Code(3));
         assert_eq!(outcome.stderr, "oops\n");
@@ -306,9 +394,13 @@ mod tests {
     async fn stdin_is_closed() {
         let mut lines = Vec::new();
         let spec = sh("cat; echo done", Duration::from_secs(30), &marker());
-        run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
-            .await
-            .unwrap();
+        run(spec, CancellationToken::new(), |stream, l| {
+            if stream == Stream::Stdout {
+                lines.push(l.to_owned())
+            }
+        })
+        .await
+        .unwrap();
         assert_eq!(lines, ["done"]);
     }
 
@@ -320,7 +412,9 @@ mod tests {
             Duration::from_millis(300),
             &marker,
         );
-        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
         assert_eq!(outcome.stopped, Some(StopCause::TimedOut));
         assert_eq!(outcome.exit, ExitKind::Signal(15));
         assert_eq!(alive_with(&marker), 0);
@@ -332,7 +426,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let spec = sh("echo ready; sleep 300", Duration::from_secs(300), &marker);
         let trigger = cancel.clone();
-        let outcome = run(spec, cancel, move |line| {
+        let outcome = run(spec, cancel, move |_, line| {
             if line == "ready" {
                 trigger.cancel();
             }
@@ -356,7 +450,9 @@ mod tests {
         );
         let spec = sh(&script, Duration::from_secs(60), &marker);
         let started = Instant::now();
-        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
         assert_eq!(outcome.exit, ExitKind::Code(0));
         assert!(outcome.stragglers_killed >= 1);
         assert_eq!(alive_with(&marker), 0);
@@ -370,9 +466,13 @@ mod tests {
     async fn the_environment_is_only_what_was_given() {
         let mut lines = Vec::new();
         let spec = sh("env | sort", Duration::from_secs(30), "m");
-        run(spec, CancellationToken::new(), |l| lines.push(l.to_owned()))
-            .await
-            .unwrap();
+        run(spec, CancellationToken::new(), |stream, l| {
+            if stream == Stream::Stdout {
+                lines.push(l.to_owned())
+            }
+        })
+        .await
+        .unwrap();
         let names: Vec<_> = lines.iter().filter_map(|l| l.split('=').next()).collect();
         assert!(
             names
@@ -383,14 +483,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stderr_is_capped() {
-        let spec = sh(
-            "head -c 600000 /dev/zero | tr '\\0' x >&2",
-            Duration::from_secs(30),
-            &marker(),
-        );
-        let outcome = run(spec, CancellationToken::new(), |_| {}).await.unwrap();
-        assert_eq!(outcome.stderr.len(), MAX_STDERR_BYTES);
-        assert_eq!(outcome.stderr_dropped, 600_000 - MAX_STDERR_BYTES);
+    async fn stderr_is_capped_but_every_line_is_seen() {
+        let script = "i=0; while [ $i -lt 3000 ]; do printf '%0100d\\n' 0 >&2; i=$((i+1)); done";
+        let mut seen = 0;
+        let spec = sh(script, Duration::from_secs(30), &marker());
+        let outcome = run(spec, CancellationToken::new(), |stream, _| {
+            seen += usize::from(stream == Stream::Stderr);
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, 3000);
+        assert!(outcome.stderr.len() <= MAX_STDERR_BYTES);
+        assert_eq!(outcome.stderr.len() + outcome.stderr_dropped, 3000 * 101);
+    }
+
+    #[tokio::test]
+    async fn a_silent_process_is_stopped_as_stalled() {
+        let marker = marker();
+        let mut spec = sh("echo hello; sleep 300", Duration::from_secs(300), &marker);
+        spec.idle_timeout = Some(Duration::from_millis(300));
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!(outcome.stopped, Some(StopCause::Stalled));
+        assert_eq!(alive_with(&marker), 0);
+    }
+
+    #[tokio::test]
+    async fn output_keeps_a_process_from_stalling() {
+        let script = "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done";
+        let mut spec = sh(script, Duration::from_secs(60), &marker());
+        spec.idle_timeout = Some(Duration::from_millis(400));
+        let outcome = run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .unwrap();
+        assert_eq!((outcome.stopped, outcome.exit), (None, ExitKind::Code(0)));
     }
 }

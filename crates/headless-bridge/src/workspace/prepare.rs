@@ -77,7 +77,7 @@ impl Preparer<'_> {
         repo: Option<&RepoSpec>,
         workspace: &Workspace,
         redactor: &mut Redactor,
-        account: &mut Vec<String>,
+        report: &mut (dyn FnMut(String) + Send),
     ) -> Result<Option<Checkout>, PrepareError> {
         let dirs = &workspace.dirs;
         let Some(repo) = repo else {
@@ -122,14 +122,14 @@ impl Preparer<'_> {
         }
 
         let checkout = cloned?;
-        account.push(format!("cloned {} at {}", repo.url, checkout.base_commit));
+        report(format!("cloned {} at {}", repo.url, checkout.base_commit));
         for sub in &checkout.submodules {
             let how = if sub.full_fetch {
                 "fetched whole"
             } else {
                 "shallow"
             };
-            account.push(format!("checked out submodule {} ({how})", sub.path));
+            report(format!("checked out submodule {} ({how})", sub.path));
         }
         Ok(Some(checkout))
     }
@@ -182,7 +182,7 @@ impl Preparer<'_> {
         &self,
         tools: &[ToolSpec],
         workspace: &Workspace,
-        account: &mut Vec<String>,
+        report: &mut (dyn FnMut(String) + Send),
     ) -> Result<(), PrepareError> {
         for tool in tools {
             let source = self.tool_source(tool).await?;
@@ -194,7 +194,7 @@ impl Preparer<'_> {
             let dest = workspace.dirs.bin.join(&tool.name);
             let fetched = self.fetcher.install(&source, &dest, archive).await?;
             let from = fetched.from.as_deref().unwrap_or("the cache");
-            account.push(format!(
+            report(format!(
                 "fetched tool {} ({} bytes, {}) from {from}",
                 tool.name, fetched.size, fetched.digest
             ));

@@ -42,7 +42,10 @@ async fn requests_without_the_right_token_are_refused() {
         ("/v1/runs", Some("Bearer wrong-token-0123456789")),
         ("/run_codex_session", Some("Basic abc")),
     ] {
-        let mut request = bridge.client.get(format!("{}{path}", bridge.url));
+        let mut request = bridge
+            .client
+            .post(format!("{}{path}", bridge.url))
+            .json(&json!({}));
         if let Some(header) = header {
             request = request.header("authorization", header);
         }
@@ -333,4 +336,117 @@ async fn unknown_runs_and_routes_are_404_json() {
         (status.as_u16(), body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
+}
+
+#[tokio::test]
+async fn an_open_bridge_refuses_foreign_hosts_and_origins() {
+    let bridge = BridgeBuilder::new().var("HB_API_TOKEN", "").start().await;
+    let list = |host: &'static str, origin: Option<&'static str>| {
+        let mut request = bridge
+            .client
+            .get(format!("{}/v1/runs", bridge.url))
+            .header("host", host);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+
+    assert_eq!(list("127.0.0.1:8000", None).await.unwrap().status(), 200);
+    assert_eq!(
+        list("localhost", Some("http://localhost:3000"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let rebound = list("rebind.evil.example:8000", None).await.unwrap();
+    assert_eq!(rebound.status(), 403);
+    assert_eq!(
+        rebound.json::<Value>().await.unwrap()["error"]["code"],
+        "host_not_allowed"
+    );
+    let cross_site = list("127.0.0.1:8000", Some("https://evil.example"))
+        .await
+        .unwrap();
+    assert_eq!(
+        cross_site.json::<Value>().await.unwrap()["error"]["code"],
+        "origin_not_allowed"
+    );
+}
+
+#[tokio::test]
+async fn a_body_without_a_json_content_type_is_refused() {
+    let bridge = BridgeBuilder::new().start().await;
+    for content_type in [None, Some("text/plain"), Some("application/jsonp")] {
+        let mut request = bridge
+            .client
+            .post(format!("{}/v1/runs", bridge.url))
+            .bearer_auth(TOKEN)
+            .body(r#"{"adapter":"codex","prompt":"p"}"#);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 415, "{content_type:?}");
+    }
+    let upper = bridge
+        .client
+        .post(format!("{}/v1/runs", bridge.url))
+        .header("authorization", format!("BEARER {TOKEN}"))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(r#"{"adapter":"codex","prompt":""}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        upper.status(),
+        400,
+        "an upper-case scheme and media type are accepted"
+    );
+    assert_no_runs(&bridge).await;
+}
+
+#[tokio::test]
+async fn odd_requests_get_json_errors_before_any_work() {
+    let bridge = BridgeBuilder::new().start().await;
+    let (status, body) = bridge.get("/v1/runs?limit=lots").await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+    let (status, body) = bridge.send(reqwest::Method::DELETE, "/v1/runs", None).await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let (status, body) = bridge
+        .post(
+            "/v1/runs",
+            &json!({"adapter": "codex", "prompt": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
+    let (status, body) = bridge
+        .post(
+            "/v1/runs",
+            &json!({"adapter": "codex", "prompt": "x".repeat(130 << 10)}),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (400, Some("invalid_field")),
+        "one argument holds at most 128 KiB"
+    );
+    let (status, _) = bridge
+        .post(
+            "/v1/runs",
+            &json!({"adapter": "codex", "prompt": "p", "contract_id": "a\nb"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_no_runs(&bridge).await;
 }

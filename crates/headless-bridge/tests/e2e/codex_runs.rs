@@ -270,3 +270,29 @@ async fn a_missing_login_fails_before_any_work() {
         "{run}"
     );
 }
+
+#[tokio::test]
+async fn the_time_limit_covers_a_clone_that_never_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/stuck.git", listener.local_addr().unwrap());
+    // Accept connections and never answer, as a wedged git server would.
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let model = Model::start(Behavior::Reply("unused".into())).await;
+    let bridge = model.bridge().await;
+
+    let request = json!({"adapter": "codex", "prompt": "p", "repo": {"url": url}, "timeout_s": 2});
+    let (_, run) = bridge.post("/v1/runs?wait=60", &request).await;
+
+    assert_eq!(
+        (&run["outcome"], &run["reason"]),
+        (&json!("timed_out"), &json!("timed_out")),
+        "{run}"
+    );
+    assert!(model.fake.requests().is_empty());
+    held.abort();
+}

@@ -118,3 +118,26 @@ async fn deep_health_is_503_when_the_binary_is_missing() {
             .contains("HB_CODEX_BIN")
     );
 }
+
+#[tokio::test]
+async fn deep_health_is_503_when_config_toml_is_broken() {
+    let model = Model::start(Behavior::Reply("unused".into())).await;
+    std::fs::write(
+        model.codex_dir.path().join("config.toml"),
+        "model = [unclosed\n",
+    )
+    .unwrap();
+    let bridge = model.bridge().await;
+
+    let (status, body) = health(&bridge, "?deep=1").await;
+
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["adapters"]["codex"]["config_toml"]["ok"], false);
+    assert!(
+        body["adapters"]["codex"]["config_toml"]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("config.toml")
+    );
+    assert_eq!(body["git"]["ok"], true);
+}

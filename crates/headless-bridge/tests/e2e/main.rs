@@ -5,8 +5,10 @@
 mod support;
 
 mod api;
+mod cli_profiles;
 mod codex_runs;
 mod fetch;
 mod health;
 mod restart;
+mod service;
 mod workspaces;

@@ -53,3 +53,76 @@ async fn a_run_cut_short_by_shutdown_is_recorded_as_interrupted() {
     assert_eq!(after["outcome"], "interrupted", "{after}");
     assert_eq!(after["reason"], "interrupted");
 }
+
+#[tokio::test]
+async fn after_a_kill_9_the_restarted_bridge_records_the_run_and_kills_what_it_left() {
+    use headless_bridge::run::supervisor::{RUN_MARKER, processes_with_env};
+
+    use crate::support::BridgeProcess;
+
+    let model = Model::start(Behavior::Hang).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut bridge = BridgeProcess::start(model.codex_dir.path(), data_dir.path()).await;
+    let (status, run) = bridge
+        .client()
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "hang"}))
+        .await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    model.fake.wait_for_requests(1).await;
+
+    bridge.child.kill().await.expect("SIGKILL the bridge");
+    let marker = format!("{RUN_MARKER}={id}");
+
+    let restarted = BridgeProcess::start(model.codex_dir.path(), data_dir.path()).await;
+    let (_, after) = restarted.client().get(&format!("/v1/runs/{id}")).await;
+
+    assert_eq!(after["outcome"], "interrupted", "{after}");
+    // The run's shim stops the CLI when the bridge dies; the restart sweeps what is left.
+    assert_eq!(
+        processes_with_env(marker.as_bytes()),
+        vec![],
+        "nothing of the killed bridge's run survives its restart"
+    );
+    let workspaces = std::fs::read_dir(data_dir.path().join("workspaces"))
+        .unwrap()
+        .count();
+    assert_eq!(workspaces, 0, "the dead run's workspace was removed");
+    let events = restarted
+        .client()
+        .sse(&format!("/v1/runs/{id}/events"), None)
+        .await;
+    assert_eq!(events.last().unwrap().event, "outcome");
+}
+
+#[tokio::test]
+async fn a_second_bridge_on_the_same_data_dir_is_refused() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let config = |dir: &std::path::Path| {
+        let mut raw = headless_bridge::config::RawConfig::default();
+        let dir = dir.display().to_string();
+        raw.merge_env(|name| (name == "HB_DATA_DIR").then(|| dir.clone()));
+        raw.build().unwrap()
+    };
+    let first = headless_bridge::server::Bridge::open(config(data_dir.path()))
+        .await
+        .expect("the first bridge opens");
+
+    let second = headless_bridge::server::Bridge::open(config(data_dir.path())).await;
+
+    let err = second
+        .err()
+        .expect("the second bridge must not open")
+        .to_string();
+    assert!(
+        err.contains("another headless-bridge is using the data directory"),
+        "{err}"
+    );
+    drop(first);
+    assert!(
+        headless_bridge::server::Bridge::open(config(data_dir.path()))
+            .await
+            .is_ok(),
+        "the lock goes with the bridge"
+    );
+}

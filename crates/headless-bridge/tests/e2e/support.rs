@@ -40,6 +40,11 @@ impl BridgeBuilder {
             ("HB_CODEX_BIN", codex_bin().display().to_string()),
             ("HB_ALLOWED_HOSTS", "127.0.0.1".to_owned()),
             ("HB_LOG_FORMAT", "text".to_owned()),
+            ("HB_SHUTDOWN_GRACE", "1".to_owned()),
+            (
+                "HB_SHIM_BIN",
+                env!("CARGO_BIN_EXE_headless-bridge").to_owned(),
+            ),
         ];
         Self {
             vars,
@@ -209,4 +214,161 @@ pub fn assert_no_canary(value: &Value) {
         !text.contains(CANARY_KEY),
         "the model API key leaked: {text}"
     );
+}
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
+}
+
+impl TestBridge {
+    /// Reads an SSE stream to its end (the server ends it after the outcome event).
+    pub async fn sse(&self, path: &str, last_event_id: Option<u64>) -> Vec<SseEvent> {
+        let mut request = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.expect("the bridge answers");
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
+        let text = response.text().await.expect("the stream ends");
+        parse_sse(&text)
+    }
+}
+
+/// Parses SSE frames, skipping comments (keep-alives).
+pub fn parse_sse(text: &str) -> Vec<SseEvent> {
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+            };
+            Some(SseEvent {
+                id: field("id:")?.parse().ok()?,
+                event: field("event:")?,
+                data: serde_json::from_str(&field("data:")?).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The bridge as a real child process (`headless-bridge serve`), for tests that kill it.
+pub struct BridgeProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+impl BridgeProcess {
+    /// Starts the binary for `codex_dir` on a free loopback port and waits until it serves.
+    pub async fn start(codex_dir: &Path, data_dir: &Path) -> Self {
+        Self::start_with(data_dir, &[("HB_CODEX_DIR", codex_dir)]).await
+    }
+
+    /// Starts the binary with these extra settings and waits for its "serving" log line.
+    pub async fn start_with(data_dir: &Path, vars: &[(&str, &Path)]) -> Self {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"));
+        command.arg("serve");
+        Self::launch(command, data_dir, vars).await
+    }
+
+    /// Starts the binary as PID 1 of a new PID namespace, as in a container without an init.
+    /// Needs root (CI and the development machines run as root).
+    pub async fn start_in_pid_namespace(data_dir: &Path, vars: &[(&str, &Path)]) -> Self {
+        let mut command = tokio::process::Command::new("unshare");
+        command
+            .args(["--pid", "--fork", "--mount", "--mount-proc", "--kill-child"])
+            .arg(env!("CARGO_BIN_EXE_headless-bridge"))
+            .arg("serve");
+        Self::launch(command, data_dir, vars).await
+    }
+
+    /// The host pid of PID 1 in the namespace `unshare` made: its only child.
+    pub fn namespace_init_pid(&self) -> u32 {
+        let unshare = self.child.id().expect("unshare is running");
+        let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+            .expect("read children");
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse().ok())
+            .expect("unshare has forked the bridge")
+    }
+
+    async fn launch(
+        mut command: tokio::process::Command,
+        data_dir: &Path,
+        vars: &[(&str, &Path)],
+    ) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        command
+            .env("HB_LISTEN", "127.0.0.1:0")
+            .env("HB_API_TOKEN", TOKEN)
+            .env("HB_DATA_DIR", data_dir)
+            .env("HB_CODEX_BIN", codex_bin())
+            .env("HB_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the bridge binary starts");
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let address = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read the log")
+                .expect("the bridge logs before it exits");
+            let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if entry["message"] == "headless-bridge serving" {
+                break entry["address"]
+                    .as_str()
+                    .expect("the address is logged")
+                    .to_owned();
+            }
+        };
+        // Keep draining the log so the bridge never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            child,
+            url: format!("http://{address}"),
+        }
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("the bridge is running");
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .expect("VmHWM is reported");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .expect("VmHWM is a number")
+    }
+
+    /// A client view of this process.
+    pub fn client(&self) -> TestBridge {
+        TestBridge {
+            url: self.url.clone(),
+            client: reqwest::Client::new(),
+            data_dir: None,
+            stop: None,
+            server: None,
+        }
+    }
 }

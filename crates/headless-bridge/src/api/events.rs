@@ -1,0 +1,134 @@
+//! `GET /v1/runs/{id}/events`: a run's event log as Server-Sent Events.
+//!
+//! The stream replays the log from the start (or from after `Last-Event-ID`, so a client that
+//! lost its connection resumes where it was), then follows the run live, and ends after the
+//! `outcome` event. Events are read from the store a page at a time, so a slow client costs
+//! one page of memory and never holds the run back. Each event has its sequence number as
+//! its SSE id and its kind as its SSE event name; the data is the event as JSON.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+
+use super::AppState;
+use super::error::ApiError;
+use super::runs::parse_id;
+use crate::run::RunId;
+use crate::run::engine::Follow;
+use crate::run::events::{EventKind, RunEvent};
+use crate::store::Store;
+
+/// Events read from the store per query.
+const PAGE: usize = 256;
+
+/// Streams the run's events.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let run = parse_id(&id)?;
+    let store = state.engine.store().clone();
+    if store
+        .get(run)
+        .await
+        .map_err(|e| ApiError::internal(&e))?
+        .is_none()
+    {
+        return Err(ApiError::not_found(
+            "run_not_found",
+            format!("no run has id `{id}`"),
+        ));
+    }
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+
+    let cursor = Cursor {
+        store,
+        run,
+        after,
+        follow: state.engine.follow(run),
+        buffer: VecDeque::new(),
+        ended: false,
+    };
+    let mut response = Sse::new(stream(cursor))
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    // Proxies such as nginx buffer responses unless told not to, which would hold events back.
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Where a subscriber is in a run's log.
+struct Cursor {
+    store: Store,
+    run: RunId,
+    after: u64,
+    follow: Option<Follow>,
+    buffer: VecDeque<RunEvent>,
+    ended: bool,
+}
+
+fn stream(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold(cursor, |mut cursor| async move {
+        let event = cursor.next().await?;
+        Some((Ok(to_sse(&event)), cursor))
+    })
+}
+
+impl Cursor {
+    async fn next(&mut self) -> Option<RunEvent> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                self.after = event.seq;
+                self.ended = event.kind == EventKind::Outcome;
+                return Some(event);
+            }
+            if self.ended {
+                return None;
+            }
+            match self.store.events_after(self.run, self.after, PAGE).await {
+                Ok(page) if !page.is_empty() => {
+                    self.buffer.extend(page);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %crate::error_chain(&e), "failed to read run events");
+                    return None;
+                }
+            }
+            // Nothing new is stored: wait for the writer, or end if the run is over.
+            let follow = self.follow.as_mut()?;
+            let after = self.after;
+            let still_running = tokio::select! {
+                changed = follow.latest_event.wait_for(|seq| *seq > after) => changed.is_ok(),
+                _ = follow.done.wait_for(|done| *done) => false,
+            };
+            if !still_running {
+                self.follow = None;
+            }
+        }
+    }
+}
+
+fn to_sse(event: &RunEvent) -> Event {
+    let data = serde_json::to_string(event).expect("an event serializes");
+    Event::default()
+        .id(event.seq.to_string())
+        .event(event.kind.as_str())
+        .data(data)
+}

@@ -1,0 +1,332 @@
+//! A run's event log: state changes, output lines, the CLI's parsed events, the outcome.
+//!
+//! The log is written to the store as the run goes, so a subscriber that comes late, or comes
+//! back after a dropped connection, replays it from any point, and a slow subscriber reads at
+//! its own pace without ever holding the run back. An [`EventSink`] numbers the events and
+//! hands them to a writer task that stores them in batches, then announces the newest number
+//! on a watch channel for live followers.
+//!
+//! Output is budgeted so memory and storage stay flat whatever a CLI prints: the first
+//! [`HEAD_BYTES`] of output become events, the last [`TAIL_BYTES`] are held in a ring and
+//! stored at the end, and the middle is counted and dropped. Every line also goes to a spill
+//! file (capped) that `GET /v1/runs/{id}/logs` serves whole.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+
+use crate::run::RunId;
+use crate::store::Store;
+
+/// Output bytes stored as events from the start of a run.
+pub const HEAD_BYTES: usize = 512 << 10;
+/// Output bytes stored as events from the end of a run.
+pub const TAIL_BYTES: usize = 256 << 10;
+/// Events written to the store in one transaction at most.
+const BATCH: usize = 512;
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The run moved to a new state.
+    State,
+    /// A line the CLI printed on stdout that is not one of its structured events.
+    Output,
+    /// A line the CLI printed on stderr.
+    Stderr,
+    /// One of the CLI's structured events (a JSON line), parsed.
+    CliEvent,
+    /// Something the bridge wants a reader to know (output dropped, a tool fetched).
+    Notice,
+    /// The run finished; always the last event.
+    Outcome,
+}
+
+impl EventKind {
+    /// The name used in the store and as the SSE event name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::State => "state",
+            Self::Output => "output",
+            Self::Stderr => "stderr",
+            Self::CliEvent => "cli_event",
+            Self::Notice => "notice",
+            Self::Outcome => "outcome",
+        }
+    }
+}
+
+/// One entry of a run's event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// 1, 2, 3, ... within the run; the SSE event id.
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub kind: EventKind,
+    pub data: Value,
+}
+
+/// Numbers a run's events, budgets its output, spills it to a file, and feeds the writer.
+pub struct EventSink {
+    next_seq: u64,
+    tx: mpsc::UnboundedSender<RunEvent>,
+    head_left: usize,
+    tail: VecDeque<(EventKind, Value, usize)>,
+    tail_bytes: usize,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+    spill: Option<Spill>,
+}
+
+/// The writer's side: finishes when the sink is dropped and every event is stored.
+pub type WriterTask = tokio::task::JoinHandle<()>;
+
+impl EventSink {
+    /// A sink for `run`, whose writer stores events in `store` and announces the newest seq on
+    /// `latest`. Every line is also appended to `spill_path`, up to `spill_cap` bytes.
+    pub fn start(
+        store: Store,
+        run: RunId,
+        latest: watch::Sender<u64>,
+        spill_path: Option<PathBuf>,
+        spill_cap: u64,
+    ) -> (Self, WriterTask) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_events(store, run, rx, latest));
+        let spill = spill_path.and_then(|path| Spill::open(path, spill_cap));
+        let sink = Self {
+            next_seq: 1,
+            tx,
+            head_left: HEAD_BYTES,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+            spill,
+        };
+        (sink, writer)
+    }
+
+    /// Records a state change (never dropped).
+    pub fn state(&mut self, data: Value) {
+        self.emit(EventKind::State, data);
+    }
+
+    /// Records a notice from the bridge (never dropped).
+    pub fn notice(&mut self, message: impl Into<String>) {
+        self.emit(EventKind::Notice, json!({ "message": message.into() }));
+    }
+
+    /// Records one output line, within the output budget. `parsed` is the line as a CLI event
+    /// when it is one.
+    pub fn line(&mut self, kind: EventKind, line: &str, parsed: Option<Value>) {
+        if let Some(spill) = &mut self.spill {
+            spill.write(kind, line);
+        }
+        let data = parsed.unwrap_or_else(|| json!({ "line": line }));
+        let size = line.len() + 1;
+        if size <= self.head_left {
+            self.head_left -= size;
+            self.emit(kind, data);
+            return;
+        }
+        self.head_left = 0;
+        self.tail.push_back((kind, data, size));
+        self.tail_bytes += size;
+        while self.tail_bytes > TAIL_BYTES {
+            let Some((_, _, dropped)) = self.tail.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= dropped;
+            self.dropped_lines += 1;
+            self.dropped_bytes += dropped as u64;
+        }
+    }
+
+    /// Stores the kept tail, a note of what was dropped, and the outcome as the last event.
+    pub fn finish(mut self, outcome: Value) {
+        if self.dropped_lines > 0 {
+            let message = format!(
+                "{} lines ({} bytes) of output were dropped here; the logs endpoint has the full stream up to its size limit",
+                self.dropped_lines, self.dropped_bytes
+            );
+            self.emit(EventKind::Notice, json!({ "message": message, "dropped_lines": self.dropped_lines, "dropped_bytes": self.dropped_bytes }));
+        }
+        for (kind, data, _) in std::mem::take(&mut self.tail) {
+            self.emit(kind, data);
+        }
+        if let Some(spill) = self.spill.take() {
+            spill.close();
+        }
+        self.emit(EventKind::Outcome, outcome);
+    }
+
+    fn emit(&mut self, kind: EventKind, data: Value) {
+        let event = RunEvent {
+            seq: self.next_seq,
+            at: OffsetDateTime::now_utc(),
+            kind,
+            data,
+        };
+        self.next_seq += 1;
+        // The writer only stops when this sink is gone, so a failed send cannot happen.
+        let _ = self.tx.send(event);
+    }
+}
+
+async fn write_events(
+    store: Store,
+    run: RunId,
+    mut rx: mpsc::UnboundedReceiver<RunEvent>,
+    latest: watch::Sender<u64>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let last = batch.last().map(|e| e.seq).unwrap_or_default();
+        if let Err(e) = store.append_events(run, std::mem::take(&mut batch)).await {
+            tracing::error!(error = %crate::error_chain(&e), "failed to store run events");
+        }
+        latest.send_replace(last);
+    }
+}
+
+/// The full output stream of a run in a file, up to a cap.
+struct Spill {
+    file: std::io::BufWriter<std::fs::File>,
+    written: u64,
+    cap: u64,
+    dropped: u64,
+}
+
+impl Spill {
+    fn open(path: PathBuf, cap: u64) -> Option<Self> {
+        let opened = std::fs::File::create(&path);
+        match opened {
+            Ok(file) => Some(Self {
+                file: std::io::BufWriter::new(file),
+                written: 0,
+                cap,
+                dropped: 0,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "failed to create the run's log file");
+                None
+            }
+        }
+    }
+
+    fn write(&mut self, kind: EventKind, line: &str) {
+        let prefix = if kind == EventKind::Stderr {
+            "[stderr] "
+        } else {
+            ""
+        };
+        let size = (prefix.len() + line.len() + 1) as u64;
+        if self.written + size > self.cap {
+            self.dropped += size;
+            return;
+        }
+        self.written += size;
+        let _ = writeln!(self.file, "{prefix}{line}");
+    }
+
+    fn close(mut self) {
+        if self.dropped > 0 {
+            let _ = writeln!(
+                self.file,
+                "[log truncated: {} more bytes were not kept]",
+                self.dropped
+            );
+        }
+        let _ = self.file.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sink() -> (tempfile::TempDir, Store, RunId, EventSink, WriterTask) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.sqlite3")).unwrap();
+        let run = RunId::new();
+        let (latest, _) = watch::channel(0);
+        let (sink, writer) = EventSink::start(
+            store.clone(),
+            run,
+            latest,
+            Some(dir.path().join("run.log")),
+            1 << 20,
+        );
+        (dir, store, run, sink, writer)
+    }
+
+    #[tokio::test]
+    async fn events_are_numbered_and_stored_in_order() {
+        let (_dir, store, run, mut sink, writer) = sink().await;
+        sink.state(json!({"state": "running"}));
+        sink.line(EventKind::Output, "hello", None);
+        sink.finish(json!({"outcome": "succeeded"}));
+        writer.await.unwrap();
+
+        let events = store.events_after(run, 0, 100).await.unwrap();
+        let kinds: Vec<_> = events.iter().map(|e| (e.seq, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, EventKind::State),
+                (2, EventKind::Output),
+                (3, EventKind::Outcome)
+            ]
+        );
+        assert_eq!(events[1].data, json!({"line": "hello"}));
+        assert_eq!(store.events_after(run, 2, 100).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flood_keeps_head_and_tail_and_counts_the_middle() {
+        let (dir, store, run, mut sink, writer) = sink().await;
+        let line = "x".repeat(1023);
+        let total = 4 * (HEAD_BYTES + TAIL_BYTES) / 1024;
+        for _ in 0..total {
+            sink.line(EventKind::Output, &line, None);
+        }
+        sink.line(EventKind::Output, "the last line", None);
+        sink.finish(json!({}));
+        writer.await.unwrap();
+
+        let events = store.events_after(run, 0, 1_000_000).await.unwrap();
+        let stored: usize = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Output)
+            .count();
+        assert!(
+            stored <= (HEAD_BYTES + TAIL_BYTES) / 1024 + 1,
+            "{stored} output events stored"
+        );
+        let notice = events
+            .iter()
+            .find(|e| e.kind == EventKind::Notice)
+            .expect("a dropped-output notice");
+        assert!(notice.data["dropped_lines"].as_u64().unwrap() > 0);
+        let last_output = events
+            .iter()
+            .rev()
+            .find(|e| e.kind == EventKind::Output)
+            .unwrap();
+        assert_eq!(last_output.data["line"], "the last line");
+        let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+        assert!(
+            log.len() <= (1 << 20) + 100 && log.ends_with("more bytes were not kept]\n"),
+            "{}",
+            log.len()
+        );
+    }
+}

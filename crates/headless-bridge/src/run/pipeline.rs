@@ -1,0 +1,631 @@
+//! One run, from a queued record to a finished one.
+//!
+//! The steps, in order: the login is read (the cheapest check); the repository is cloned; each
+//! tool is downloaded and verified; only then is the login copied into the run's private
+//! CODEX_HOME and the CLI started, so a bad checksum means the CLI never ran. While the CLI
+//! runs, its output feeds both the event log and a transcript of its event stream; when it
+//! ends, the stream decides the outcome, the diff is taken, and everything reported is
+//! redacted. Cancellation is honoured at every step.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::adapter::codex::{self, RunDirs};
+use crate::adapter::{self, Adapter, OutputReader, Verdict};
+use crate::config::Config;
+use crate::credentials::{self, CredentialError};
+use crate::fetch::Fetcher;
+use crate::git::{Checkout, Git};
+use crate::policy::UrlPolicy;
+use crate::redact::{self, Redactor};
+use crate::run::events::{EventKind, EventSink};
+use crate::run::supervisor::{self, ExitKind, ProcessSpec, RUN_MARKER, StopCause, Stream};
+use crate::run::{Outcome, ReasonCode, RunRecord, RunSpec, RunState};
+use crate::store::Store;
+use crate::workspace::Workspace;
+use crate::workspace::prepare::{PrepareError, Preparer};
+
+/// The readable account kept in a record; beyond it, the head and tail are kept.
+const MAX_LOGS_BYTES: usize = 1 << 20;
+
+/// What a run needs from the engine.
+pub(super) struct Pipeline {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub fetcher: Fetcher,
+    pub policy: UrlPolicy,
+    /// Stops the run: a cancel request, or the bridge shutting down.
+    pub stop: CancellationToken,
+    /// Set when the stop was a cancel request rather than a shutdown.
+    pub cancel_requested: Arc<AtomicBool>,
+    /// The adapter of this run.
+    pub adapter: Adapter,
+}
+
+/// Why a run stopped before or instead of its CLI finishing.
+#[derive(Debug)]
+struct Failure {
+    outcome: Outcome,
+    reason: ReasonCode,
+    message: String,
+    details: Option<serde_json::Value>,
+}
+
+impl Failure {
+    fn failed(reason: ReasonCode, message: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::Failed,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+}
+
+impl From<CredentialError> for Failure {
+    fn from(err: CredentialError) -> Self {
+        Self::failed(err.reason(), err.to_string())
+    }
+}
+
+impl From<PrepareError> for Failure {
+    fn from(err: PrepareError) -> Self {
+        Self {
+            details: err.details,
+            ..Self::failed(err.reason, err.message)
+        }
+    }
+}
+
+impl Pipeline {
+    /// Drives `record` to its end, recording each state in the store and the event log.
+    pub async fn execute(&self, mut record: RunRecord, sink: &mut EventSink) -> RunRecord {
+        tracing::info!("run started");
+        self.enter(&mut record, RunState::Preparing, sink).await;
+        record.started_at = Some(OffsetDateTime::now_utc());
+
+        // Directory work blocks, so it runs on the blocking pool, never on a runtime worker.
+        let workspaces = self.config.data_dir.join("workspaces");
+        let (dir, id) = (workspaces.clone(), record.id);
+        let created = tokio::task::spawn_blocking(move || Workspace::create(&dir, id))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match created {
+            Ok(workspace) => {
+                self.run_in(&mut record, &workspace, sink).await;
+                if !self.config.keep_workspaces {
+                    let root = workspace.root().to_owned();
+                    let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
+                    if let Ok(Err(e)) = removed {
+                        tracing::warn!(error = %e, path = %root.display(), "failed to remove a workspace");
+                    }
+                }
+            }
+            Err(e) => {
+                let message = format!(
+                    "failed to create the run's workspace under {}: {e}",
+                    workspaces.display()
+                );
+                tracing::error!(%message);
+                apply_failure(
+                    &mut record,
+                    Failure::failed(ReasonCode::WorkspaceError, message),
+                );
+            }
+        }
+        record
+    }
+
+    /// The record of a run cancelled before it started.
+    pub fn cancelled_in_queue(&self, mut record: RunRecord) -> RunRecord {
+        apply_failure(&mut record, self.stop_failure());
+        record
+    }
+
+    async fn enter(&self, record: &mut RunRecord, state: RunState, sink: &mut EventSink) {
+        record.state = state;
+        sink.state(json!({ "state": state }));
+        if let Err(e) = self.store.put(record).await {
+            tracing::error!(error = %crate::error_chain(&e), "failed to store a run record");
+        }
+    }
+
+    async fn run_in(&self, record: &mut RunRecord, workspace: &Workspace, sink: &mut EventSink) {
+        let mut redactor = Redactor::new(self.config.api_tokens.values().iter().cloned());
+        redactor.extend(redact::proxy_secrets());
+        let mut account = Vec::new();
+        // The run's time limit covers preparation too: a slow clone or download counts.
+        let deadline = Instant::now() + Duration::from_secs(record.spec.timeout_s);
+        let result = self
+            .prepare_and_run(
+                record,
+                workspace,
+                deadline,
+                &mut redactor,
+                &mut account,
+                sink,
+            )
+            .await;
+        if let Err(failure) = result {
+            account.push(format!("run failed: {}", failure.message));
+            apply_failure(record, failure);
+        }
+        record.logs = cap_text(redactor.redact(&account.join("\n")), MAX_LOGS_BYTES);
+        record.output = redactor.redact(&record.output);
+        record.diff = redactor.redact(&record.diff);
+        if let Some(message) = record.message.take() {
+            record.message = Some(redactor.redact(&message));
+        }
+    }
+
+    async fn prepare_and_run(
+        &self,
+        record: &mut RunRecord,
+        workspace: &Workspace,
+        deadline: Instant,
+        redactor: &mut Redactor,
+        account: &mut Vec<String>,
+        sink: &mut EventSink,
+    ) -> Result<(), Failure> {
+        let dirs = &workspace.dirs;
+        // Preparation is abandoned (its git and downloads with it) on a stop or the deadline;
+        // the CLI itself is stopped by its supervisor, which cleans up its processes.
+        let prepared = tokio::select! {
+            prepared = self.prepare(&record.spec, workspace, redactor, account, sink) => prepared,
+            () = self.stop.cancelled() => Err(self.stop_failure()),
+            () = tokio::time::sleep_until(deadline.into()) => Err(Failure {
+                outcome: Outcome::TimedOut,
+                ..Failure::failed(ReasonCode::TimedOut, format!(
+                    "the run did not finish preparing within its {}s limit", record.spec.timeout_s
+                ))
+            }),
+        };
+        let checkout = prepared?;
+
+        self.enter(record, RunState::Running, sink).await;
+        let result = self
+            .run_cli(record, dirs, deadline, account, redactor, sink)
+            .await;
+        self.preparer()
+            .keep_artifacts(record, &dirs.work, redactor, account);
+        if let Adapter::Codex = self.adapter {
+            // The CLI may have refreshed its tokens during the run; mask the new ones too.
+            redactor.extend(credentials::secrets_in(&dirs.codex_home.join("auth.json")));
+        }
+
+        if let Some(checkout) = &checkout {
+            match Git::new(&dirs.home).diff(checkout).await {
+                Ok(diff) => record.diff = diff,
+                Err(e) => account.push(format!("could not take the diff: {e}")),
+            }
+        }
+        result
+    }
+
+    /// Everything before the CLI starts: the login, the clone, the tools, the private homes.
+    async fn prepare(
+        &self,
+        spec: &RunSpec,
+        workspace: &Workspace,
+        redactor: &mut Redactor,
+        account: &mut Vec<String>,
+        sink: &mut EventSink,
+    ) -> Result<Option<Checkout>, Failure> {
+        let dirs = &workspace.dirs;
+        let auth = match self.adapter {
+            Adapter::Codex => Some(credentials::load(&self.config.codex)?),
+            Adapter::Profile(_) => None,
+        };
+        if let Some(auth) = &auth {
+            redactor.extend(auth.secrets().iter().cloned());
+        }
+
+        let mut report = |line: String| {
+            sink.notice(line.clone());
+            account.push(line);
+        };
+        let preparer = self.preparer();
+        let repo = spec.repo.as_ref();
+        let checkout = preparer
+            .clone_repo(repo, workspace, redactor, &mut report)
+            .await?;
+        preparer
+            .fetch_tools(&spec.tools, workspace, &mut report)
+            .await?;
+        if let Some(auth) = &auth {
+            credentials::install(auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
+                Failure::failed(
+                    ReasonCode::WorkspaceError,
+                    format!("failed to copy the login: {e}"),
+                )
+            })?;
+        }
+        write_profiles(dirs)?;
+        Ok(checkout)
+    }
+
+    fn preparer(&self) -> Preparer<'_> {
+        Preparer {
+            config: &self.config,
+            policy: &self.policy,
+            fetcher: &self.fetcher,
+        }
+    }
+
+    async fn run_cli(
+        &self,
+        record: &mut RunRecord,
+        dirs: &RunDirs,
+        deadline: Instant,
+        account: &mut Vec<String>,
+        redactor: &Redactor,
+        sink: &mut EventSink,
+    ) -> Result<(), Failure> {
+        let (program, args, env) = match &self.adapter {
+            Adapter::Codex => codex::command(&self.config.codex, dirs, &record.spec.prompt),
+            Adapter::Profile(profile) => {
+                let (program, args, extra) = profile.command(&record.spec.prompt, &dirs.work);
+                let mut env = adapter::run_environment(dirs);
+                env.extend(extra);
+                (program, args, env)
+            }
+        };
+        let idle = record
+            .spec
+            .idle_timeout_s
+            .map_or(self.config.run_idle_timeout, Duration::from_secs);
+        let spec = ProcessSpec {
+            program: program.clone(),
+            args,
+            env,
+            cwd: dirs.work.clone(),
+            marker: (RUN_MARKER.to_owned(), record.id.to_string()),
+            timeout: deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1)),
+            idle_timeout: Some(idle),
+            shim: self.config.shim_bin.clone(),
+        };
+
+        let mut reader = self.adapter.reader();
+        // A prompt detector stops only this process; the run's own stop token stays for
+        // cancel requests and shutdown, so the three causes can be told apart.
+        let process_stop = self.stop.child_token();
+        let mut blocked_on: Option<String> = None;
+        let on_line = |stream: Stream, line: &str| {
+            let line = redactor.redact(line);
+            if let (Adapter::Profile(profile), None) = (&self.adapter, &blocked_on)
+                && let Some(pattern) = profile.prompt_in(&line)
+            {
+                blocked_on = Some(pattern.to_owned());
+                process_stop.cancel();
+            }
+            match stream {
+                Stream::Stdout => match reader.observe(&line) {
+                    Some(event) => sink.line(EventKind::CliEvent, &line, Some(event)),
+                    None => sink.line(EventKind::Output, &line, None),
+                },
+                Stream::Stderr => sink.line(EventKind::Stderr, &line, None),
+            }
+        };
+        let outcome = supervisor::run(spec, process_stop.clone(), on_line)
+            .await
+            .map_err(|e| cli_not_started(&program, &e))?;
+
+        account.extend(reader.account());
+        let stderr = codex::meaningful_stderr(&outcome.stderr);
+        if !stderr.is_empty() {
+            account.push("--- stderr ---".into());
+            account.push(stderr);
+        }
+        if outcome.stderr_dropped > 0 {
+            account.push(format!(
+                "[{} more bytes of stderr dropped]",
+                outcome.stderr_dropped
+            ));
+        }
+        if outcome.stragglers_killed > 0 {
+            account.push(format!(
+                "killed {} processes left behind by the CLI",
+                outcome.stragglers_killed
+            ));
+        }
+
+        record.exit_code = match outcome.exit {
+            ExitKind::Code(code) => Some(code),
+            ExitKind::Signal(_) => None,
+        };
+        record.usage = reader.usage();
+        record.output = reader.output();
+        if let Some(pattern) = blocked_on {
+            let message = format!(
+                "the CLI stopped to ask a person something (its output matched `{pattern}`)"
+            );
+            return Err(Failure::failed(
+                ReasonCode::InteractivePromptBlocked,
+                message,
+            ));
+        }
+        if outcome.stopped == Some(StopCause::Cancelled) {
+            return Err(self.stop_failure());
+        }
+        judge(&reader, &outcome, record.spec.timeout_s, idle.as_secs())?;
+        record.outcome = Some(Outcome::Succeeded);
+        Ok(())
+    }
+
+    /// Why the run stopped when its stop token fired.
+    fn stop_failure(&self) -> Failure {
+        if self.cancel_requested.load(Ordering::SeqCst) {
+            Failure {
+                outcome: Outcome::Cancelled,
+                ..Failure::failed(ReasonCode::Cancelled, "the run was cancelled by request")
+            }
+        } else {
+            Failure {
+                outcome: Outcome::Interrupted,
+                ..Failure::failed(
+                    ReasonCode::Interrupted,
+                    "the bridge shut down while the run was in progress",
+                )
+            }
+        }
+    }
+}
+
+/// Decides a finished CLI's outcome from its event stream, the way the CLI itself reported it.
+fn judge(
+    reader: &OutputReader,
+    outcome: &supervisor::ProcessOutcome,
+    timeout_s: u64,
+    idle_s: u64,
+) -> Result<(), Failure> {
+    match outcome.stopped {
+        Some(StopCause::TimedOut) => {
+            return Err(Failure {
+                outcome: Outcome::TimedOut,
+                ..Failure::failed(
+                    ReasonCode::TimedOut,
+                    format!("the run did not finish within {timeout_s}s and was stopped"),
+                )
+            });
+        }
+        Some(StopCause::Stalled) => {
+            return Err(Failure {
+                outcome: Outcome::TimedOut,
+                ..Failure::failed(
+                    ReasonCode::Stalled,
+                    format!("the CLI printed nothing for {idle_s}s and was stopped"),
+                )
+            });
+        }
+        Some(StopCause::Cancelled) => {
+            unreachable!("the caller turns a cancellation into its failure before judging")
+        }
+        None => {}
+    }
+    let exit_code = match outcome.exit {
+        ExitKind::Code(code) => Some(code),
+        ExitKind::Signal(_) => None,
+    };
+    match (reader.verdict(exit_code), &outcome.exit) {
+        (Verdict::Succeeded, ExitKind::Code(0)) => Ok(()),
+        // A CLI reports success and then exits 0; anything else means its stream cannot be
+        // trusted (a command of the run may have written to the CLI's stdout and killed it).
+        (Verdict::Succeeded, exit) => Err(Failure::failed(
+            ReasonCode::CliError,
+            format!(
+                "the CLI reported success but then ended with {}",
+                describe_exit(exit)
+            ),
+        )),
+        (Verdict::Failed { reason, message }, _) => Err(Failure::failed(reason, message)),
+        (Verdict::NoOutcome, ExitKind::Code(2)) => Err(Failure::failed(
+            ReasonCode::CliUsageError,
+            cli_stopped_message(reader, outcome),
+        )),
+        (Verdict::NoOutcome, _) => Err(Failure::failed(
+            ReasonCode::CliError,
+            cli_stopped_message(reader, outcome),
+        )),
+    }
+}
+
+/// What to say when the CLI ended without a turn outcome: its last error, else the first
+/// meaningful stderr line (its backtraces are noise).
+fn describe_exit(exit: &ExitKind) -> String {
+    match exit {
+        ExitKind::Code(code) => format!("exit code {code}"),
+        ExitKind::Signal(signal) => format!("signal {signal}"),
+    }
+}
+
+fn cli_stopped_message(reader: &OutputReader, outcome: &supervisor::ProcessOutcome) -> String {
+    let exit = describe_exit(&outcome.exit);
+    let detail = reader.last_error().or_else(|| {
+        outcome
+            .stderr
+            .lines()
+            .map(str::trim)
+            .find(|l| {
+                !l.is_empty() && !l.starts_with("WARNING") && !l.starts_with("Stack backtrace")
+            })
+            .map(str::to_owned)
+    });
+    match detail {
+        Some(detail) => format!("the CLI stopped ({exit}) without finishing its turn: {detail}"),
+        None => format!("the CLI stopped ({exit}) without finishing its turn"),
+    }
+}
+
+fn cli_not_started(program: &std::path::Path, err: &std::io::Error) -> Failure {
+    let hint = if err.kind() == std::io::ErrorKind::NotFound {
+        ": set HB_CODEX_BIN to the codex executable"
+    } else {
+        ""
+    };
+    Failure::failed(
+        ReasonCode::CliNotFound,
+        format!("failed to start {}: {err}{hint}", program.display()),
+    )
+}
+
+fn write_profiles(dirs: &RunDirs) -> Result<(), Failure> {
+    let profile = codex::shell_profile(&dirs.bin);
+    for name in [".bash_profile", ".profile"] {
+        let path: PathBuf = dirs.home.join(name);
+        std::fs::write(&path, &profile).map_err(|e| {
+            Failure::failed(
+                ReasonCode::WorkspaceError,
+                format!("failed to write {}: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// `text` cut to `max` bytes: its first quarter and last three quarters, with a marker.
+fn cap_text(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let head = text.floor_char_boundary(max / 4);
+    let tail = text.ceil_char_boundary(text.len() - (max - max / 4));
+    let dropped = tail - head;
+    format!(
+        "{}\n[{dropped} bytes of the account dropped here]\n{}",
+        &text[..head],
+        &text[tail..]
+    )
+}
+
+fn apply_failure(record: &mut RunRecord, failure: Failure) {
+    record.outcome = Some(failure.outcome);
+    record.reason = Some(failure.reason);
+    record.message = Some(failure.message);
+    record.details = failure.details;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(
+        exit: ExitKind,
+        stopped: Option<StopCause>,
+        stderr: &str,
+    ) -> supervisor::ProcessOutcome {
+        supervisor::ProcessOutcome {
+            exit,
+            stopped,
+            stderr: stderr.into(),
+            stderr_dropped: 0,
+            duration: Duration::ZERO,
+            stragglers_killed: 0,
+        }
+    }
+
+    fn transcript(lines: &[&str]) -> OutputReader {
+        let mut t = Adapter::Codex.reader();
+        for line in lines {
+            t.observe(line);
+        }
+        t
+    }
+
+    const FAILED: &str = r#"{"type":"turn.failed","error":{"message":"stream disconnected"}}"#;
+    const COMPLETED: &str = r#"{"type":"turn.completed","usage":{}}"#;
+
+    #[test]
+    fn long_accounts_keep_their_head_and_tail() {
+        let text = format!("{}{}", "a".repeat(3000), "z".repeat(3000));
+        let capped = cap_text(text, 1000);
+        assert!(
+            capped.starts_with(&"a".repeat(250)) && capped.ends_with(&"z".repeat(750)),
+            "{capped}"
+        );
+        assert!(capped.contains("[5000 bytes of the account dropped here]"));
+    }
+
+    #[test]
+    fn exit_code_zero_does_not_hide_a_failed_turn() {
+        let err = judge(
+            &transcript(&[FAILED]),
+            &process(ExitKind::Code(0), None, ""),
+            60,
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.outcome, err.reason),
+            (Outcome::Failed, ReasonCode::UpstreamError)
+        );
+        assert_eq!(err.message, "stream disconnected");
+    }
+
+    #[test]
+    fn exit_code_zero_without_a_terminal_event_is_not_success() {
+        let err = judge(
+            &transcript(&[]),
+            &process(ExitKind::Code(0), None, ""),
+            60,
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliError);
+    }
+
+    /// Regression: a command of the run wrote a fake `turn.completed` to the CLI's stdout and
+    /// killed it, and the run was reported as a success.
+    #[test]
+    fn a_completed_turn_followed_by_a_kill_is_not_success() {
+        let killed = process(ExitKind::Signal(9), None, "");
+        let err = judge(&transcript(&[COMPLETED]), &killed, 60, 60).unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliError);
+    }
+
+    #[test]
+    fn a_completed_turn_with_a_nonzero_exit_is_not_success() {
+        let exited = process(ExitKind::Code(1), None, "");
+        assert!(judge(&transcript(&[COMPLETED]), &exited, 60, 60).is_err());
+    }
+
+    #[test]
+    fn a_usage_error_is_told_apart_and_explained_from_stderr() {
+        let stderr = "error: unexpected argument '--bogus' found\n\nUsage: codex exec";
+        let err = judge(
+            &transcript(&[]),
+            &process(ExitKind::Code(2), None, stderr),
+            60,
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason, ReasonCode::CliUsageError);
+        assert!(
+            err.message.contains("unexpected argument"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_timeout_wins_over_whatever_the_stream_said() {
+        let err = judge(
+            &transcript(&[COMPLETED]),
+            &process(ExitKind::Signal(15), Some(StopCause::TimedOut), ""),
+            5,
+            5,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.outcome, err.reason),
+            (Outcome::TimedOut, ReasonCode::TimedOut)
+        );
+    }
+}

@@ -1,0 +1,400 @@
+//! Runs of plain CLIs through declarative adapter profiles: how the run engine copes with
+//! real processes that misbehave (escape their group, hold the output pipe, read stdin, flood
+//! stdout, ask questions), and with many runs at once.
+
+use std::path::Path;
+
+use headless_bridge::run::supervisor::{RUN_MARKER, processes_with_env};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::support::{BridgeBuilder, BridgeProcess, TestBridge};
+
+/// A profile running `script` with /bin/sh; the prompt is its `$1`.
+fn sh_profile(dir: &Path, name: &str, script: &str, extra: &str) {
+    let text = format!(
+        "description = \"test CLI\"\nexecutable = \"/bin/sh\"\nargs = [\"-c\", {script:?}, \"sh\", \"{{prompt}}\"]\n{extra}"
+    );
+    std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+}
+
+async fn bridge_with(profiles: &TempDir, vars: &[(&'static str, &str)]) -> TestBridge {
+    let mut builder =
+        BridgeBuilder::new().var("HB_ADAPTERS_DIR", profiles.path().display().to_string());
+    for (name, value) in vars {
+        builder = builder.var(name, *value);
+    }
+    builder.start().await
+}
+
+async fn run(bridge: &TestBridge, adapter: &str, prompt: &str) -> Value {
+    let (status, run) = bridge
+        .post(
+            "/v1/runs?wait=300",
+            &json!({"adapter": adapter, "prompt": prompt}),
+        )
+        .await;
+    assert_eq!(status, 200, "{run}");
+    run
+}
+
+fn assert_no_process_left(run: &Value) {
+    let marker = format!("{RUN_MARKER}={}", run["id"].as_str().unwrap());
+    assert_eq!(
+        processes_with_env(marker.as_bytes()),
+        vec![],
+        "processes of the run survived it"
+    );
+}
+
+#[tokio::test]
+async fn profiles_are_listed_and_run_with_the_prompt_as_one_argument() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "echo", "printf 'got: %s\\n' \"$1\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let (_, adapters) = bridge.get("/v1/adapters").await;
+    let names: Vec<&str> = adapters["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["codex", "echo"]);
+
+    let run = run(&bridge, "echo", "a; touch /tmp/pwned $(id)").await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(run["output"], "got: a; touch /tmp/pwned $(id)\n");
+}
+
+/// Regression: a grandchild that left the process group and kept stdout open held runs open.
+#[tokio::test]
+async fn a_grandchild_holding_stdout_cannot_keep_the_run_open() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "escaper",
+        "setsid sleep 300 & nohup sleep 301 & echo parent done",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "escaper", "x").await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(run["logs"].as_str().unwrap().contains("parent done"));
+    assert_no_process_left(&run);
+}
+
+#[tokio::test]
+async fn a_cli_reading_stdin_until_eof_gets_eof_at_once() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "reader", "cat; echo \"stdin closed\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "reader", "x").await;
+
+    assert_eq!(
+        (&run["outcome"], &run["output"]),
+        (&json!("succeeded"), &json!("stdin closed\n"))
+    );
+}
+
+#[tokio::test]
+async fn a_silent_cli_is_stalled_and_a_question_blocks_at_once() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "silent", "echo working; sleep 300", "");
+    sh_profile(
+        profiles.path(),
+        "asker",
+        "echo 'Enter a value:'; sleep 300",
+        "prompt_patterns = [\"Enter a value:\"]\n",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let request = json!({"adapter": "silent", "prompt": "x", "idle_timeout_s": 1});
+    let (_, stalled) = bridge.post("/v1/runs?wait=60", &request).await;
+    assert_eq!(
+        (&stalled["outcome"], &stalled["reason"]),
+        (&json!("timed_out"), &json!("stalled")),
+        "{stalled}"
+    );
+    assert_no_process_left(&stalled);
+
+    let blocked = run(&bridge, "asker", "x").await;
+    assert_eq!(
+        (&blocked["outcome"], &blocked["reason"]),
+        (&json!("failed"), &json!("interactive_prompt_blocked")),
+        "{blocked}"
+    );
+    assert_no_process_left(&blocked);
+}
+
+#[tokio::test]
+async fn a_failing_cli_reports_its_exit_code() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "failer",
+        "echo 'no such file' >&2; exit 3",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "failer", "x").await;
+
+    assert_eq!(
+        (&run["outcome"], &run["reason"], &run["exit_code"]),
+        (&json!("failed"), &json!("cli_error"), &json!(3))
+    );
+    assert!(
+        run["logs"].as_str().unwrap().contains("no such file"),
+        "{run}"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_runs_are_all_recorded_and_leave_nothing_behind() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "quick", "echo \"run $1\"", "");
+    let bridge = bridge_with(
+        &profiles,
+        &[
+            ("HB_MAX_CONCURRENT_RUNS", "16"),
+            ("HB_MAX_QUEUED_RUNS", "256"),
+        ],
+    )
+    .await;
+
+    let submissions = (0..200).map(|i| {
+        let bridge = &bridge;
+        async move {
+            bridge
+                .post(
+                    "/v1/runs?wait=300",
+                    &json!({"adapter": "quick", "prompt": format!("{i}")}),
+                )
+                .await
+        }
+    });
+    let runs = futures::future::join_all(submissions).await;
+
+    for (i, (status, run)) in runs.iter().enumerate() {
+        assert_eq!(*status, 200, "{run}");
+        assert_eq!(run["output"], format!("run {i}\n"), "{run}");
+        assert_no_process_left(run);
+    }
+    let (_, listed) = bridge.get("/v1/runs?limit=100&state=finished").await;
+    assert_eq!(listed["runs"].as_array().unwrap().len(), 100);
+}
+
+#[tokio::test]
+async fn a_gigabyte_of_output_keeps_memory_flat_and_the_tail() {
+    let profiles = tempfile::tempdir().unwrap();
+    // 1 GiB in lines of 1 KiB, then a last line to look for.
+    let script =
+        "head -c 1073741824 /dev/zero | tr '\\000' x | fold -w 1023; echo; echo 'the very end'";
+    sh_profile(profiles.path(), "flood", script, "");
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge =
+        BridgeProcess::start_with(data_dir.path(), &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+
+    let client = bridge.client();
+    let (_, started) = client
+        .post("/v1/runs", &json!({"adapter": "flood", "prompt": "x"}))
+        .await;
+    let id = started["id"].as_str().unwrap().to_owned();
+    // A subscriber that connects and never reads must not hold the run back.
+    let stalled_subscriber = client
+        .client
+        .get(format!("{}/v1/runs/{id}/events", client.url))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (_, run) = client.get(&format!("/v1/runs/{id}")).await;
+    let run = if run["state"] == "finished" {
+        run
+    } else {
+        wait_for(&client, &id).await
+    };
+    drop(stalled_subscriber);
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(run["output"].as_str().unwrap().ends_with("the very end\n"));
+    let peak_kib = bridge.peak_rss_kib();
+    assert!(
+        peak_kib < 64 * 1024,
+        "the bridge peaked at {peak_kib} KiB while a CLI printed 1 GiB"
+    );
+    let log = std::fs::metadata(
+        data_dir
+            .path()
+            .join("logs")
+            .join(format!("{}.log", run["id"].as_str().unwrap())),
+    )
+    .unwrap();
+    assert!(
+        log.len() <= (64 << 20) + 200,
+        "the spill file is capped: {}",
+        log.len()
+    );
+}
+
+/// As PID 1 (a container without an init), the bridge must wait for the orphans its runs
+/// leave, or they stay zombies for ever.
+#[tokio::test]
+async fn as_pid_1_the_bridge_reaps_the_orphans_of_its_runs() {
+    let profiles = tempfile::tempdir().unwrap();
+    // Each run leaves three short-lived orphans behind, re-parented to PID 1 when they exit.
+    sh_profile(
+        profiles.path(),
+        "orphaner",
+        "(sleep 0.2 &); (sleep 0.2 &); (sleep 0.2 &); echo left",
+        "",
+    );
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge = BridgeProcess::start_in_pid_namespace(
+        data_dir.path(),
+        &[("HB_ADAPTERS_DIR", profiles.path())],
+    )
+    .await;
+    let client = bridge.client();
+
+    for _ in 0..3 {
+        assert_eq!(run(&client, "orphaner", "x").await["outcome"], "succeeded");
+    }
+
+    let init = bridge.namespace_init_pid();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let zombies = zombie_children(init);
+        let alive = live_children(init);
+        if zombies == 0 && alive == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{zombies} zombies and {alive} orphans remain under PID 1"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn children_of(parent: u32) -> Vec<char> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let state = fields.next()?.chars().next()?;
+            (fields.next()?.parse::<u32>().ok()? == parent).then_some(state)
+        })
+        .collect()
+}
+
+fn zombie_children(parent: u32) -> usize {
+    children_of(parent)
+        .into_iter()
+        .filter(|s| *s == 'Z')
+        .count()
+}
+
+fn live_children(parent: u32) -> usize {
+    children_of(parent)
+        .into_iter()
+        .filter(|s| *s != 'Z')
+        .count()
+}
+
+/// The record once the run has finished.
+async fn wait_for(bridge: &TestBridge, id: &str) -> Value {
+    // The event stream ends with the outcome, which is stored after the finished record.
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    assert_eq!(events.last().unwrap().event, "outcome");
+    bridge.get(&format!("/v1/runs/{id}")).await.1
+}
+
+#[tokio::test]
+async fn on_shutdown_a_run_within_the_grace_period_finishes() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "slow",
+        "echo started; sleep 1; echo finished",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[("HB_SHUTDOWN_GRACE", "30")]).await;
+    let (_, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "slow", "prompt": "x"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let events = bridge
+        .client
+        .get(format!("{}/v1/runs/{id}/events", bridge.url))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut events = events.bytes_stream();
+    // Wait until the CLI has started before asking the bridge to stop.
+    let mut seen = String::new();
+    while !seen.contains("started") {
+        use futures::StreamExt as _;
+        seen.push_str(&String::from_utf8_lossy(
+            &events.next().await.unwrap().unwrap(),
+        ));
+    }
+
+    let data_dir = bridge.stop().await;
+    let bridge = BridgeBuilder::new().data_dir(data_dir).start().await;
+    let (_, after) = bridge.get(&format!("/v1/runs/{id}")).await;
+
+    assert_eq!(after["outcome"], "succeeded", "{after}");
+    assert_eq!(after["output"], "started\nfinished\n");
+}
+
+/// Regression: processes that cleared their environment (and so the run's marker), left
+/// their session and ignored SIGTERM survived their run.
+#[tokio::test]
+async fn processes_that_shed_the_marker_and_ignore_sigterm_still_die_with_the_run() {
+    let tag = format!("escapee-{}", std::process::id());
+    // Each escapee reports through its own fifo once it has left the session, so the CLI
+    // exits only after both have escaped.
+    let script = format!(
+        "mkfifo a b
+         setsid env -i /bin/sh -c ': {tag}; echo > \"$0\"; exec sleep 4101' \"$PWD/a\" </dev/null >/dev/null 2>&1 &
+         nohup setsid env -i /bin/sh -c ': {tag}; trap \"\" TERM HUP; echo > \"$0\"; while :; do sleep 1; done' \"$PWD/b\" </dev/null >/dev/null 2>&1 &
+         read _ < a; read _ < b; echo escaped"
+    );
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "escaper", &script, "");
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let run = run(&bridge, "escaper", "x").await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(run["output"], "escaped\n");
+    assert_eq!(
+        processes_with_cmdline(&tag),
+        Vec::<u32>::new(),
+        "an escaped process outlived its run"
+    );
+}
+
+fn processes_with_cmdline(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        })
+        .collect()
+}

@@ -56,14 +56,9 @@ async fn a_plain_answer_succeeds_with_the_final_message_and_usage() {
     let model = Model::start(Behavior::Reply("Fixed the bug".into())).await;
     let bridge = model.bridge().await;
 
-    let (status, run) = bridge
-        .post(
-            "/v1/runs?wait=120",
-            &json!({"adapter": "codex", "prompt": "fix it"}),
-        )
+    let run = bridge
+        .run_to_end(&json!({"adapter": "codex", "prompt": "fix it"}))
         .await;
-
-    assert_eq!(status, 200, "{run}");
     assert_eq!(run["outcome"], "succeeded", "{run}");
     assert_eq!(run["output"], "Fixed the bug");
     assert!(run["usage"]["input_tokens"].as_u64().unwrap() > 0, "{run}");
@@ -151,14 +146,9 @@ async fn a_model_error_is_a_failure_whatever_the_exit_code() {
     .await;
     let bridge = model.bridge().await;
 
-    let (status, run) = bridge
-        .post(
-            "/v1/runs?wait=120",
-            &json!({"adapter": "codex", "prompt": "fix it"}),
-        )
+    let run = bridge
+        .run_to_end(&json!({"adapter": "codex", "prompt": "fix it"}))
         .await;
-
-    assert_eq!(status, 200, "{run}");
     assert_eq!(run["outcome"], "failed", "{run}");
     assert_eq!(run["reason"], "upstream_error");
     assert!(
@@ -180,14 +170,9 @@ async fn a_run_past_its_timeout_is_stopped_and_leaves_no_process() {
     .await;
     let bridge = model.bridge().await;
 
-    let (status, run) = bridge
-        .post(
-            "/v1/runs?wait=120",
-            &json!({"adapter": "codex", "prompt": "wait", "timeout_s": 3}),
-        )
+    let run = bridge
+        .run_to_end(&json!({"adapter": "codex", "prompt": "wait", "timeout_s": 3}))
         .await;
-
-    assert_eq!(status, 200, "{run}");
     assert_eq!(run["outcome"], "timed_out", "{run}");
     assert_eq!(run["reason"], "timed_out");
     assert!(

@@ -9,19 +9,13 @@ use crate::support::{BridgeBuilder, Model};
 async fn a_finished_run_is_still_there_after_a_restart() {
     let model = Model::start(Behavior::Reply("persisted answer".into())).await;
     let bridge = model.bridge().await;
-    let (_, run) = bridge
-        .post(
-            "/v1/runs?wait=120",
-            &json!({"adapter": "codex", "prompt": "hi"}),
-        )
+    let run = bridge
+        .run_to_end(&json!({"adapter": "codex", "prompt": "hi"}))
         .await;
     assert_eq!(run["outcome"], "succeeded", "{run}");
-    let data_dir = bridge.stop().await;
 
-    let bridge = BridgeBuilder::new()
-        .codex_dir(model.codex_dir.path())
-        .data_dir(data_dir)
-        .start()
+    let bridge = bridge
+        .restart(BridgeBuilder::new().codex_dir(model.codex_dir.path()))
         .await;
     let (status, again) = bridge
         .get(&format!("/v1/runs/{}", run["id"].as_str().unwrap()))
@@ -42,11 +36,8 @@ async fn a_run_cut_short_by_shutdown_is_recorded_as_interrupted() {
     model.fake.wait_for_requests(1).await;
     let id = run["id"].as_str().unwrap().to_owned();
 
-    let data_dir = bridge.stop().await;
-    let bridge = BridgeBuilder::new()
-        .codex_dir(model.codex_dir.path())
-        .data_dir(data_dir)
-        .start()
+    let bridge = bridge
+        .restart(BridgeBuilder::new().codex_dir(model.codex_dir.path()))
         .await;
     let (_, after) = bridge.get(&format!("/v1/runs/{id}")).await;
 

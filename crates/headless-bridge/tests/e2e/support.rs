@@ -162,6 +162,13 @@ impl TestBridge {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// Starts a run with `POST /v1/runs`, waits for it to finish, and returns its record.
+    pub async fn run_to_end(&self, body: &Value) -> Value {
+        let (status, run) = self.post("/v1/runs?wait=120", body).await;
+        assert_eq!(status, 200, "the run did not finish in time: {run}");
+        run
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.send(reqwest::Method::GET, path, None).await
     }
@@ -171,6 +178,12 @@ impl TestBridge {
     pub async fn stop(mut self) -> TempDir {
         self.shutdown().await;
         self.data_dir.take().expect("data dir is held until stop")
+    }
+
+    /// Stops this bridge and starts `next` on the same data directory.
+    pub async fn restart(self, next: BridgeBuilder) -> TestBridge {
+        let data_dir = self.stop().await;
+        next.data_dir(data_dir).start().await
     }
 
     async fn shutdown(&mut self) {

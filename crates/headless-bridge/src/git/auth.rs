@@ -5,9 +5,9 @@
 //! (`github.com`, or `host:port` for a non-default port), holding the token. A request never
 //! carries a token: it names a repository, and the bridge uses the token the operator gave
 //! for that host. For a run, the token is copied into the workspace's private `secrets/`
-//! directory (0600), and git learns it from an askpass helper: a fixed script that reads the
-//! file and answers only prompts for that very host, so a submodule or redirect elsewhere
-//! never gets it. The script's text holds no user string; what varies reaches it through
+//! directory (0600), and git learns it from an askpass helper: a fixed script, shared by all
+//! runs in `<data_dir>/helpers/`, that reads the file and answers only prompts for that very
+//! host, so a submodule or redirect elsewhere never gets it. The script's text holds no user string; what varies reaches it through
 //! environment variables.
 
 use std::fs;
@@ -107,34 +107,58 @@ pub fn find_token(credentials_dir: &Path, url: &Url) -> io::Result<Option<String
 }
 
 /// Prepares the operator's token for `url`, if `credentials_dir` holds one for its host:
-/// installs it into the directory `secrets_dir` gives. ssh URLs use keys, not tokens.
+/// installs it into the directory `secrets_dir` gives, with the helper in `helpers_dir`. ssh
+/// URLs use keys, not tokens.
 pub fn for_url(
     credentials_dir: Option<&Path>,
     url: &Url,
+    helpers_dir: &Path,
     secrets_dir: impl FnOnce() -> io::Result<PathBuf>,
 ) -> io::Result<Option<GitAuth>> {
     let Some(dir) = credentials_dir.filter(|_| url.scheme() != "ssh") else {
         return Ok(None);
     };
     match find_token(dir, url)? {
-        Some(token) => install(&secrets_dir()?, url, token).map(Some),
+        Some(token) => install(helpers_dir, &secrets_dir()?, url, token).map(Some),
         None => Ok(None),
     }
 }
 
-/// Writes the helper and a 0600 copy of `token` into `secrets_dir`, for `url`'s host.
-pub fn install(secrets_dir: &Path, url: &Url, token: String) -> io::Result<GitAuth> {
+/// Writes a 0600 copy of `token` into `secrets_dir`, for `url`'s host, and makes sure the
+/// helper is in `helpers_dir`.
+pub fn install(
+    helpers_dir: &Path,
+    secrets_dir: &Path,
+    url: &Url,
+    token: String,
+) -> io::Result<GitAuth> {
     let host = prompt_host(url).ok_or_else(|| io::Error::other("the URL has no host"))?;
     let token_file = secrets_dir.join("git-token");
     write_private(&token_file, token.as_bytes(), 0o600)?;
-    let askpass = secrets_dir.join("git-askpass");
-    write_private(&askpass, ASKPASS_SCRIPT.as_bytes(), 0o700)?;
+    let askpass = helper(helpers_dir, "git-askpass", ASKPASS_SCRIPT)?;
     Ok(GitAuth {
         askpass,
         token_file,
         host,
         token,
     })
+}
+
+/// The helper script `name` in `dir`, written once and then reused. It holds no secret, and
+/// a script written just before git runs it could still be open for writing in a child that
+/// another thread is forking, which makes running it fail with ETXTBSY (see
+/// rust-lang/rust#114554); written once, long before, it is not.
+pub(super) fn helper(dir: &Path, name: &str, script: &str) -> io::Result<PathBuf> {
+    let path = dir.join(name);
+    if fs::read(&path).is_ok_and(|bytes| bytes == script.as_bytes()) {
+        return Ok(path);
+    }
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    let temp = dir.join(format!(".{name}.{}", uuid::Uuid::now_v7()));
+    write_private(&temp, script.as_bytes(), 0o700)?;
+    fs::rename(&temp, &path)?;
+    Ok(path)
 }
 
 /// Creates `path` with `mode` from the start, so the bytes are never readable by others.
@@ -162,12 +186,16 @@ mod tests {
     fn installed() -> (tempfile::TempDir, GitAuth) {
         let dir = tempfile::tempdir().expect("a temp dir");
         let url: Url = "http://127.0.0.1:8080/r.git".parse().expect("a URL");
-        let auth = install(dir.path(), &url, TOKEN.into()).expect("installs");
+        let helpers = dir.path().join("helpers");
+        let auth = install(&helpers, dir.path(), &url, TOKEN.into()).expect("installs");
         (dir, auth)
     }
 
+    /// Runs the helper through sh: the script's logic is under test here, and executing a
+    /// file this thread has just written races other tests' forks (ETXTBSY).
     fn ask(auth: &GitAuth, prompt: &str) -> (bool, String) {
-        let output = Command::new(&auth.askpass)
+        let output = Command::new("/bin/sh")
+            .arg(&auth.askpass)
             .arg(prompt)
             .env_clear()
             .envs(auth.env())

@@ -430,7 +430,9 @@ mod tests {
     fn a_token_is_in_no_argument_and_no_environment_variable_of_git() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let url: Url = "http://127.0.0.1:8080/r.git".parse().expect("a URL");
-        let auth = auth::install(dir.path(), &url, "tok-canary-77".into()).expect("installs");
+        let helpers = dir.path().join("helpers");
+        let auth =
+            auth::install(&helpers, dir.path(), &url, "tok-canary-77".into()).expect("installs");
         let git = Git::new(dir.path()).with_auth(Some(auth));
         let cmd = git.command(vec!["clone".into(), "--".into(), url.as_str().into()]);
 

@@ -4,7 +4,8 @@
 //! The operator keeps, in `HB_GIT_CREDENTIALS_DIR`, a private key per host in `<host>.ssh`
 //! and the hosts' public keys in `known_hosts`. For a run, the key is copied into the
 //! workspace's private `secrets/` directory (0600, which ssh insists on) and git runs ssh
-//! through a fixed wrapper script (`GIT_SSH`, so no shell ever parses a path): batch mode,
+//! through a fixed wrapper script shared by all runs (`GIT_SSH`, so no shell ever parses a
+//! path): batch mode,
 //! that one key only, no config file, and strict host key checking against that
 //! `known_hosts` alone. Without a `known_hosts` no host key is trusted and the clone fails.
 
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use url::Url;
 
-use super::auth::write_private;
+use super::auth::{helper, write_private};
 
 /// The ssh git runs; its arguments are git's (`[-p port] [-o SendEnv=GIT_PROTOCOL] host
 /// command`, see `GIT_SSH_VARIANT` in git(1)).
@@ -64,6 +65,7 @@ impl SshAuth {
 pub fn for_url(
     credentials_dir: Option<&Path>,
     url: &Url,
+    helpers_dir: &Path,
     secrets_dir: impl FnOnce() -> io::Result<PathBuf>,
 ) -> io::Result<Option<SshAuth>> {
     let (Some(dir), Some(host)) = (credentials_dir, url.host_str()) else {
@@ -77,11 +79,17 @@ pub fn for_url(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    install(&secrets_dir()?, key, &dir.join("known_hosts")).map(Some)
+    install(helpers_dir, &secrets_dir()?, key, &dir.join("known_hosts")).map(Some)
 }
 
-/// Writes the wrapper and a 0600 copy of `key` into `secrets_dir`.
-pub fn install(secrets_dir: &Path, key: String, known_hosts: &Path) -> io::Result<SshAuth> {
+/// Writes a 0600 copy of `key` into `secrets_dir` and makes sure the wrapper is in
+/// `helpers_dir`.
+pub fn install(
+    helpers_dir: &Path,
+    secrets_dir: &Path,
+    key: String,
+    known_hosts: &Path,
+) -> io::Result<SshAuth> {
     let key_file = secrets_dir.join("git-ssh-key");
     // ssh wants a key file to end with a newline; a Secret's value often does not.
     let text = if key.ends_with('\n') {
@@ -90,8 +98,7 @@ pub fn install(secrets_dir: &Path, key: String, known_hosts: &Path) -> io::Resul
         format!("{key}\n")
     };
     write_private(&key_file, text.as_bytes(), 0o600)?;
-    let wrapper = secrets_dir.join("git-ssh");
-    write_private(&wrapper, SSH_WRAPPER.as_bytes(), 0o700)?;
+    let wrapper = helper(helpers_dir, "git-ssh", SSH_WRAPPER)?;
     Ok(SshAuth {
         wrapper,
         key_file,
@@ -114,7 +121,8 @@ mod tests {
     fn the_wrapper_runs_ssh_with_only_the_operators_key_and_known_hosts() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let known_hosts = dir.path().join("known_hosts");
-        let auth = install(dir.path(), KEY.into(), &known_hosts).expect("installs");
+        let helpers = dir.path().join("helpers");
+        let auth = install(&helpers, dir.path(), KEY.into(), &known_hosts).expect("installs");
         // A stand-in `ssh` first on PATH prints the arguments it was given.
         let fake_bin = dir.path().join("bin");
         std::fs::create_dir(&fake_bin).expect("mkdir");
@@ -122,13 +130,23 @@ mod tests {
         std::fs::write(&fake, "#!/bin/sh\nprintf '%s\\n' \"$@\"\n").expect("write");
         std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 
-        let output = Command::new(&auth.wrapper)
-            .args(["-p", "2222", "git.internal", "git-upload-pack '/r.git'"])
-            .env_clear()
-            .envs(auth.env())
-            .env("PATH", format!("{}:/usr/bin:/bin", fake_bin.display()))
-            .output()
-            .expect("the wrapper runs");
+        // Through sh: executing a file this thread has just written races other tests' forks.
+        // The stand-in was just written; a fork in another test may hold it open for a
+        // moment, and sh then reports 126 (ETXTBSY). Only that is tried again.
+        let run = || {
+            Command::new("/bin/sh")
+                .arg(&auth.wrapper)
+                .args(["-p", "2222", "git.internal", "git-upload-pack '/r.git'"])
+                .env_clear()
+                .envs(auth.env())
+                .env("PATH", format!("{}:/usr/bin:/bin", fake_bin.display()))
+                .output()
+                .expect("the wrapper runs")
+        };
+        let output = (0..5)
+            .map(|_| run())
+            .find(|o| o.status.code() != Some(126))
+            .expect("the stand-in ran");
         let args = String::from_utf8_lossy(&output.stdout);
 
         for expected in [
@@ -159,7 +177,11 @@ mod tests {
         let secrets = tempfile::tempdir().expect("a temp dir");
         let get = |raw: &str| {
             let url: Url = raw.parse().expect("a URL");
-            for_url(Some(dir.path()), &url, || Ok(secrets.path().to_owned())).expect("reads")
+            let helpers = secrets.path().join("helpers");
+            for_url(Some(dir.path()), &url, &helpers, || {
+                Ok(secrets.path().to_owned())
+            })
+            .expect("reads")
         };
         assert!(get("ssh://git@git.internal/r.git").is_some());
         assert!(get("https://git.internal/r.git").is_none());

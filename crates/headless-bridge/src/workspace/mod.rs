@@ -9,7 +9,7 @@
 //!   home/                   a private HOME, with shell profiles that keep bin/ on PATH
 //!   codex-home/             a private CODEX_HOME with a copy of the login
 //!   out/                    files the CLI writes for the bridge (its last message)
-//!   secrets/                0700: the git askpass helper and its token (0600), never in work/
+//!   secrets/                0700: the git token or ssh key (0600) during the clone only
 //! ```
 //!
 //! The limits are checked, not enforced by the kernel: free space before a clone, and the

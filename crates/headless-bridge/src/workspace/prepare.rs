@@ -149,9 +149,10 @@ impl Preparer<'_> {
                 format!("failed to prepare the {what}: {e}"),
             )
         };
-        let auth = crate::git::auth::for_url(dir, url, || workspace.secrets_dir())
+        let helpers = self.config.data_dir.join("helpers");
+        let auth = crate::git::auth::for_url(dir, url, &helpers, || workspace.secrets_dir())
             .map_err(|e| failed("git token", e))?;
-        let ssh = crate::git::ssh::for_url(dir, url, || workspace.secrets_dir())
+        let ssh = crate::git::ssh::for_url(dir, url, &helpers, || workspace.secrets_dir())
             .map_err(|e| failed("ssh key", e))?;
         redactor.extend(auth.iter().map(|a| a.secret().to_owned()));
         redactor.extend(ssh.iter().map(|s| s.secret().to_owned()));

@@ -19,6 +19,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 const DEFAULT_RUN_TIMEOUT_S: u64 = 600;
 /// The longest run a request may ask for unless the operator raises it.
 const DEFAULT_MAX_RUN_TIMEOUT_S: u64 = 3600;
+/// A tool download, every mirror and retry included.
+const DEFAULT_FETCH_TIMEOUT_S: u64 = 300;
 /// A CLI silent this long is most likely waiting for something that will not come.
 const DEFAULT_IDLE_TIMEOUT_S: u64 = 300;
 /// Runs mostly wait on a model provider, so a few at once fit even a small pod.
@@ -77,6 +79,21 @@ const SETTINGS: &[Setting] = &[
     Setting::new("shim_bin", "HB_SHIM_BIN", None),
     Setting::new("keep_workspaces", "HB_KEEP_WORKSPACES", None),
     Setting::new("log_format", "HB_LOG_FORMAT", None),
+    Setting::new(
+        "tool_cache_dir",
+        "HB_TOOL_CACHE_DIR",
+        Some("--tool-cache-dir"),
+    ),
+    Setting::new("tool_max_bytes", "HB_TOOL_MAX_BYTES", None),
+    Setting::new("fetch_timeout", "HB_FETCH_TIMEOUT", None),
+    Setting::new("workspace_max_bytes", "HB_WORKSPACE_MAX_BYTES", None),
+    Setting::new(
+        "workspace_min_free_bytes",
+        "HB_WORKSPACE_MIN_FREE_BYTES",
+        None,
+    ),
+    Setting::new("artifact_max_bytes", "HB_ARTIFACT_MAX_BYTES", None),
+    Setting::new("git_credentials_dir", "HB_GIT_CREDENTIALS_DIR", None),
 ];
 
 /// The validated configuration of a running bridge.
@@ -122,6 +139,12 @@ pub struct Config {
     pub keep_workspaces: bool,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Where and within which limits tools are fetched.
+    pub fetch: crate::fetch::FetchSettings,
+    /// Disk limits of a run's workspace and its artifacts.
+    pub workspace: crate::workspace::WorkspaceLimits,
+    /// A directory of files named after git hosts, each holding a token for that host.
+    pub git_credentials_dir: Option<PathBuf>,
 }
 
 /// Where the Codex CLI and its login live.
@@ -322,6 +345,20 @@ impl RawConfig {
             return Err(self.error("run_timeout", "must not exceed HB_MAX_RUN_TIMEOUT"));
         }
 
+        let data_dir = self.path("data_dir").unwrap_or_else(default_data_dir);
+        let fetch = crate::fetch::FetchSettings {
+            cache_dir: self
+                .path("tool_cache_dir")
+                .unwrap_or_else(|| data_dir.join("tool-cache")),
+            max_bytes: self.bytes("tool_max_bytes", "512M")?,
+            total_timeout: self.seconds("fetch_timeout", DEFAULT_FETCH_TIMEOUT_S)?,
+            ..crate::fetch::FetchSettings::default()
+        };
+        let workspace = crate::workspace::WorkspaceLimits {
+            max_bytes: self.bytes("workspace_max_bytes", "4G")?,
+            min_free_bytes: self.bytes("workspace_min_free_bytes", "1G")?,
+            artifact_max_bytes: self.bytes("artifact_max_bytes", "16M")?,
+        };
         let run_idle_timeout = self.seconds("run_idle_timeout", DEFAULT_IDLE_TIMEOUT_S)?;
         let webhook_secret = self
             .values
@@ -339,7 +376,7 @@ impl RawConfig {
 
         Ok(Config {
             listen,
-            data_dir: self.path("data_dir").unwrap_or_else(default_data_dir),
+            data_dir,
             api_tokens,
             codex: CodexConfig {
                 bin: self
@@ -368,6 +405,9 @@ impl RawConfig {
             shim_bin: self.path("shim_bin"),
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
             log_format: self.parse("log_format", "auto", parse_log_format)?,
+            fetch,
+            workspace,
+            git_credentials_dir: self.path("git_credentials_dir"),
         })
     }
 
@@ -452,6 +492,11 @@ impl RawConfig {
         }
     }
 
+    fn bytes(&self, key: &str, default: &str) -> Result<u64, ConfigError> {
+        self.parse(key, default, parse_bytes)
+            .map_err(|_| self.error(key, "expected a size in bytes, such as 1048576, 512M or 4G"))
+    }
+
     fn path(&self, key: &str) -> Option<PathBuf> {
         self.values.get(key).map(|(v, _)| PathBuf::from(v.trim()))
     }
@@ -479,6 +524,18 @@ fn toml_to_text(value: &toml::Value) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// A size in bytes, with an optional binary suffix K, M or G.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let upper = text.to_ascii_uppercase();
+    let (number, shift) = match upper.trim_end_matches('B').trim_end_matches('I') {
+        n if n.ends_with('K') => (&n[..n.len() - 1], 10),
+        n if n.ends_with('M') => (&n[..n.len() - 1], 20),
+        n if n.ends_with('G') => (&n[..n.len() - 1], 30),
+        n => (n, 0),
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(1 << shift)
 }
 
 /// Seconds, optionally with a unit: `600`, `600s`, `10m`, `2h`, `7d`.
@@ -543,6 +600,16 @@ mod tests {
         raw.build()
     }
 
+    #[rstest]
+    #[case("1048576", 1 << 20)]
+    #[case("512M", 512 << 20)]
+    #[case("4G", 4 << 30)]
+    #[case("64k", 64 << 10)]
+    #[case("2GiB", 2 << 30)]
+    fn sizes_take_binary_suffixes(#[case] text: &str, #[case] bytes: u64) {
+        assert_eq!(parse_bytes(text), Some(bytes));
+    }
+
     #[test]
     fn defaults_match_the_original_service() {
         let config = from_env(&[]).expect("defaults are valid");
@@ -581,6 +648,8 @@ mod tests {
     #[case::short_token("HB_API_TOKEN", "secret")]
     #[case::tokens_file("HB_API_TOKENS_FILE", "/nonexistent/tokens")]
     #[case::log_format("HB_LOG_FORMAT", "xml")]
+    #[case::size_text("HB_WORKSPACE_MAX_BYTES", "lots")]
+    #[case::size_unit("HB_TOOL_MAX_BYTES", "12T")]
     #[case::concurrency("HB_MAX_CONCURRENT_RUNS", "0")]
     #[case::retention("HB_RUN_RETENTION", "1w")]
     #[case::webhook_secret("HB_WEBHOOK_SECRET", "secret")]

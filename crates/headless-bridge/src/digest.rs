@@ -1,7 +1,9 @@
 //! SHA-256 digests as they appear on the wire and on disk.
 //!
 //! Requests name a tool's expected digest either as `sha256:<64 hex>` or as bare hex, in either
-//! case. [`Sha256Digest`] accepts both, keeps the canonical lowercase form, and is what the
+//! case, optionally followed by a file name as a line of `sha256sum` output has it
+//! (`<hex>  ak` or `<hex> *ak`), since that is what release pages publish and people paste.
+//! [`Sha256Digest`] accepts those, keeps the canonical lowercase form, and is what the
 //! fetcher compares a download against.
 
 use std::fmt;
@@ -45,6 +47,7 @@ impl FromStr for Sha256Digest {
     type Err = DigestError;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let raw = strip_file_name(raw);
         let hex_part = match raw.split_once(':') {
             Some((algorithm, rest)) if algorithm.eq_ignore_ascii_case("sha256") => rest,
             Some((algorithm, _)) => return Err(DigestError::Algorithm(algorithm.to_owned())),
@@ -57,6 +60,14 @@ impl FromStr for Sha256Digest {
             return Err(DigestError::NotHex);
         }
         Ok(Self(hex_part.to_ascii_lowercase()))
+    }
+}
+
+/// `raw` without a trailing `sha256sum` file name: two spaces, or a space and '*', then a name.
+fn strip_file_name(raw: &str) -> &str {
+    match raw.find("  ").or_else(|| raw.find(" *")) {
+        Some(at) if at > 0 && !raw[at + 2..].trim().is_empty() => &raw[..at],
+        _ => raw,
     }
 }
 
@@ -85,6 +96,9 @@ mod tests {
     #[case::bare_upper(&HELLO.to_uppercase())]
     #[case::prefixed(&format!("sha256:{HELLO}"))]
     #[case::prefixed_upper(&format!("SHA256:{}", HELLO.to_uppercase()))]
+    #[case::sha256sum_text(&format!("{HELLO}  ak-linux-amd64"))]
+    #[case::sha256sum_binary(&format!("{HELLO} *ak.tar.gz"))]
+    #[case::prefixed_with_name(&format!("sha256:{HELLO}  ak"))]
     fn accepts_both_spellings_in_either_case(#[case] raw: &str) {
         let digest: Sha256Digest = raw.parse().expect("valid digest");
         assert_eq!(digest, Sha256Digest::of(b"hello"));
@@ -99,6 +113,12 @@ mod tests {
     #[case::md5(&format!("md5:{HELLO}"), DigestError::Algorithm("md5".into()))]
     #[case::empty_after_prefix("sha256:", DigestError::Length(0))]
     #[case::whitespace(&format!(" {}", &HELLO[..63]), DigestError::NotHex)]
+    #[case::sha512(&format!("sha512:{HELLO}{HELLO}"), DigestError::Algorithm("sha512".into()))]
+    #[case::sha1("sha1:aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d", DigestError::Algorithm("sha1".into()))]
+    #[case::sha512_length_bare(&format!("{HELLO}{HELLO}"), DigestError::Length(128))]
+    #[case::name_without_digest("  ak", DigestError::Length(4))]
+    #[case::one_space_name(&format!("{HELLO} ak"), DigestError::Length(67))]
+    #[case::truncated_with_name(&format!("{}  ak", &HELLO[..40]), DigestError::Length(40))]
     fn rejects_anything_else(#[case] raw: &str, #[case] expected: DigestError) {
         assert_eq!(raw.parse::<Sha256Digest>(), Err(expected));
     }

@@ -4,13 +4,15 @@
 //! The pieces, each in its own module: [`config`] reads the settings; [`api`] serves HTTP;
 //! [`run`] drives a run from request to outcome, with [`run::supervisor`] owning the CLI's
 //! process; [`adapter`] knows how the Codex CLI runs headless and how to read its events;
-//! [`credentials`] reads the login and gives each run a private copy; [`fetch`] downloads
-//! and verifies tools; [`git`] clones repositories; [`workspace`] lays out a run's files;
+//! [`credentials`] reads the login and gives each run a private copy; [`fetch`] downloads,
+//! verifies and caches tools; [`git`] clones repositories; [`workspace`] lays out a run's
+//! files, prepares them and watches their size; [`artifacts`] keeps the files a run declares;
 //! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
 //! [`redact`] keeps secrets out of what runs report; [`server`] ties them together.
 
 pub mod adapter;
 pub mod api;
+pub mod artifacts;
 pub mod config;
 pub mod credentials;
 pub mod digest;

@@ -1,7 +1,9 @@
-//! The `headless-bridge` command: `serve` runs the HTTP gateway.
+//! The `headless-bridge` command: `serve` runs the HTTP gateway; `fetch` downloads one tool
+//! with the same fetcher, cache and URL policy the runs use.
 //!
-//! Exit codes: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when the bridge
-//! failed to start or stopped serving on an error.
+//! Exit codes of `serve`: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when
+//! the bridge failed to start or stopped serving on an error. Those of `fetch` are in
+//! [`fetch_command`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use headless_bridge::config::{Config, RawConfig};
 use headless_bridge::server::Bridge;
 use headless_bridge::{error_chain, telemetry};
+
+mod fetch_command;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +30,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve(Box<ServeArgs>),
+    /// Download a tool, verify it and copy it out of the tool cache.
+    Fetch(fetch_command::FetchArgs),
     /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
     #[command(hide = true)]
     Shim {
@@ -72,6 +78,9 @@ struct ServeArgs {
     /// Directory of adapter profiles, one `*.toml` per CLI [env: HB_ADAPTERS_DIR].
     #[arg(long, value_name = "DIR")]
     adapters_dir: Option<String>,
+    /// The content-addressed tool cache [env: HB_TOOL_CACHE_DIR] [default: <data dir>/tool-cache].
+    #[arg(long, value_name = "DIR")]
+    tool_cache_dir: Option<String>,
 }
 
 impl ServeArgs {
@@ -91,6 +100,7 @@ impl ServeArgs {
         raw.merge_flag("run_timeout", self.run_timeout);
         raw.merge_flag("max_concurrent_runs", self.max_concurrent_runs);
         raw.merge_flag("adapters_dir", self.adapters_dir);
+        raw.merge_flag("tool_cache_dir", self.tool_cache_dir);
         raw.build()
     }
 }
@@ -98,6 +108,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
+        Command::Fetch(args) => fetch_command::run(args),
         Command::Shim { mut command } => {
             let program = command.remove(0);
             let code = headless_bridge::run::shim::main(program, command);

@@ -5,6 +5,8 @@
 //! public. Operators list hosts in `HB_ALLOWED_HOSTS` to let them resolve to loopback or private
 //! addresses (an in-cluster git server, a test fixture); only those hosts may use plain http.
 //! The check runs before any work starts, so a refused URL never costs a clone or a download.
+//! Repositories may also use `ssh://`, but only to hosts the operator listed: ssh reaches
+//! whatever the host name resolves to, and no HTTP hook would see a redirect.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -47,13 +49,19 @@ pub enum UrlError {
     NonPublicAddress { host: String, addr: IpAddr },
     #[error("names host `{0}`, which did not resolve to any address")]
     Unresolvable(String),
+    #[error(
+        "uses ssh to host `{0}`, which is not in HB_ALLOWED_HOSTS: use https, or ask the operator"
+    )]
+    SshHost(String),
 }
 
 impl UrlError {
     /// The stable error code an API client can branch on.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NonPublicAddress { .. } | Self::PlainHttp(_) => "url_not_allowed",
+            Self::NonPublicAddress { .. } | Self::PlainHttp(_) | Self::SshHost(_) => {
+                "url_not_allowed"
+            }
             Self::Unresolvable(_) => "url_host_unresolvable",
             Self::Credentials => "url_has_credentials",
             _ => "invalid_url",
@@ -96,18 +104,63 @@ impl UrlPolicy {
         Ok(url)
     }
 
+    /// The addresses a program that resolves names itself (git) must connect to for `url`,
+    /// as a curl `--resolve` entry `host:port:addr[,addr]`: resolved and checked now, so a
+    /// name cannot point somewhere else by the time the connection is made (DNS rebinding).
+    /// `None` when there is nothing to pin: an IP literal, an allowed host, or not http(s).
+    pub async fn pin(&self, url: &Url) -> Result<Option<String>, UrlError> {
+        let Some(Host::Domain(name)) = url.host() else {
+            return Ok(None);
+        };
+        if !matches!(url.scheme(), "http" | "https") || self.allows_host(name) {
+            return Ok(None);
+        }
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addrs = resolve(&Host::Domain(name), port).await?;
+        if let Some(addr) = addrs.iter().copied().find(|a| !is_public(*a)) {
+            let host = name.to_owned();
+            return Err(UrlError::NonPublicAddress { host, addr });
+        }
+        let shown: Vec<String> = addrs
+            .iter()
+            .map(|a| match a {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("[{v6}]"),
+            })
+            .collect();
+        Ok(Some(format!("{name}:{port}:{}", shown.join(","))))
+    }
+
+    /// Checks a repository URL: whatever [`UrlPolicy::check`] accepts, or
+    /// `ssh://[user@]host[:port]/path` when the operator listed the host. An ssh user name is
+    /// not a secret (it is `git` on every code host); a password is refused.
+    pub async fn check_repo(&self, raw: &str) -> Result<Url, UrlError> {
+        if !raw
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("ssh://"))
+        {
+            return self.check(raw).await;
+        }
+        check_shape(raw)?;
+        let url = Url::parse(raw).map_err(|e| UrlError::Malformed(e.to_string()))?;
+        if url.password().is_some() {
+            return Err(UrlError::Credentials);
+        }
+        let host = url.host().ok_or(UrlError::NoHost)?;
+        if !self.is_allowed(&host) || url.username().starts_with('-') {
+            return Err(UrlError::SshHost(host.to_string()));
+        }
+        Ok(url)
+    }
+
+    /// Whether the operator listed `host` (a name or an IP literal).
+    pub fn allows_host(&self, host: &str) -> bool {
+        self.allowed_hosts.contains(&normalize_host(host))
+    }
+
     /// The checks that need no network: shape, scheme, credentials and plain http.
     pub fn check_syntax(&self, raw: &str) -> Result<Url, UrlError> {
-        if raw.is_empty() {
-            return Err(UrlError::Empty);
-        }
-        if raw.starts_with('-') {
-            return Err(UrlError::LeadingDash);
-        }
-        if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(UrlError::ControlCharacters);
-        }
-
+        check_shape(raw)?;
         let url = Url::parse(raw).map_err(|e| UrlError::Malformed(e.to_string()))?;
         if !matches!(url.scheme(), "https" | "http") {
             return Err(UrlError::Scheme(url.scheme().to_owned()));
@@ -134,6 +187,20 @@ impl UrlPolicy {
         self.allowed_hosts
             .contains(&normalize_host(&host.to_string()))
     }
+}
+
+/// What no URL may look like, whatever its scheme: empty, option-like, or with whitespace.
+fn check_shape(raw: &str) -> Result<(), UrlError> {
+    if raw.is_empty() {
+        return Err(UrlError::Empty);
+    }
+    if raw.starts_with('-') {
+        return Err(UrlError::LeadingDash);
+    }
+    if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(UrlError::ControlCharacters);
+    }
+    Ok(())
 }
 
 /// Lowercases a host and drops the brackets of an IPv6 literal, so `[::1]` matches `::1`.
@@ -286,6 +353,45 @@ mod tests {
     async fn refuses(#[case] raw: &str, #[case] code: &str) {
         let err = policy().check(raw).await.expect_err("must be refused");
         assert_eq!(err.code(), code, "{raw}: {err}");
+    }
+
+    #[rstest]
+    #[case::allowed_ssh("ssh://git@git.internal/acme/widget.git", Ok(()))]
+    #[case::allowed_ssh_port("ssh://git@git.internal:2222/widget.git", Ok(()))]
+    #[case::https_still_fine("https://93.184.215.14/repo.git", Ok(()))]
+    #[case::unlisted_ssh("ssh://git@93.184.215.14/repo.git", Err("url_not_allowed"))]
+    #[case::ssh_password("ssh://git:secret@git.internal/repo.git", Err("url_has_credentials"))]
+    #[case::ssh_option_user("ssh://-oProxyCommand=x@git.internal/r.git", Err("url_not_allowed"))]
+    #[case::ssh_dash("-ssh://git.internal/r.git", Err("invalid_url"))]
+    #[case::scp_like("git@git.internal:acme/widget.git", Err("invalid_url"))]
+    #[tokio::test]
+    async fn repositories_may_use_ssh_to_listed_hosts(
+        #[case] raw: &str,
+        #[case] expected: Result<(), &str>,
+    ) {
+        let result = policy()
+            .check_repo(raw)
+            .await
+            .map(drop)
+            .map_err(|e| e.code());
+        assert_eq!(result, expected, "{raw}");
+    }
+
+    #[rstest]
+    #[case::ip_literal("https://93.184.215.14/r.git")]
+    #[case::allowed_name("http://git.internal:8080/r.git")]
+    #[case::ssh("ssh://git@git.internal/r.git")]
+    #[tokio::test]
+    async fn only_names_outside_the_allowed_list_are_pinned(#[case] raw: &str) {
+        let url: Url = raw.parse().expect("a URL");
+        assert_eq!(policy().pin(&url).await, Ok(None));
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_not_pinned_but_refused() {
+        let url: Url = "https://localhost/r.git".parse().expect("a URL");
+        let err = policy().pin(&url).await.expect_err("refused");
+        assert_eq!(err.code(), "url_not_allowed");
     }
 
     #[test]

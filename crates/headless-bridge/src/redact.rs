@@ -101,6 +101,31 @@ impl Redactor {
         }
         TOKEN_SHAPES.replace_all(&out, MASK).into_owned()
     }
+
+    /// `bytes` with every secret masked: as text when they are UTF-8, else only the known
+    /// values, byte for byte (token shapes mean nothing in a binary file).
+    pub fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            return self.redact(text).into_bytes();
+        }
+        let mut out = bytes.to_vec();
+        for secret in &self.secrets {
+            out = replace_bytes(&out, secret.as_bytes(), MASK.as_bytes());
+        }
+        out
+    }
+}
+
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(with);
+        rest = &rest[at + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 #[cfg(test)]
@@ -136,6 +161,13 @@ mod tests {
         assert!(!masked.contains("ghp_"), "{masked}");
         assert!(!masked.contains("eyJ"), "{masked}");
         assert!(!masked.contains("abcdefghijklmnopqrst"), "{masked}");
+    }
+
+    #[test]
+    fn masks_known_values_in_binary_files() {
+        let r = Redactor::new(["hunter2-is-long"]);
+        let masked = r.redact_bytes(b"\xff\x00hunter2-is-long\x00");
+        assert_eq!(masked, b"\xff\x00[REDACTED]\x00");
     }
 
     #[test]

@@ -125,7 +125,8 @@ impl Bridge {
     }
 }
 
-/// Deletes finished runs past their age or count limit, with their logs and workspaces.
+/// Deletes finished runs past their age or count limit, with their logs, workspaces and
+/// artifacts.
 async fn retention_loop(config: Arc<Config>, engine: Engine) {
     let mut interval = tokio::time::interval(RETENTION_INTERVAL);
     loop {
@@ -141,6 +142,8 @@ async fn retention_loop(config: Arc<Config>, engine: Engine) {
                     let _ = std::fs::remove_dir_all(
                         config.data_dir.join("workspaces").join(id.to_string()),
                     );
+                    let artifacts = crate::artifacts::store_dir(&config.data_dir, &id.to_string());
+                    let _ = std::fs::remove_dir_all(artifacts);
                 }
                 tracing::info!(deleted = pruned.len(), "deleted runs past their retention");
             }

@@ -483,6 +483,7 @@ mod tests {
             idle_timeout_s: None,
             callback_url: None,
             contract_id: Some("c-1".into()),
+            artifacts: Vec::new(),
         }
     }
 

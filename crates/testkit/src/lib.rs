@@ -4,14 +4,18 @@
 //! Each stand-in serves real protocol on 127.0.0.1 at a port the kernel picks and stops when
 //! its handle is dropped:
 //! - [`model::FakeModel`], the OpenAI Responses API as the real Codex CLI uses it;
-//! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`;
-//! - [`files::FileServer`], static downloads that count their hits.
+//! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`, optionally behind
+//!   basic authentication, with fixtures for submodules;
+//! - [`files::FileServer`], static downloads that count their hits;
+//! - [`faults::FaultServer`], downloads that misbehave on purpose (broken ranges, dropped
+//!   connections, redirects, HTML error pages, trickling).
 //!
 //! [`demo::Demo`] starts all three with the fixtures of the headless-bridge demo.
 //!
 //! Panics, not errors, report broken test environments: a test cannot carry on without them.
 
 pub mod demo;
+pub mod faults;
 pub mod files;
 pub mod git;
 mod loopback;

@@ -97,16 +97,20 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         repo: Some(RepoSpec {
             url: repo_url,
             git_ref: None,
+            submodules: false,
         }),
         tools: vec![ToolSpec {
             name: TOOL_NAME.into(),
             url: ak_url,
             sha256: digest,
+            mirrors: Vec::new(),
+            archive_path: None,
         }],
         timeout_s: state.config.run_timeout.as_secs(),
         idle_timeout_s: None,
         callback_url: None,
         contract_id: Some(contract_id),
+        artifacts: Vec::new(),
     })
 }
 

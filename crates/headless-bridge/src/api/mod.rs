@@ -3,6 +3,7 @@
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
 //! socket. Everything but `/health` sits behind bearer-token authentication.
 
+mod artifacts;
 mod auth;
 mod body;
 mod error;
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/v1/runs/{id}/events", get(events::events))
         .route("/v1/runs/{id}/logs", get(runs::logs))
+        .route("/v1/runs/{id}/artifacts/{*path}", get(artifacts::download))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

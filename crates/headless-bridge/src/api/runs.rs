@@ -342,6 +342,7 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         }
     };
 
+    let artifacts = validate_artifacts(body.0.get("artifacts"))?;
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let prompt = if adapter == CODEX {
         codex::run_prompt(&prompt, &names)
@@ -357,6 +358,7 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         idle_timeout_s,
         callback_url,
         contract_id,
+        artifacts,
     })
 }
 
@@ -367,7 +369,12 @@ async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<Re
             "`repo.url` is required: the https URL to clone",
         )
     })?;
-    body::url(state.engine.policy(), "repo.url", &url).await?;
+    state
+        .engine
+        .policy()
+        .check_repo(&url)
+        .await
+        .map_err(|e| ApiError::bad_request(e.code(), format!("`repo.url` {e}")))?;
     let git_ref = body::optional_string(repo, "ref", 255)?;
     if let Some(name) = &git_ref {
         git::check_ref_name(name).map_err(|why| {
@@ -377,7 +384,21 @@ async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<Re
             )
         })?;
     }
-    Ok(RepoSpec { url, git_ref })
+    let submodules = match repo.get("submodules") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "`repo.submodules` must be true or false",
+            ));
+        }
+    };
+    Ok(RepoSpec {
+        url,
+        git_ref,
+        submodules,
+    })
 }
 
 async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpec>, ApiError> {
@@ -414,10 +435,84 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
         }
         let url = required("url", MAX_URL)?;
         body::url(state.engine.policy(), &field("url"), &url).await?;
-        let sha256 = body::digest(&field("sha256"), &required("sha256", 80)?)?;
-        tools.push(ToolSpec { name, url, sha256 });
+        let sha256 = body::digest(&field("sha256"), &required("sha256", 320)?)?;
+        let mirrors = validate_mirrors(state, tool, &field("mirrors")).await?;
+        let archive_path = body::optional_string(tool, "archive_path", 512)?;
+        if let Some(path) = &archive_path {
+            crate::artifacts::check_declared(path).map_err(|why| {
+                ApiError::bad_request(
+                    "invalid_field",
+                    format!("`{}` {why}", field("archive_path")),
+                )
+            })?;
+        }
+        tools.push(ToolSpec {
+            name,
+            url,
+            sha256,
+            mirrors,
+            archive_path,
+        });
     }
     Ok(tools)
+}
+
+/// The most mirrors one tool may list: each failing one costs retries within the fetch's time
+/// limit, so a long list only delays the verdict.
+const MAX_MIRRORS: usize = 8;
+
+async fn validate_mirrors(
+    state: &AppState,
+    tool: &Map<String, Value>,
+    field: &str,
+) -> Result<Vec<String>, ApiError> {
+    let items = match tool.get("mirrors") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= MAX_MIRRORS => items,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("`{field}` must be a list of at most {MAX_MIRRORS} URLs"),
+            ));
+        }
+    };
+    let mut mirrors = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let name = format!("{field}[{i}]");
+        let Some(url) = item.as_str().filter(|u| u.len() <= MAX_URL) else {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("`{name}` must be a URL of at most {MAX_URL} bytes"),
+            ));
+        };
+        body::url(state.engine.policy(), &name, url).await?;
+        mirrors.push(url.to_owned());
+    }
+    Ok(mirrors)
+}
+
+/// Declared artifacts: relative paths inside the work tree.
+fn validate_artifacts(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    use crate::artifacts::{MAX_DECLARED, check_declared};
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() <= MAX_DECLARED => items,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("`artifacts` must be a list of at most {MAX_DECLARED} paths"),
+            ));
+        }
+    };
+    let mut paths = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = item.as_str().unwrap_or_default();
+        check_declared(path).map_err(|why| {
+            ApiError::bad_request("invalid_artifact_path", format!("`artifacts[{i}]` {why}"))
+        })?;
+        paths.push(path.to_owned());
+    }
+    Ok(paths)
 }
 
 /// A tool name becomes a file name in the run's bin directory and a command name in a shell.

@@ -114,6 +114,8 @@ pub enum ReasonCode {
     UpstreamError,
     /// The run's workspace could not be prepared (disk, permissions).
     WorkspaceError,
+    /// The workspace passed its size limit, or the disk had too little free space.
+    WorkspaceDiskFull,
 }
 
 impl ReasonCode {
@@ -133,6 +135,9 @@ pub struct RepoSpec {
     /// A branch or tag; the remote's default branch when absent.
     #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    /// Also check out the submodules (one level).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub submodules: bool,
 }
 
 /// A tool to download, verify and put on the run's PATH.
@@ -142,6 +147,12 @@ pub struct ToolSpec {
     pub url: String,
     #[serde(with = "digest_text")]
     pub sha256: Sha256Digest,
+    /// Other URLs serving the same bytes, tried in order after `url`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
+    /// When the download is an archive (tar.gz or zip): the executable's path inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_path: Option<String>,
 }
 
 mod digest_text {
@@ -180,6 +191,9 @@ pub struct RunSpec {
     /// The caller's own reference (the original API's contract id).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contract_id: Option<String>,
+    /// Files in the work tree the run will write for the caller, relative paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
 }
 
 /// Token counts the CLI reported for the run.
@@ -213,6 +227,9 @@ pub struct RunRecord {
     pub logs: String,
     /// What the run changed in the repository, as a git patch.
     pub diff: String,
+    /// The declared files the run left, downloadable under `/v1/runs/{id}/artifacts/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<crate::artifacts::Artifact>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +256,7 @@ impl RunRecord {
             output: String::new(),
             logs: String::new(),
             diff: String::new(),
+            artifacts: Vec::new(),
             usage: None,
             exit_code: None,
             created_at: OffsetDateTime::now_utc(),

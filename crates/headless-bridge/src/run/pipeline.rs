@@ -20,8 +20,8 @@ use crate::adapter::codex::{self, RunDirs};
 use crate::adapter::{self, Adapter, OutputReader, Verdict};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError, LoadedAuth, WorkingCopy, WriterGuard};
-use crate::fetch::{FetchError, Fetcher};
-use crate::git::{Checkout, Git, GitError};
+use crate::fetch::Fetcher;
+use crate::git::{Checkout, Git};
 use crate::policy::UrlPolicy;
 use crate::redact::{self, Redactor};
 use crate::run::events::{EventKind, EventSink};
@@ -29,6 +29,7 @@ use crate::run::supervisor::{self, ExitKind, ProcessSpec, RUN_MARKER, StopCause,
 use crate::run::{Outcome, ReasonCode, RunRecord, RunSpec, RunState};
 use crate::store::Store;
 use crate::workspace::Workspace;
+use crate::workspace::prepare::{PrepareError, Preparer};
 
 /// What preparation leaves for the CLI's run.
 struct Prepared<'a> {
@@ -95,35 +96,11 @@ impl From<CredentialError> for Failure {
     }
 }
 
-impl From<GitError> for Failure {
-    fn from(err: GitError) -> Self {
-        let reason = match err {
-            GitError::AuthFailed { .. } => ReasonCode::RepoAuthFailed,
-            _ => ReasonCode::RepoCloneFailed,
-        };
-        Self::failed(reason, format!("failed to clone the repository: {err}"))
-    }
-}
-
-impl From<FetchError> for Failure {
-    fn from(err: FetchError) -> Self {
-        let message = err.to_string();
-        match err {
-            FetchError::Mismatch {
-                expected,
-                actual,
-                size,
-                ..
-            } => Self {
-                details: Some(serde_json::json!({
-                    "expected_sha256": expected.to_string(),
-                    "actual_sha256": actual.to_string(),
-                    "size": size,
-                })),
-                ..Self::failed(ReasonCode::ChecksumMismatch, message)
-            },
-            FetchError::Io { .. } => Self::failed(ReasonCode::WorkspaceError, message),
-            _ => Self::failed(ReasonCode::DownloadFailed, message),
+impl From<PrepareError> for Failure {
+    fn from(err: PrepareError) -> Self {
+        Self {
+            details: err.details,
+            ..Self::failed(err.reason, err.message)
         }
     }
 }
@@ -222,7 +199,7 @@ impl Pipeline {
         // Preparation is abandoned (its git and downloads with it) on a stop or the deadline;
         // the CLI itself is stopped by its supervisor, which cleans up its processes.
         let prepared = tokio::select! {
-            prepared = self.prepare(&record.spec, dirs, redactor, account, sink) => prepared,
+            prepared = self.prepare(&record.spec, workspace, redactor, account, sink) => prepared,
             () = self.stop.cancelled() => Err(self.stop_failure()),
             () = tokio::time::sleep_until(deadline.into()) => Err(Failure {
                 outcome: Outcome::TimedOut,
@@ -237,6 +214,8 @@ impl Pipeline {
         let result = self
             .run_cli(record, dirs, deadline, account, redactor, sink)
             .await;
+        self.preparer()
+            .keep_artifacts(record, &dirs.work, redactor, account);
         if let Some(given) = &prepared.login {
             // The CLI may have refreshed its tokens during the run: keep them, and mask them.
             redactor.extend(credentials::secrets_in(&dirs.codex_home.join("auth.json")));
@@ -257,18 +236,30 @@ impl Pipeline {
     async fn prepare(
         &self,
         spec: &RunSpec,
-        dirs: &RunDirs,
+        workspace: &Workspace,
         redactor: &mut Redactor,
         account: &mut Vec<String>,
         sink: &mut EventSink,
     ) -> Result<Prepared<'_>, Failure> {
+        let dirs = &workspace.dirs;
         // Fail fast on a broken login, before any clone or download.
         if let Adapter::Codex = self.adapter {
             let auth = self.login.checkout()?;
             redactor.extend(auth.secrets().iter().cloned());
         }
-        let checkout = self.clone_repo(spec, dirs, account, sink).await?;
-        self.fetch_tools(spec, dirs, account, sink).await?;
+
+        let mut report = |line: String| {
+            sink.notice(line.clone());
+            account.push(line);
+        };
+        let preparer = self.preparer();
+        let repo = spec.repo.as_ref();
+        let checkout = preparer
+            .clone_repo(repo, workspace, redactor, &mut report)
+            .await?;
+        preparer
+            .fetch_tools(&spec.tools, workspace, &mut report)
+            .await?;
 
         let (login, writer) = match self.adapter {
             Adapter::Codex => {
@@ -313,63 +304,12 @@ impl Pipeline {
         }
     }
 
-    async fn clone_repo(
-        &self,
-        spec: &RunSpec,
-        dirs: &RunDirs,
-        account: &mut Vec<String>,
-        sink: &mut EventSink,
-    ) -> Result<Option<Checkout>, Failure> {
-        let Some(repo) = &spec.repo else {
-            std::fs::create_dir(&dirs.work).map_err(|e| {
-                Failure::failed(
-                    ReasonCode::WorkspaceError,
-                    format!("failed to create the work directory: {e}"),
-                )
-            })?;
-            return Ok(None);
-        };
-        let url = self.policy.check(&repo.url).await.map_err(|e| {
-            Failure::failed(
-                ReasonCode::RepoCloneFailed,
-                format!("the repository URL {e}"),
-            )
-        })?;
-        let checkout = Git::new(&dirs.home)
-            .clone(&url, repo.git_ref.as_deref(), &dirs.work)
-            .await?;
-        let line = format!("cloned {} at {}", repo.url, checkout.base_commit);
-        sink.notice(line.clone());
-        account.push(line);
-        Ok(Some(checkout))
-    }
-
-    async fn fetch_tools(
-        &self,
-        spec: &RunSpec,
-        dirs: &RunDirs,
-        account: &mut Vec<String>,
-        sink: &mut EventSink,
-    ) -> Result<(), Failure> {
-        for tool in &spec.tools {
-            let url = self.policy.check(&tool.url).await.map_err(|e| {
-                Failure::failed(
-                    ReasonCode::DownloadFailed,
-                    format!("the URL of tool `{}` {e}", tool.name),
-                )
-            })?;
-            let fetched = self
-                .fetcher
-                .fetch(&url, &tool.sha256, &dirs.bin.join(&tool.name))
-                .await?;
-            let line = format!(
-                "fetched tool {} ({} bytes, {})",
-                tool.name, fetched.size, fetched.digest
-            );
-            sink.notice(line.clone());
-            account.push(line);
+    fn preparer(&self) -> Preparer<'_> {
+        Preparer {
+            config: &self.config,
+            policy: &self.policy,
+            fetcher: &self.fetcher,
         }
-        Ok(())
     }
 
     async fn run_cli(

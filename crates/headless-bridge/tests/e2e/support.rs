@@ -140,6 +140,24 @@ impl TestBridge {
         (status, json)
     }
 
+    /// A GET with the test token, answered with status and raw bytes.
+    pub async fn get_bytes(&self, path: &str) -> (StatusCode, Vec<u8>) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("the bridge answers");
+        let status = response.status();
+        (status, response.bytes().await.expect("a body").to_vec())
+    }
+
+    /// The data directory, while the bridge runs.
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.as_ref().expect("held until stop").path()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }

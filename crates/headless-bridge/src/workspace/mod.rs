@@ -1,0 +1,184 @@
+//! A run's own directory tree under the data directory, removed when the run is over, and the
+//! disk limits that keep one run from filling the bridge's disk.
+//!
+//! ```text
+//! workspaces/<run id>/      0700
+//!   work/                   the repository clone, or an empty directory; the CLI's cwd
+//!   bin/                    verified tools, first on PATH
+//!   tools/<name>/           unpacked tool archives; bin/<name> links into them
+//!   home/                   a private HOME, with shell profiles that keep bin/ on PATH
+//!   codex-home/             a private CODEX_HOME with a copy of the login
+//!   out/                    files the CLI writes for the bridge (its last message)
+//!   secrets/                0700: the git token or ssh key (0600) during the clone only
+//! ```
+//!
+//! The limits are checked, not enforced by the kernel: free space before a clone, and the
+//! tree's size while git writes it (see [`SizeWatch`]) and once the tools are in. Filling the
+//! tree for a run is [`prepare`]'s.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub mod prepare;
+
+use crate::adapter::codex::RunDirs;
+use crate::run::RunId;
+
+/// How often a [`SizeWatch`] measures. A clone writes at most a few hundred MB/s, so a limit
+/// is overshot by at most that much in this time.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Disk limits of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceLimits {
+    /// The most a workspace's tree may take on disk while it is prepared.
+    pub max_bytes: u64,
+    /// The free space the data directory's file system must have before a clone starts.
+    pub min_free_bytes: u64,
+    /// The largest file a run may declare as an artifact.
+    pub artifact_max_bytes: u64,
+}
+
+impl Default for WorkspaceLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 4 << 30,
+            min_free_bytes: 1 << 30,
+            artifact_max_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A run's directory tree.
+#[derive(Debug)]
+pub struct Workspace {
+    root: PathBuf,
+    pub dirs: RunDirs,
+}
+
+impl Workspace {
+    /// Creates the tree for `id` under `workspaces_dir`.
+    pub fn create(workspaces_dir: &Path, id: RunId) -> io::Result<Self> {
+        let root = workspaces_dir.join(id.to_string());
+        fs::create_dir_all(workspaces_dir)?;
+        fs::create_dir(&root)?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+
+        let dirs = RunDirs {
+            work: root.join("work"),
+            bin: root.join("bin"),
+            home: root.join("home"),
+            codex_home: root.join("codex-home"),
+            last_message: root.join("out").join("last-message.txt"),
+        };
+        // The work directory is left for `git clone` to create when there is a repository.
+        for dir in [&dirs.bin, &dirs.home, &dirs.codex_home, &root.join("out")] {
+            fs::create_dir(dir)?;
+        }
+        Ok(Self { root, dirs })
+    }
+
+    /// The workspace's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The directory an archive tool `name` is unpacked into (not yet created).
+    pub fn tool_dir(&self, name: &str) -> PathBuf {
+        self.root.join("tools").join(name)
+    }
+
+    /// A private directory (0700) for files that hold secrets, outside the CLI's work tree.
+    pub fn secrets_dir(&self) -> io::Result<PathBuf> {
+        let dir = self.root.join("secrets");
+        if !dir.exists() {
+            fs::create_dir(&dir)?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(dir)
+    }
+
+    /// Removes the whole tree.
+    pub fn remove(self) -> io::Result<()> {
+        fs::remove_dir_all(&self.root)
+    }
+}
+
+/// The bytes free to an unprivileged writer on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let stats = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok(stats.blocks_available() * stats.fragment_size())
+}
+
+/// The space a tree takes on disk (allocated blocks, so sparse files count as what they use).
+/// Entries that vanish while it walks are skipped: git renames files as it writes.
+pub fn disk_usage(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let own = meta.blocks() * 512;
+    if !meta.is_dir() {
+        return own;
+    }
+    let children = fs::read_dir(path).into_iter().flatten().flatten();
+    own + children.map(|entry| disk_usage(&entry.path())).sum::<u64>()
+}
+
+/// Watches a tree while something writes it, and tells when it passes a limit.
+#[derive(Debug, Clone)]
+pub struct SizeWatch {
+    pub dir: PathBuf,
+    pub limit: u64,
+}
+
+impl SizeWatch {
+    /// Resolves with the measured size once the tree is larger than the limit; never resolves
+    /// otherwise. Measuring runs on the blocking pool: a large tree takes a while to walk.
+    pub async fn exceeded(&self) -> u64 {
+        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let dir = self.dir.clone();
+            let used = tokio::task::spawn_blocking(move || disk_usage(&dir))
+                .await
+                .unwrap_or(0);
+            if used > self.limit {
+                return used;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_usage_counts_nested_files() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        fs::create_dir(dir.path().join("a")).expect("mkdir");
+        fs::write(dir.path().join("a/big"), vec![1u8; 256 << 10]).expect("write");
+        let used = disk_usage(dir.path());
+        assert!(used >= 256 << 10, "{used}");
+    }
+
+    #[test]
+    fn free_space_is_measured() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        assert!(free_bytes(dir.path()).expect("statvfs") > 0);
+    }
+
+    #[tokio::test]
+    async fn a_watch_fires_once_the_tree_passes_its_limit() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        fs::write(dir.path().join("f"), vec![1u8; 64 << 10]).expect("write");
+        let watch = SizeWatch {
+            dir: dir.path().to_owned(),
+            limit: 4096,
+        };
+        assert!(watch.exceeded().await > 4096);
+    }
+}

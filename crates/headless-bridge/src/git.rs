@@ -114,22 +114,27 @@ impl Git {
     /// a patch. Cut at a size limit with a trailing note.
     pub async fn diff(&self, checkout: &Checkout) -> Result<String, GitError> {
         let dir = Some(checkout.dir.as_path());
-        let add = ["add", "--all", "--intent-to-add"]
-            .map(OsString::from)
-            .into();
+        // A CLI run as another user (a profile's `run_as`) owns the clone by then, and git
+        // refuses a repository owned by someone else unless it is named safe.
+        let mut safe = OsString::from("safe.directory=");
+        safe.push(&checkout.dir);
+        let mut add: Vec<OsString> = vec!["-c".into(), safe.clone()];
+        add.extend(["add", "--all", "--intent-to-add"].map(OsString::from));
         self.output("add", add, dir, LOCAL_TIMEOUT).await?;
 
-        let args = [
-            "diff",
-            "--no-color",
-            "--no-ext-diff",
-            "--no-textconv",
-            "--binary",
-            &checkout.base_commit,
-            "--",
-        ]
-        .map(OsString::from)
-        .into();
+        let mut args: Vec<OsString> = vec!["-c".into(), safe];
+        args.extend(
+            [
+                "diff",
+                "--no-color",
+                "--no-ext-diff",
+                "--no-textconv",
+                "--binary",
+                &checkout.base_commit,
+                "--",
+            ]
+            .map(OsString::from),
+        );
         let patch = self.output("diff", args, dir, LOCAL_TIMEOUT).await?;
         let mut text = String::from_utf8_lossy(&patch).into_owned();
         if text.len() > MAX_DIFF_BYTES {

@@ -6,6 +6,7 @@
 //!   bin/                    verified tools, first on PATH
 //!   home/                   a private HOME, with shell profiles that keep bin/ on PATH
 //!   codex-home/             a private CODEX_HOME with a copy of the login
+//!   tmp/                    the run's TMPDIR
 //!   out/                    files the CLI writes for the bridge (its last message)
 //! ```
 
@@ -37,10 +38,17 @@ impl Workspace {
             bin: root.join("bin"),
             home: root.join("home"),
             codex_home: root.join("codex-home"),
+            tmp: root.join("tmp"),
             last_message: root.join("out").join("last-message.txt"),
         };
         // The work directory is left for `git clone` to create when there is a repository.
-        for dir in [&dirs.bin, &dirs.home, &dirs.codex_home, &root.join("out")] {
+        for dir in [
+            &dirs.bin,
+            &dirs.home,
+            &dirs.codex_home,
+            &dirs.tmp,
+            &root.join("out"),
+        ] {
             fs::create_dir(dir)?;
         }
         Ok(Self { root, dirs })

@@ -4,6 +4,8 @@
 //! Each stand-in serves real protocol on 127.0.0.1 at a port the kernel picks and stops when
 //! its handle is dropped:
 //! - [`model::FakeModel`], the OpenAI Responses API as the real Codex CLI uses it;
+//! - [`anthropic::FakeAnthropic`], the Anthropic Messages API as Claude Code uses it;
+//! - [`gemini::FakeGemini`], the Gemini API as Gemini CLI uses it;
 //! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`;
 //! - [`files::FileServer`], static downloads that count their hits.
 //!
@@ -11,8 +13,11 @@
 //!
 //! Panics, not errors, report broken test environments: a test cannot carry on without them.
 
+pub mod agent_api;
+pub mod anthropic;
 pub mod demo;
 pub mod files;
+pub mod gemini;
 pub mod git;
 mod loopback;
 pub mod model;

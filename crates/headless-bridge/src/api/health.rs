@@ -22,6 +22,25 @@ use crate::credentials::{self, AuthMode};
 
 /// `codex --version` answers in well under a second; more means something is wrong.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `GET /v1/adapters` reuses a `codex --version` probe, as profiles do by default.
+const CODEX_PROBE_CACHE: Duration = Duration::from_secs(300);
+
+/// The Codex adapter's health as `GET /v1/adapters` shows it: the binary (probed, cached)
+/// and the login (read at every call).
+pub(super) async fn codex_adapter_health(state: &AppState) -> Value {
+    let codex_home = state.config.data_dir.join("health").join("codex-home");
+    let probes = state.engine.adapters().probes();
+    let binary = probes
+        .get_or_probe(
+            crate::adapter::CODEX,
+            CODEX_PROBE_CACHE,
+            check_binary(&state.config.codex, &codex_home),
+        )
+        .await;
+    let credentials = check_credentials(&state.config.codex);
+    let ok = binary["ok"] == true && credentials["ok"] == true;
+    json!({ "ok": ok, "binary": binary, "credentials": credentials })
+}
 
 /// Query of `GET /health`.
 #[derive(Debug, Deserialize)]
@@ -55,7 +74,7 @@ pub async fn health(
     (status, Json(body))
 }
 
-async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Value {
+pub(super) async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Value {
     let path = config.bin.display().to_string();
     let problem = |problem: String| {
         json!({ "ok": false, "path": path, "problem": problem,
@@ -94,7 +113,7 @@ async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Val
     }
 }
 
-fn check_credentials(config: &CodexConfig) -> Value {
+pub(super) fn check_credentials(config: &CodexConfig) -> Value {
     let auth = match credentials::load(config) {
         Ok(auth) => auth,
         Err(e) => return json!({ "ok": false, "reason": e.reason(), "problem": e.to_string() }),

@@ -2,7 +2,8 @@
 //!
 //! The steps, in order: the login is read (the cheapest check); the repository is cloned; each
 //! tool is downloaded and verified; only then is the login copied into the run's private
-//! CODEX_HOME and the CLI started, so a bad checksum means the CLI never ran. While the CLI
+//! CODEX_HOME (or, for a profile adapter, its secrets read and its files placed in the private
+//! HOME) and the CLI started, so a bad checksum means the CLI never ran. While the CLI
 //! runs, its output feeds both the event log and a transcript of its event stream; when it
 //! ends, the stream decides the outcome, the diff is taken, and everything reported is
 //! redacted. Cancellation is honoured at every step.
@@ -17,6 +18,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapter::codex::{self, RunDirs};
+use crate::adapter::prepare::{self, PrepareError, Prepared};
 use crate::adapter::{self, Adapter, OutputReader, Verdict};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError};
@@ -66,6 +68,12 @@ impl Failure {
 
 impl From<CredentialError> for Failure {
     fn from(err: CredentialError) -> Self {
+        Self::failed(err.reason(), err.to_string())
+    }
+}
+
+impl From<PrepareError> for Failure {
+    fn from(err: PrepareError) -> Self {
         Self::failed(err.reason(), err.to_string())
     }
 }
@@ -198,9 +206,31 @@ impl Pipeline {
             })?;
         }
         write_profiles(dirs)?;
+        let command = match &self.adapter {
+            Adapter::Codex => {
+                let (program, args, env) =
+                    codex::command(&self.config.codex, dirs, &record.spec.prompt);
+                Prepared {
+                    program,
+                    args,
+                    env,
+                    secrets: Vec::new(),
+                    run_as: None,
+                }
+            }
+            Adapter::Profile(profile) => {
+                let mut prepared = prepare::prepare(profile, dirs, &record.spec.prompt)?;
+                redactor.extend(prepared.secrets.drain(..));
+                let mut env = adapter::run_environment(dirs);
+                env.append(&mut prepared.env);
+                Prepared { env, ..prepared }
+            }
+        };
 
         self.enter(record, RunState::Running, sink).await;
-        let result = self.run_cli(record, dirs, account, redactor, sink).await;
+        let result = self
+            .run_cli(record, command, dirs, account, redactor, sink)
+            .await;
 
         if let Some(checkout) = &checkout {
             match Git::new(&dirs.home).diff(checkout).await {
@@ -273,20 +303,19 @@ impl Pipeline {
     async fn run_cli(
         &self,
         record: &mut RunRecord,
+        command: Prepared,
         dirs: &RunDirs,
         account: &mut Vec<String>,
         redactor: &Redactor,
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
-        let (program, args, env) = match &self.adapter {
-            Adapter::Codex => codex::command(&self.config.codex, dirs, &record.spec.prompt),
-            Adapter::Profile(profile) => {
-                let (program, args, extra) = profile.command(&record.spec.prompt, &dirs.work);
-                let mut env = adapter::run_environment(dirs);
-                env.extend(extra);
-                (program, args, env)
-            }
-        };
+        let Prepared {
+            program,
+            args,
+            env,
+            run_as,
+            ..
+        } = command;
         let idle = record
             .spec
             .idle_timeout_s
@@ -299,6 +328,7 @@ impl Pipeline {
             marker: (RUN_MARKER.to_owned(), record.id.to_string()),
             timeout: Duration::from_secs(record.spec.timeout_s),
             idle_timeout: Some(idle),
+            run_as: run_as.map(|user| (user.uid, user.gid)),
         };
 
         let mut reader = self.adapter.reader();
@@ -319,7 +349,10 @@ impl Pipeline {
                     Some(event) => sink.line(EventKind::CliEvent, &line, Some(event)),
                     None => sink.line(EventKind::Output, &line, None),
                 },
-                Stream::Stderr => sink.line(EventKind::Stderr, &line, None),
+                Stream::Stderr => {
+                    reader.observe_stderr(&line);
+                    sink.line(EventKind::Stderr, &line, None);
+                }
             }
         };
         let outcome = supervisor::run(spec, process_stop.clone(), on_line)
@@ -460,10 +493,14 @@ fn cli_stopped_message(reader: &OutputReader, outcome: &supervisor::ProcessOutco
 }
 
 fn cli_not_started(program: &std::path::Path, err: &std::io::Error) -> Failure {
-    let hint = if err.kind() == std::io::ErrorKind::NotFound {
-        ": set HB_CODEX_BIN to the codex executable"
-    } else {
-        ""
+    let hint = match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            ": install it, or set the adapter's executable (HB_CODEX_BIN, HB_CLAUDE_BIN, HB_GEMINI_BIN, or the profile's `executable`)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            ": the user the adapter runs as (`run_as`) must be able to reach it and the data directory"
+        }
+        _ => "",
     };
     Failure::failed(
         ReasonCode::CliNotFound,

@@ -56,6 +56,8 @@ pub struct ProcessSpec {
     pub timeout: Duration,
     /// Longest silence on both pipes before the process counts as stalled and is stopped.
     pub idle_timeout: Option<Duration>,
+    /// The user and group to start the process as (the bridge must be root to switch).
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// How the process ended.
@@ -210,6 +212,11 @@ fn command(spec: &ProcessSpec) -> Command {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.run_as {
+        // The standard library sets the group before the user, and drops root's supplementary
+        // groups when it switches users.
+        cmd.gid(gid).uid(uid);
+    }
     cmd
 }
 
@@ -326,6 +333,7 @@ mod tests {
             marker: ("HB_TEST_MARKER".into(), marker.into()),
             timeout,
             idle_timeout: None,
+            run_as: None,
         }
     }
 

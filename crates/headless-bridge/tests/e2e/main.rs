@@ -4,6 +4,7 @@
 
 mod support;
 
+mod agent_clis;
 mod api;
 mod cli_profiles;
 mod codex_runs;

@@ -6,6 +6,7 @@
 //! - [`model::FakeModel`], the OpenAI Responses API as the real Codex CLI uses it;
 //! - [`anthropic::FakeAnthropic`], the Anthropic Messages API as Claude Code uses it;
 //! - [`gemini::FakeGemini`], the Gemini API as Gemini CLI uses it;
+//! - [`github::FakeGitHub`], the GitHub REST API as `gh` reaches it through a proxy;
 //! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`;
 //! - [`files::FileServer`], static downloads that count their hits.
 //!
@@ -19,5 +20,6 @@ pub mod demo;
 pub mod files;
 pub mod gemini;
 pub mod git;
+pub mod github;
 mod loopback;
 pub mod model;

@@ -60,7 +60,13 @@ async fn profiles_are_listed_and_run_with_the_prompt_as_one_argument() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["codex", "echo"]);
+    assert_eq!(names, ["codex", "claude", "echo", "gemini"]);
+    let echo = &adapters["adapters"][2];
+    assert_eq!(echo["kind"], "profile");
+    assert_eq!(
+        echo["health"]["ok"], true,
+        "a profile without secrets or probe is healthy: {echo}"
+    );
 
     let run = run(&bridge, "echo", "a; touch /tmp/pwned $(id)").await;
     assert_eq!(run["outcome"], "succeeded", "{run}");

@@ -8,6 +8,7 @@ mod agent_clis;
 mod api;
 mod cli_profiles;
 mod codex_runs;
+mod example_profiles;
 mod health;
 mod restart;
 mod service;

@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
 scripts/install-codex.sh >/dev/null
-scripts/install-agent-clis.sh >/dev/null
+scripts/install-clis.sh >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

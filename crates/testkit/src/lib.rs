@@ -7,6 +7,7 @@
 //! - [`anthropic::FakeAnthropic`], the Anthropic Messages API as Claude Code uses it;
 //! - [`gemini::FakeGemini`], the Gemini API as Gemini CLI uses it;
 //! - [`github::FakeGitHub`], the GitHub REST API as `gh` reaches it through a proxy;
+//! - [`rest::FakeRest`], any REST API answering one canned response (a refused token);
 //! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`;
 //! - [`files::FileServer`], static downloads that count their hits.
 //!
@@ -23,3 +24,4 @@ pub mod git;
 pub mod github;
 mod loopback;
 pub mod model;
+pub mod rest;

@@ -87,7 +87,7 @@ impl Adapter {
         match self {
             Self::Codex => OutputReader::Codex(Transcript::default()),
             Self::Profile(profile) => {
-                OutputReader::Generic(GenericOutput::new(profile.output.clone()))
+                OutputReader::Generic(Box::new(GenericOutput::new(profile.output.clone())))
             }
         }
     }
@@ -164,7 +164,8 @@ pub enum Verdict {
 #[derive(Debug)]
 pub enum OutputReader {
     Codex(Transcript),
-    Generic(GenericOutput),
+    /// Boxed: a profile's reader carries its whole output spec.
+    Generic(Box<GenericOutput>),
 }
 
 impl OutputReader {

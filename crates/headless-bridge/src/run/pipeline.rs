@@ -161,10 +161,21 @@ impl Pipeline {
     async fn run_in(&self, record: &mut RunRecord, workspace: &Workspace, sink: &mut EventSink) {
         let mut redactor = Redactor::new(self.config.api_tokens.values().iter().cloned());
         let mut account = Vec::new();
+        // Before the CLI starts, a stop abandons the preparation at once. Once it runs, only
+        // the supervisor may stop it: it stops the whole process group and sweeps for
+        // stragglers, which dropping its future half-way would skip. (A select! precondition
+        // is read once, so the flag is checked after the stop, not before.)
+        let cli_started = AtomicBool::new(false);
         let stop = self.stop.clone();
+        let stop_before_cli = async {
+            stop.cancelled().await;
+            if cli_started.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        };
         let result = tokio::select! {
-            result = self.prepare_and_run(record, workspace, &mut redactor, &mut account, sink) => result,
-            () = stop.cancelled(), if record.state != RunState::Running => Err(self.stop_failure()),
+            result = self.prepare_and_run(record, workspace, &mut redactor, &mut account, sink, &cli_started) => result,
+            () = stop_before_cli => Err(self.stop_failure()),
         };
         if let Err(failure) = result {
             account.push(format!("run failed: {}", failure.message));
@@ -185,6 +196,7 @@ impl Pipeline {
         redactor: &mut Redactor,
         account: &mut Vec<String>,
         sink: &mut EventSink,
+        cli_started: &AtomicBool,
     ) -> Result<(), Failure> {
         let dirs = &workspace.dirs;
         let auth = match self.adapter {
@@ -227,6 +239,7 @@ impl Pipeline {
             }
         };
 
+        cli_started.store(true, Ordering::SeqCst);
         self.enter(record, RunState::Running, sink).await;
         let result = self
             .run_cli(record, command, dirs, account, redactor, sink)

@@ -1,5 +1,5 @@
 //! The built-in `claude` and `gemini` adapters, end to end: the real bridge runs the real,
-//! pinned Claude Code and Gemini CLIs (`scripts/install-agent-clis.sh`) against loopback
+//! pinned Claude Code and Gemini CLIs (`scripts/install-clis.sh`) against loopback
 //! fakes of the Anthropic Messages API and the Gemini API. Each test drives one path an agent
 //! relies on: a tool turn that changes the repository, the outcome read from the CLI's own
 //! result event, each way of logging in, and each failure mapped to its reason code.

@@ -27,7 +27,7 @@ pub fn codex_bin() -> PathBuf {
     bin
 }
 
-/// A CLI installed by `scripts/install-agent-clis.sh` (`claude` or `gemini`).
+/// A CLI installed by `scripts/install-clis.sh` (`claude`, `gemini` or `vercel`).
 pub fn agent_cli_bin(name: &str) -> PathBuf {
     let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../.tools")
@@ -36,7 +36,7 @@ pub fn agent_cli_bin(name: &str) -> PathBuf {
         .join(name);
     assert!(
         bin.exists(),
-        "{name} is not installed: run scripts/install-agent-clis.sh (the README's test command does)"
+        "{name} is not installed: run scripts/install-clis.sh (the README's test command does)"
     );
     bin
 }

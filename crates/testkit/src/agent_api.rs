@@ -1,5 +1,5 @@
 //! What the fakes of agent model APIs ([`crate::anthropic`], [`crate::gemini`]) share: the
-//! [`AgentBehavior`] a test picks and the [`Recorder`] of the requests they received.
+//! [`AgentBehavior`] a test picks and the `Recorder` of the requests they received.
 //!
 //! Each fake owns its wire protocol; this module owns only the decision of what to say and
 //! the log, so the two protocols read side by side without repeating the plumbing.

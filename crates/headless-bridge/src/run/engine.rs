@@ -3,7 +3,7 @@
 //! Theory of operation. `submit` refuses work when draining or when the queue is full, stores
 //! the queued record (claiming its idempotency key in the same transaction), and starts a
 //! task for the run. The task waits for one of `max_concurrent_runs` slots, then hands the run
-//! to the [`Pipeline`]. The record in the store is the truth: every state change is written
+//! to the `Pipeline`. The record in the store is the truth: every state change is written
 //! there before anyone is told. Each active run has a watch channel that flips when it is
 //! done, another that carries the newest event number for live followers, and a cancellation
 //! token. Shutdown first drains (no new runs, a grace period for running ones), then cancels

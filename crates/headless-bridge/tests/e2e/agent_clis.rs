@@ -121,6 +121,41 @@ async fn claude_logs_in_with_an_oauth_token() {
     assert_eq!(calls[0].header("x-api-key"), None);
 }
 
+/// The credentials file a `claude login` writes, copied owner-only into the run's HOME. Its
+/// token is valid for an hour, so the CLI uses it as it is and never calls the token endpoint
+/// (which is not configurable, and not on loopback).
+#[tokio::test]
+async fn claude_logs_in_with_a_credentials_file_and_its_expiry_is_shown() {
+    let fake = FakeAnthropic::start(AgentBehavior::Reply("hello".into()), KEY).await;
+    let expires_ms = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600) * 1000;
+    let credentials = json!({"claudeAiOauth": {"accessToken": KEY,
+        "refreshToken": "sk-ant-ort01-canary-refresh-0123", "expiresAt": expires_ms,
+        "scopes": ["user:inference", "user:profile"], "subscriptionType": "max"}});
+    let secrets = secrets_dir(&[("credentials.json", &credentials.to_string())]);
+    let bridge = claude_bridge(&fake.base_url(), &secrets).await;
+
+    let run = run(&bridge, "claude", "say hello", None).await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(
+        !run.to_string().contains("canary-refresh"),
+        "the refresh token leaked: {run}"
+    );
+    let bearer = format!("Bearer {KEY}");
+    assert_eq!(
+        fake.message_calls()[0].header("authorization"),
+        Some(bearer.as_str())
+    );
+    let (_, adapters) = bridge.get("/v1/adapters").await;
+    let health = &adapter(&adapters, "claude")["health"];
+    assert_eq!(health["ok"], true, "{health}");
+    assert_eq!(
+        health["credentials"]["expires_at"],
+        expires_ms / 1000,
+        "{health}"
+    );
+}
+
 /// Claude reports an API error as `subtype: "success"` with `is_error: true`.
 #[tokio::test]
 async fn a_claude_api_error_fails_the_run_although_the_subtype_says_success() {

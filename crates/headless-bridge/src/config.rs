@@ -642,6 +642,8 @@ mod tests {
     #[case::concurrency("HB_MAX_CONCURRENT_RUNS", "0")]
     #[case::retention("HB_RUN_RETENTION", "1w")]
     #[case::webhook_secret("HB_WEBHOOK_SECRET", "secret")]
+    #[case::claude_run_as("HB_CLAUDE_RUN_AS", "nobody")]
+    #[case::gemini_run_as("HB_GEMINI_RUN_AS", "1000")]
     fn names_the_setting_that_is_wrong(#[case] name: &str, #[case] value: &str) {
         let err = from_env(&[(name, value)]).unwrap_err().to_string();
         assert!(err.contains(name), "{err}");
@@ -649,6 +651,30 @@ mod tests {
             !err.contains("secret"),
             "the message must not echo a token: {err}"
         );
+    }
+
+    #[test]
+    fn built_in_adapters_take_their_settings() {
+        let config = from_env(&[
+            ("HB_CLAUDE_BIN", "/opt/claude"),
+            ("HB_CLAUDE_DIR", "/secrets/claude"),
+            ("HB_CLAUDE_BASE_URL", "http://127.0.0.1:9"),
+            ("HB_CLAUDE_RUN_AS", "1000:1001"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.claude,
+            BuiltinConfig {
+                bin: Some("/opt/claude".into()),
+                dir: Some("/secrets/claude".into()),
+                base_url: Some("http://127.0.0.1:9".into()),
+                run_as: Some(RunAs {
+                    uid: 1000,
+                    gid: 1001
+                }),
+            }
+        );
+        assert_eq!(config.gemini, BuiltinConfig::default());
     }
 
     #[test]

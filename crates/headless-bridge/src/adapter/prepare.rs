@@ -394,6 +394,19 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_inside_the_prompt_stay_literal() {
+        let secrets = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let prepared = prepare(
+            &profile(secrets.path(), ""),
+            &dirs(run.path()),
+            "{home} {tmp_dir}",
+        )
+        .unwrap();
+        assert_eq!(prepared.args[3], "{home} {tmp_dir}");
+    }
+
+    #[test]
     fn a_missing_secret_or_no_alternative_is_credentials_missing() {
         let secrets = tempfile::tempdir().unwrap();
         let run = tempfile::tempdir().unwrap();

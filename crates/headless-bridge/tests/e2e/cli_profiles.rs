@@ -362,3 +362,57 @@ async fn on_shutdown_a_run_within_the_grace_period_finishes() {
     assert_eq!(after["outcome"], "succeeded", "{after}");
     assert_eq!(after["output"], "started\nfinished\n");
 }
+
+/// Regression: a cancel while the CLI ran could drop its supervisor half-way (the run's stop
+/// raced the supervisor's own), so the group was never stopped nor swept and the CLI's other
+/// processes outlived the run.
+#[tokio::test]
+async fn a_cancel_while_the_cli_runs_stops_every_process_of_the_run() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "waiter",
+        "sleep 300 & setsid sleep 301 & echo started; wait",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    for _ in 0..3 {
+        let (status, run) = bridge
+            .post("/v1/runs", &json!({"adapter": "waiter", "prompt": "x"}))
+            .await;
+        assert_eq!(status, 202, "{run}");
+        let id = run["id"].as_str().unwrap();
+        wait_for_output(&bridge, id, "started").await;
+
+        let (status, cancelled) = bridge
+            .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+        assert_eq!(
+            (status.as_u16(), &cancelled["outcome"]),
+            (200, &json!("cancelled")),
+            "{cancelled}"
+        );
+        assert_no_process_left(&cancelled);
+    }
+}
+
+/// Follows the run's event stream until an output line contains `text`.
+async fn wait_for_output(bridge: &TestBridge, id: &str, text: &str) {
+    let mut response = bridge
+        .client
+        .get(format!("{}/v1/runs/{id}/events", bridge.url))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains(text) {
+        let chunk = response
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the run is still going");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the bridge and its tests need, from Debian, when missing:
-# git (clones), Node.js and npm (the Codex CLI ships through npm), curl (the demo).
+# git (clones), Node.js and npm (the Codex, Claude Code, Gemini and Vercel CLIs ship through
+# npm), curl (the demo), gh (the GitHub CLI example profile's tests).
 set -euo pipefail
 
 missing=()
@@ -8,6 +9,7 @@ command -v git >/dev/null || missing+=(git)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v curl >/dev/null || missing+=(curl)
+command -v gh >/dev/null || missing+=(gh)
 command -v cargo >/dev/null || { echo "install-deps: a Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
 
 if ((${#missing[@]})); then

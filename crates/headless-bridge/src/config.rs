@@ -7,6 +7,7 @@
 //! fix. Secrets (API tokens) are accepted from the environment or a file, never from a flag,
 //! because a flag shows up in `ps`.
 
+use crate::adapter::profile::RunAs;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -77,6 +78,14 @@ const SETTINGS: &[Setting] = &[
     Setting::new("webhook_secret", "HB_WEBHOOK_SECRET", None),
     Setting::new("adapters_dir", "HB_ADAPTERS_DIR", Some("--adapters-dir")),
     Setting::new("shim_bin", "HB_SHIM_BIN", None),
+    Setting::new("claude_bin", "HB_CLAUDE_BIN", None),
+    Setting::new("claude_dir", "HB_CLAUDE_DIR", None),
+    Setting::new("claude_base_url", "HB_CLAUDE_BASE_URL", None),
+    Setting::new("claude_run_as", "HB_CLAUDE_RUN_AS", None),
+    Setting::new("gemini_bin", "HB_GEMINI_BIN", None),
+    Setting::new("gemini_dir", "HB_GEMINI_DIR", None),
+    Setting::new("gemini_base_url", "HB_GEMINI_BASE_URL", None),
+    Setting::new("gemini_run_as", "HB_GEMINI_RUN_AS", None),
     Setting::new("keep_workspaces", "HB_KEEP_WORKSPACES", None),
     Setting::new("log_format", "HB_LOG_FORMAT", None),
     Setting::new(
@@ -135,6 +144,10 @@ pub struct Config {
     /// outlives it; the `headless-bridge` binary itself unless set. Without one, runs rely on
     /// process groups and the marker sweep alone.
     pub shim_bin: Option<PathBuf>,
+    /// Settings of the built-in Claude Code adapter.
+    pub claude: BuiltinConfig,
+    /// Settings of the built-in Gemini CLI adapter.
+    pub gemini: BuiltinConfig,
     /// Keep each run's workspace after it finishes (for debugging).
     pub keep_workspaces: bool,
     /// How log lines are written.
@@ -172,6 +185,19 @@ impl CodexConfig {
     pub fn config_toml_path(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join("config.toml"))
     }
+}
+
+/// Settings of a built-in profile adapter, applied over its shipped profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BuiltinConfig {
+    /// The executable, when not the name on PATH.
+    pub bin: Option<PathBuf>,
+    /// The directory of its login (a mounted Secret).
+    pub dir: Option<PathBuf>,
+    /// The API base URL the CLI is pointed at (a gateway, or a test's fake).
+    pub base_url: Option<String>,
+    /// The user to run it as when the bridge runs as root.
+    pub run_as: Option<RunAs>,
 }
 
 /// The API's bearer tokens. `Debug` shows only how many there are.
@@ -403,6 +429,8 @@ impl RawConfig {
             webhook_secret,
             adapters_dir: self.path("adapters_dir"),
             shim_bin: self.path("shim_bin"),
+            claude: self.builtin("claude")?,
+            gemini: self.builtin("gemini")?,
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
             log_format: self.parse("log_format", "auto", parse_log_format)?,
             fetch,
@@ -497,6 +525,33 @@ impl RawConfig {
             .map_err(|_| self.error(key, "expected a size in bytes, such as 1048576, 512M or 4G"))
     }
 
+    fn builtin(&self, name: &str) -> Result<BuiltinConfig, ConfigError> {
+        let key = |setting: &str| {
+            let full = format!("{name}_{setting}");
+            SETTINGS
+                .iter()
+                .map(|s| s.key)
+                .find(|k| *k == full)
+                .expect("each built-in has the four settings")
+        };
+        let run_as =
+            match self.values.get(key("run_as")) {
+                None => None,
+                Some((text, _)) => Some(parse_run_as(text.trim()).ok_or_else(|| {
+                    self.error(key("run_as"), "expected uid:gid such as 1000:1000")
+                })?),
+            };
+        Ok(BuiltinConfig {
+            bin: self.path(key("bin")),
+            dir: self.path(key("dir")),
+            base_url: self
+                .values
+                .get(key("base_url"))
+                .map(|(v, _)| v.trim().to_owned()),
+            run_as,
+        })
+    }
+
     fn path(&self, key: &str) -> Option<PathBuf> {
         self.values.get(key).map(|(v, _)| PathBuf::from(v.trim()))
     }
@@ -552,6 +607,15 @@ fn parse_duration_s(text: &str) -> Option<u64> {
         _ => return None,
     };
     number.parse::<u64>().ok()?.checked_mul(factor)
+}
+
+/// `uid:gid`, both numeric.
+fn parse_run_as(text: &str) -> Option<RunAs> {
+    let (uid, gid) = text.split_once(':')?;
+    Some(RunAs {
+        uid: uid.parse().ok()?,
+        gid: gid.parse().ok()?,
+    })
 }
 
 fn parse_bool(text: &str) -> Option<bool> {
@@ -653,6 +717,8 @@ mod tests {
     #[case::concurrency("HB_MAX_CONCURRENT_RUNS", "0")]
     #[case::retention("HB_RUN_RETENTION", "1w")]
     #[case::webhook_secret("HB_WEBHOOK_SECRET", "secret")]
+    #[case::claude_run_as("HB_CLAUDE_RUN_AS", "nobody")]
+    #[case::gemini_run_as("HB_GEMINI_RUN_AS", "1000")]
     fn names_the_setting_that_is_wrong(#[case] name: &str, #[case] value: &str) {
         let err = from_env(&[(name, value)]).unwrap_err().to_string();
         assert!(err.contains(name), "{err}");
@@ -660,6 +726,30 @@ mod tests {
             !err.contains("secret"),
             "the message must not echo a token: {err}"
         );
+    }
+
+    #[test]
+    fn built_in_adapters_take_their_settings() {
+        let config = from_env(&[
+            ("HB_CLAUDE_BIN", "/opt/claude"),
+            ("HB_CLAUDE_DIR", "/secrets/claude"),
+            ("HB_CLAUDE_BASE_URL", "http://127.0.0.1:9"),
+            ("HB_CLAUDE_RUN_AS", "1000:1001"),
+        ])
+        .unwrap();
+        assert_eq!(
+            config.claude,
+            BuiltinConfig {
+                bin: Some("/opt/claude".into()),
+                dir: Some("/secrets/claude".into()),
+                base_url: Some("http://127.0.0.1:9".into()),
+                run_as: Some(RunAs {
+                    uid: 1000,
+                    gid: 1001
+                }),
+            }
+        );
+        assert_eq!(config.gemini, BuiltinConfig::default());
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! headless-bridge: runs local-first developer CLIs (today the OpenAI Codex CLI) headless behind
-//! an HTTP API, for AI agents and for Kubernetes.
+//! headless-bridge: runs local-first developer CLIs (Codex, Claude Code, Gemini CLI, and any
+//! other through an adapter profile) headless behind an HTTP API, for AI agents and for
+//! Kubernetes.
 //!
 //! The pieces, each in its own module: [`config`] reads the settings; [`api`] serves HTTP;
 //! [`run`] drives a run from request to outcome, with [`run::supervisor`] owning the CLI's
-//! process; [`adapter`] knows how the Codex CLI runs headless and how to read its events;
+//! process; [`adapter`] knows how each CLI runs headless and how to read its output;
 //! [`credentials`] reads the login and gives each run a private copy; [`fetch`] downloads,
 //! verifies and caches tools; [`git`] clones repositories; [`workspace`] lays out a run's
 //! files, prepares them and watches their size; [`artifacts`] keeps the files a run declares;

@@ -137,7 +137,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!(error = %error_chain(e.as_ref()), "headless-bridge stopped");
             eprintln!("headless-bridge: {}", error_chain(e.as_ref()));
-            ExitCode::FAILURE
+            // An adapter profile is configuration: refusing one is exit code 2, like a setting.
+            let profile = e
+                .downcast_ref::<headless_bridge::server::ServeError>()
+                .is_some_and(|e| matches!(e, headless_bridge::server::ServeError::Profile(_)));
+            if profile {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

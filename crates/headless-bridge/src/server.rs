@@ -15,8 +15,8 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::adapter::Adapters;
 use crate::adapter::profile::{Profile, ProfileError};
+use crate::adapter::{Adapters, builtin};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::run::engine::Engine;
@@ -74,10 +74,14 @@ impl Bridge {
         // No run of this process exists yet, so every workspace left is a dead run's.
         remove_children(&data_dir.join("workspaces"));
 
-        let profiles = match &config.adapters_dir {
-            Some(dir) => Profile::load_dir(dir)?,
-            None => Default::default(),
-        };
+        let mut profiles = builtin::profiles(|name| match name {
+            "claude" => config.claude.clone(),
+            "gemini" => config.gemini.clone(),
+            _ => Default::default(),
+        })?;
+        if let Some(dir) = &config.adapters_dir {
+            profiles.extend(Profile::load_dir(dir)?);
+        }
         tracing::info!(profiles = profiles.len(), "adapters loaded");
         let config = Arc::new(config);
         let engine = Engine::new(config.clone(), store, Adapters::new(profiles));

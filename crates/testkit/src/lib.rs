@@ -4,6 +4,10 @@
 //! Each stand-in serves real protocol on 127.0.0.1 at a port the kernel picks and stops when
 //! its handle is dropped:
 //! - [`model::FakeModel`], the OpenAI Responses API as the real Codex CLI uses it;
+//! - [`anthropic::FakeAnthropic`], the Anthropic Messages API as Claude Code uses it;
+//! - [`gemini::FakeGemini`], the Gemini API as Gemini CLI uses it;
+//! - [`github::FakeGitHub`], the GitHub REST API as `gh` reaches it through a proxy;
+//! - [`rest::FakeRest`], any REST API answering one canned response (a refused token);
 //! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`, optionally behind
 //!   basic authentication, with fixtures for submodules;
 //! - [`files::FileServer`], static downloads that count their hits;
@@ -14,9 +18,14 @@
 //!
 //! Panics, not errors, report broken test environments: a test cannot carry on without them.
 
+pub mod agent_api;
+pub mod anthropic;
 pub mod demo;
 pub mod faults;
 pub mod files;
+pub mod gemini;
 pub mod git;
+pub mod github;
 mod loopback;
 pub mod model;
+pub mod rest;

@@ -27,6 +27,8 @@ pub struct RunDirs {
     pub home: PathBuf,
     /// The run's private CODEX_HOME with its copy of the login.
     pub codex_home: PathBuf,
+    /// The run's TMPDIR: CLIs write scratch and error reports there, not in the shared /tmp.
+    pub tmp: PathBuf,
     /// Where the CLI writes its last message.
     pub last_message: PathBuf,
 }
@@ -139,6 +141,7 @@ mod tests {
             bin: "/w/bin".into(),
             home: "/w/home".into(),
             codex_home: "/w/codex".into(),
+            tmp: "/w/tmp".into(),
             last_message: "/w/out/last.txt".into(),
         }
     }

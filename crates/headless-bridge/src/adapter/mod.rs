@@ -1,15 +1,22 @@
 //! Adapters: how one CLI runs headless, and how to read what it printed.
 //!
-//! The set is closed and chosen at start-up: the built-in Codex adapter ([`codex`],
-//! [`codex_events`]) and any number of declarative [`profile`]s. The run engine asks the
-//! adapter for the command of a run, feeds every output line to an [`OutputReader`], and
-//! takes the run's outcome from the reader's [`Verdict`].
+//! The set is closed and chosen at start-up: the Codex adapter in code ([`codex`],
+//! [`codex_events`]), whose login handling and event stream need it, and declarative
+//! [`profile`]s for every other CLI: the built-in `claude` and `gemini` ([`builtin`]) and any
+//! number mounted by the operator. The run engine asks the adapter for the command of a run
+//! ([`prepare`] for profiles), feeds every output line to an [`OutputReader`] ([`output`] for
+//! profiles), and takes the run's outcome from the reader's [`Verdict`]. [`health`] tells
+//! whether a profile adapter could run now.
 
+pub mod builtin;
 pub mod codex;
 pub mod codex_events;
+pub mod health;
+pub mod output;
+pub mod prepare;
 pub mod profile;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::sync::Arc;
 
@@ -17,15 +24,13 @@ use serde_json::{Value, json};
 
 use self::codex::RunDirs;
 use self::codex_events::{Terminal, Transcript};
-use self::profile::{OutputFormat, OutputSpec, Profile};
+use self::health::ProbeCache;
+use self::output::GenericOutput;
+use self::profile::Profile;
 use crate::run::{ReasonCode, Usage};
 
-/// The built-in adapter's name.
+/// The Codex adapter's name.
 pub const CODEX: &str = "codex";
-/// Output kept as a text adapter's final message, from the end of stdout.
-const TEXT_OUTPUT_BYTES: usize = 64 << 10;
-/// Lines of a text adapter's output kept for the readable account.
-const ACCOUNT_LINES: usize = 200;
 
 /// Variables passed through from the bridge's own environment: locale, time zone, and the
 /// settings an operator needs behind a proxy or with a private CA. Nothing else leaks in;
@@ -56,6 +61,7 @@ pub fn run_environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), path),
         ("HOME".into(), dirs.home.clone().into()),
+        ("TMPDIR".into(), dirs.tmp.clone().into()),
         ("TERM".into(), "dumb".into()),
         ("NO_COLOR".into(), "1".into()),
         ("CI".into(), "1".into()),
@@ -81,7 +87,7 @@ impl Adapter {
         match self {
             Self::Codex => OutputReader::Codex(Transcript::default()),
             Self::Profile(profile) => {
-                OutputReader::Generic(GenericOutput::new(profile.output.clone()))
+                OutputReader::Generic(Box::new(GenericOutput::new(profile.output.clone())))
             }
         }
     }
@@ -91,17 +97,29 @@ impl Adapter {
 #[derive(Debug, Clone, Default)]
 pub struct Adapters {
     profiles: BTreeMap<String, Arc<Profile>>,
+    probes: ProbeCache,
 }
 
 impl Adapters {
-    /// The built-in adapters plus these profiles.
+    /// Codex plus these profiles (the built-in ones and the operator's).
     pub fn new(profiles: BTreeMap<String, Profile>) -> Self {
         Self {
             profiles: profiles
                 .into_iter()
                 .map(|(name, p)| (name, Arc::new(p)))
                 .collect(),
+            probes: ProbeCache::default(),
         }
+    }
+
+    /// The cache of health probes, shared by every caller.
+    pub fn probes(&self) -> &ProbeCache {
+        &self.probes
+    }
+
+    /// The profile adapters, by name.
+    pub fn profiles(&self) -> impl Iterator<Item = &Arc<Profile>> {
+        self.profiles.values()
     }
 
     /// The adapter called `name`.
@@ -123,7 +141,8 @@ impl Adapters {
     pub fn describe(&self) -> Vec<Value> {
         let codex = json!({"name": CODEX, "kind": "builtin", "description": "OpenAI Codex CLI (codex exec --json)"});
         let profiles = self.profiles.values().map(|p| {
-            json!({"name": p.name, "kind": "profile", "description": p.description, "executable": p.executable})
+            let kind = if p.origin.starts_with("built-in") { "builtin" } else { "profile" };
+            json!({"name": p.name, "kind": kind, "description": p.description, "executable": p.executable})
         });
         std::iter::once(codex).chain(profiles).collect()
     }
@@ -145,7 +164,8 @@ pub enum Verdict {
 #[derive(Debug)]
 pub enum OutputReader {
     Codex(Transcript),
-    Generic(GenericOutput),
+    /// Boxed: a profile's reader carries its whole output spec.
+    Generic(Box<GenericOutput>),
 }
 
 impl OutputReader {
@@ -188,11 +208,18 @@ impl OutputReader {
         }
     }
 
+    /// Takes one stderr line.
+    pub fn observe_stderr(&mut self, line: &str) {
+        if let Self::Generic(output) = self {
+            output.observe_stderr(line);
+        }
+    }
+
     /// Token usage, where the CLI reports it.
     pub fn usage(&self) -> Option<Usage> {
         match self {
             Self::Codex(transcript) => transcript.usage.clone(),
-            Self::Generic(_) => None,
+            Self::Generic(output) => output.usage(),
         }
     }
 
@@ -202,148 +229,5 @@ impl OutputReader {
             Self::Codex(transcript) => transcript.last_error.clone(),
             Self::Generic(_) => None,
         }
-    }
-}
-
-/// The output of a profile adapter: text, or JSON Lines with a terminal event.
-#[derive(Debug)]
-pub struct GenericOutput {
-    spec: OutputSpec,
-    /// The end of stdout, the final message of a text adapter.
-    tail: VecDeque<String>,
-    tail_bytes: usize,
-    account: VecDeque<String>,
-    terminal: Option<Value>,
-}
-
-impl GenericOutput {
-    fn new(spec: OutputSpec) -> Self {
-        Self {
-            spec,
-            tail: VecDeque::new(),
-            tail_bytes: 0,
-            account: VecDeque::new(),
-            terminal: None,
-        }
-    }
-
-    fn observe(&mut self, line: &str) -> Option<Value> {
-        self.remember(line);
-        if self.spec.format != OutputFormat::Jsonl {
-            return None;
-        }
-        let event: Value = serde_json::from_str(line).ok().filter(Value::is_object)?;
-        if event.get("type").and_then(Value::as_str) == self.spec.terminal_type.as_deref() {
-            self.terminal = Some(event.clone());
-        }
-        Some(event)
-    }
-
-    fn remember(&mut self, line: &str) {
-        self.account.push_back(line.to_owned());
-        if self.account.len() > ACCOUNT_LINES {
-            self.account.pop_front();
-        }
-        self.tail.push_back(line.to_owned());
-        self.tail_bytes += line.len() + 1;
-        while self.tail_bytes > TEXT_OUTPUT_BYTES {
-            let Some(dropped) = self.tail.pop_front() else {
-                break;
-            };
-            self.tail_bytes -= dropped.len() + 1;
-        }
-    }
-
-    fn verdict(&self, exit_code: Option<i32>) -> Verdict {
-        match self.spec.format {
-            OutputFormat::Text => match exit_code {
-                Some(0) => Verdict::Succeeded,
-                Some(code) => Verdict::Failed {
-                    reason: ReasonCode::CliError,
-                    message: format!("the CLI exited with code {code}"),
-                },
-                None => Verdict::NoOutcome,
-            },
-            OutputFormat::Jsonl => match &self.terminal {
-                None => Verdict::NoOutcome,
-                Some(event) if self.is_error(event) => Verdict::Failed {
-                    reason: ReasonCode::UpstreamError,
-                    message: self.message(event),
-                },
-                Some(_) => Verdict::Succeeded,
-            },
-        }
-    }
-
-    fn is_error(&self, event: &Value) -> bool {
-        let field = self.spec.error_field.as_deref();
-        field
-            .and_then(|f| event.get(f))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    }
-
-    fn message(&self, event: &Value) -> String {
-        let field = self.spec.message_field.as_deref();
-        let text = field.and_then(|f| event.get(f)).and_then(Value::as_str);
-        text.map_or_else(|| event.to_string(), str::to_owned)
-    }
-
-    fn output(&self) -> String {
-        match (&self.terminal, self.spec.format) {
-            (Some(event), OutputFormat::Jsonl) => self.message(event),
-            _ => self.tail.iter().map(|l| format!("{l}\n")).collect(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn jsonl() -> OutputSpec {
-        OutputSpec {
-            format: OutputFormat::Jsonl,
-            terminal_type: Some("result".into()),
-            error_field: Some("is_error".into()),
-            message_field: Some("result".into()),
-        }
-    }
-
-    #[test]
-    fn text_output_succeeds_on_exit_zero_and_keeps_the_end() {
-        let mut out = GenericOutput::new(OutputSpec::default());
-        for i in 0..10_000 {
-            out.observe(&format!(
-                "line {i:05} ........................................"
-            ));
-        }
-        assert_eq!(out.verdict(Some(0)), Verdict::Succeeded);
-        assert!(matches!(out.verdict(Some(3)), Verdict::Failed { .. }));
-        let text = out.output();
-        assert!(
-            text.len() <= TEXT_OUTPUT_BYTES
-                && text.ends_with("line 09999 ........................................\n")
-        );
-        assert_eq!(out.account.len(), ACCOUNT_LINES);
-    }
-
-    #[test]
-    fn jsonl_output_trusts_the_error_flag_over_the_exit_code() {
-        let mut out = GenericOutput::new(jsonl());
-        out.observe(r#"{"type":"progress"}"#);
-        out.observe(r#"{"type":"result","subtype":"success","is_error":true,"result":"quota"}"#);
-        let failed = Verdict::Failed {
-            reason: ReasonCode::UpstreamError,
-            message: "quota".into(),
-        };
-        assert_eq!(out.verdict(Some(0)), failed);
-    }
-
-    #[test]
-    fn jsonl_without_its_terminal_event_has_no_outcome() {
-        let mut out = GenericOutput::new(jsonl());
-        out.observe(r#"{"type":"progress"}"#);
-        assert_eq!(out.verdict(Some(0)), Verdict::NoOutcome);
     }
 }

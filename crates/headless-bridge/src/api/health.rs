@@ -25,6 +25,25 @@ use crate::credentials::{AuthMode, WorkingCopy};
 const PROGRAM_CHECK_TTL: Duration = Duration::from_secs(10);
 /// `codex --version` answers in well under a second; more means something is wrong.
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `GET /v1/adapters` reuses a `codex --version` probe, as profiles do by default.
+const CODEX_PROBE_CACHE: Duration = Duration::from_secs(300);
+
+/// The Codex adapter's health as `GET /v1/adapters` shows it: the binary (probed, cached)
+/// and the login (read at every call).
+pub(super) async fn codex_adapter_health(state: &AppState) -> Value {
+    let codex_home = state.config.data_dir.join("health").join("codex-home");
+    let probes = state.engine.adapters().probes();
+    let binary = probes
+        .get_or_probe(
+            crate::adapter::CODEX,
+            CODEX_PROBE_CACHE,
+            check_binary(&state.config.codex, &codex_home),
+        )
+        .await;
+    let credentials = check_credentials(state.engine.login());
+    let ok = binary["ok"] == true && credentials["ok"] == true;
+    json!({ "ok": ok, "binary": binary, "credentials": credentials })
+}
 
 /// Query of `GET /health`.
 #[derive(Debug, Deserialize)]
@@ -138,7 +157,7 @@ fn check_config_toml(config: &CodexConfig) -> Value {
     }
 }
 
-async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Value {
+pub(super) async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Value {
     let path = config.bin.display().to_string();
     let problem = |problem: String| {
         json!({ "ok": false, "path": path, "problem": problem,
@@ -180,7 +199,7 @@ async fn check_binary(config: &CodexConfig, codex_home: &std::path::Path) -> Val
 /// Judges the login as the next run would get it (the working copy while it is current with
 /// the Secret), and what the latest run found: a login a run found dead is reported until the
 /// Secret changes.
-fn check_credentials(login: &WorkingCopy) -> Value {
+pub(super) fn check_credentials(login: &WorkingCopy) -> Value {
     let auth = match login.current() {
         Ok(auth) => auth,
         Err(e) => return json!({ "ok": false, "reason": e.reason(), "problem": e.to_string() }),

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use super::AppState;
 use super::body::{self, ApiQuery, JsonObject};
 use super::error::ApiError;
-use crate::adapter::{CODEX, codex};
+use crate::adapter::{Adapter, CODEX, codex, health};
 use crate::git;
 use crate::run::engine::{CancelError, Submitted};
 use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
@@ -99,9 +99,21 @@ pub async fn submit(
     Ok(response)
 }
 
-/// The adapters this bridge offers.
+/// The adapters this bridge offers, each with its health.
 pub async fn adapters(State(state): State<AppState>) -> Json<Value> {
-    Json(serde_json::json!({ "adapters": state.engine.adapters().describe() }))
+    let adapters = state.engine.adapters();
+    let probe_homes = state.config.data_dir.join("health");
+    let mut described = adapters.describe();
+    for entry in &mut described {
+        let name = entry["name"].as_str().unwrap_or_default().to_owned();
+        entry["health"] = match adapters.get(&name) {
+            Some(Adapter::Profile(profile)) => {
+                health::check(&profile, &probe_homes.join(&name), adapters.probes()).await
+            }
+            _ => super::health::codex_adapter_health(&state).await,
+        };
+    }
+    Json(serde_json::json!({ "adapters": described }))
 }
 
 /// One run's record.

@@ -257,10 +257,24 @@ impl Git {
         Ok(text)
     }
 
-    /// A local command in `dir`, named by its first argument.
+    /// A local command in `dir`, named by its first argument. The repository's own
+    /// configuration is the run's to write, so nothing in it may make the bridge's git run a
+    /// program (`core.fsmonitor`); and a CLI run as another user (a profile's `run_as`) owns
+    /// the clone by then, which git refuses unless the directory is named safe.
     async fn run_in(&self, dir: &Path, args: &[&str]) -> Result<Vec<u8>, GitError> {
         let command = static_name(args[0]);
-        let args = args.iter().map(OsString::from).collect();
+        let mut safe = OsString::from("safe.directory=");
+        safe.push(dir);
+        let mut args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        args.splice(
+            0..0,
+            [
+                "-c".into(),
+                safe,
+                "-c".into(),
+                "core.fsmonitor=false".into(),
+            ],
+        );
         self.output(command, args, Some(dir), LOCAL_TIMEOUT).await
     }
 

@@ -2,7 +2,8 @@
 //!
 //! The steps, in order: the login is read (the cheapest check); the repository is cloned; each
 //! tool is downloaded and verified; only then is the login copied into the run's private
-//! CODEX_HOME and the CLI started, so a bad checksum means the CLI never ran. While the CLI
+//! CODEX_HOME (or, for a profile adapter, its secrets read and its files placed in the private
+//! HOME) and the CLI started, so a bad checksum means the CLI never ran. While the CLI
 //! runs, its output feeds both the event log and a transcript of its event stream; when it
 //! ends, the stream decides the outcome, the diff is taken, and everything reported is
 //! redacted. Cancellation is honoured at every step.
@@ -17,6 +18,9 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::adapter::codex::{self, RunDirs};
+use crate::adapter::prepare::{
+    self as adapter_prepare, PrepareError as AdapterPrepareError, Prepared as CliCommand,
+};
 use crate::adapter::{self, Adapter, OutputReader, Verdict};
 use crate::config::Config;
 use crate::credentials::{self, CredentialError, LoadedAuth, WorkingCopy, WriterGuard};
@@ -102,6 +106,12 @@ impl From<PrepareError> for Failure {
             details: err.details,
             ..Self::failed(err.reason, err.message)
         }
+    }
+}
+
+impl From<AdapterPrepareError> for Failure {
+    fn from(err: AdapterPrepareError) -> Self {
+        Self::failed(err.reason(), err.to_string())
     }
 }
 
@@ -195,7 +205,6 @@ impl Pipeline {
         account: &mut Vec<String>,
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
-        let dirs = &workspace.dirs;
         // Preparation is abandoned (its git and downloads with it) on a stop or the deadline;
         // the CLI itself is stopped by its supervisor, which cleans up its processes.
         let prepared = tokio::select! {
@@ -209,10 +218,31 @@ impl Pipeline {
             }),
         };
         let prepared = prepared?;
+        let dirs = &workspace.dirs;
+        let command = match &self.adapter {
+            Adapter::Codex => {
+                let (program, args, env) =
+                    codex::command(&self.config.codex, dirs, &record.spec.prompt);
+                CliCommand {
+                    program,
+                    args,
+                    env,
+                    secrets: Vec::new(),
+                    run_as: None,
+                }
+            }
+            Adapter::Profile(profile) => {
+                let mut prepared = adapter_prepare::prepare(profile, dirs, &record.spec.prompt)?;
+                redactor.extend(prepared.secrets.drain(..));
+                let mut env = adapter::run_environment(dirs);
+                env.append(&mut prepared.env);
+                CliCommand { env, ..prepared }
+            }
+        };
 
         self.enter(record, RunState::Running, sink).await;
         let result = self
-            .run_cli(record, dirs, deadline, account, redactor, sink)
+            .run_cli(record, command, dirs, deadline, account, redactor, sink)
             .await;
         self.preparer()
             .keep_artifacts(record, &dirs.work, redactor, account);
@@ -312,24 +342,27 @@ impl Pipeline {
         }
     }
 
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the run's record, command, directories, deadline and its three report sinks are all distinct"
+    )]
     async fn run_cli(
         &self,
         record: &mut RunRecord,
+        command: CliCommand,
         dirs: &RunDirs,
         deadline: Instant,
         account: &mut Vec<String>,
         redactor: &Redactor,
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
-        let (program, args, env) = match &self.adapter {
-            Adapter::Codex => codex::command(&self.config.codex, dirs, &record.spec.prompt),
-            Adapter::Profile(profile) => {
-                let (program, args, extra) = profile.command(&record.spec.prompt, &dirs.work);
-                let mut env = adapter::run_environment(dirs);
-                env.extend(extra);
-                (program, args, env)
-            }
-        };
+        let CliCommand {
+            program,
+            args,
+            env,
+            run_as,
+            ..
+        } = command;
         let idle = record
             .spec
             .idle_timeout_s
@@ -345,6 +378,7 @@ impl Pipeline {
                 .max(Duration::from_millis(1)),
             idle_timeout: Some(idle),
             shim: self.config.shim_bin.clone(),
+            run_as: run_as.map(|user| (user.uid, user.gid)),
         };
 
         let mut reader = self.adapter.reader();
@@ -365,7 +399,10 @@ impl Pipeline {
                     Some(event) => sink.line(EventKind::CliEvent, &line, Some(event)),
                     None => sink.line(EventKind::Output, &line, None),
                 },
-                Stream::Stderr => sink.line(EventKind::Stderr, &line, None),
+                Stream::Stderr => {
+                    reader.observe_stderr(&line);
+                    sink.line(EventKind::Stderr, &line, None);
+                }
             }
         };
         let outcome = supervisor::run(spec, process_stop.clone(), on_line)
@@ -519,10 +556,14 @@ fn cli_stopped_message(reader: &OutputReader, outcome: &supervisor::ProcessOutco
 }
 
 fn cli_not_started(program: &std::path::Path, err: &std::io::Error) -> Failure {
-    let hint = if err.kind() == std::io::ErrorKind::NotFound {
-        ": set HB_CODEX_BIN to the codex executable"
-    } else {
-        ""
+    let hint = match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            ": install it, or set the adapter's executable (HB_CODEX_BIN, HB_CLAUDE_BIN, HB_GEMINI_BIN, or the profile's `executable`)"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            ": the user the adapter runs as (`run_as`) must be able to reach it and the data directory"
+        }
+        _ => "",
     };
     Failure::failed(
         ReasonCode::CliNotFound,

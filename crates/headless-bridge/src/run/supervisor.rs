@@ -58,6 +58,8 @@ pub struct ProcessSpec {
     pub idle_timeout: Option<Duration>,
     /// The run shim to start the program under (see [`super::shim`]), if any.
     pub shim: Option<PathBuf>,
+    /// The user and group to start the process as (the bridge must be root to switch).
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// How the process ended.
@@ -154,7 +156,13 @@ pub async fn run(
                 stop_group(pid, &mut child).await;
             }
             () = &mut idle, if stopped.is_none() && spec.idle_timeout.is_some() => {
-                stopped = Some(StopCause::Stalled);
+                // The idle timer is capped at the deadline, so both can fire together; past the
+                // deadline the run timed out, whatever it printed.
+                stopped = Some(if started.elapsed() >= spec.timeout {
+                    StopCause::TimedOut
+                } else {
+                    StopCause::Stalled
+                });
                 tracing::info!(idle_s = idle_limit.as_secs(), "process printed nothing for too long, stopping it");
                 stop_group(pid, &mut child).await;
             }
@@ -233,6 +241,11 @@ fn command(spec: &ProcessSpec) -> Command {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some((uid, gid)) = spec.run_as {
+        // The standard library sets the group before the user, and drops root's supplementary
+        // groups when it switches users.
+        cmd.gid(gid).uid(uid);
+    }
     cmd
 }
 
@@ -358,6 +371,7 @@ mod tests {
             timeout,
             idle_timeout: None,
             shim: None,
+            run_as: None,
         }
     }
 
@@ -388,6 +402,20 @@ mod tests {
         assert_eq!(outcome.exit, ExitKind::Code(3));
         assert_eq!(outcome.stderr, "oops\n");
         assert_eq!(outcome.stopped, None);
+    }
+
+    /// Regression: a silent process whose idle limit was past its deadline was reported as
+    /// stalled about half the time, when the idle timer won the race with the deadline.
+    #[tokio::test]
+    async fn a_silent_process_past_its_deadline_is_timed_out_not_stalled() {
+        for _ in 0..3 {
+            let mut spec = sh("sleep 30", Duration::from_millis(300), &marker());
+            spec.idle_timeout = Some(Duration::from_secs(60));
+            let outcome = run(spec, CancellationToken::new(), |_, _| {})
+                .await
+                .unwrap();
+            assert_eq!(outcome.stopped, Some(StopCause::TimedOut));
+        }
     }
 
     #[tokio::test]

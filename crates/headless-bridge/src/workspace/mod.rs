@@ -8,6 +8,7 @@
 //!   tools/<name>/           unpacked tool archives; bin/<name> links into them
 //!   home/                   a private HOME, with shell profiles that keep bin/ on PATH
 //!   codex-home/             a private CODEX_HOME with a copy of the login
+//!   tmp/                    the run's TMPDIR
 //!   out/                    files the CLI writes for the bridge (its last message)
 //!   secrets/                0700: the git token or ssh key (0600) during the clone only
 //! ```
@@ -72,10 +73,17 @@ impl Workspace {
             bin: root.join("bin"),
             home: root.join("home"),
             codex_home: root.join("codex-home"),
+            tmp: root.join("tmp"),
             last_message: root.join("out").join("last-message.txt"),
         };
         // The work directory is left for `git clone` to create when there is a repository.
-        for dir in [&dirs.bin, &dirs.home, &dirs.codex_home, &root.join("out")] {
+        for dir in [
+            &dirs.bin,
+            &dirs.home,
+            &dirs.codex_home,
+            &dirs.tmp,
+            &root.join("out"),
+        ] {
             fs::create_dir(dir)?;
         }
         Ok(Self { root, dirs })

@@ -60,7 +60,13 @@ async fn profiles_are_listed_and_run_with_the_prompt_as_one_argument() {
         .iter()
         .map(|a| a["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["codex", "echo"]);
+    assert_eq!(names, ["codex", "claude", "echo", "gemini"]);
+    let echo = &adapters["adapters"][2];
+    assert_eq!(echo["kind"], "profile");
+    assert_eq!(
+        echo["health"]["ok"], true,
+        "a profile without secrets or probe is healthy: {echo}"
+    );
 
     let run = run(&bridge, "echo", "a; touch /tmp/pwned $(id)").await;
     assert_eq!(run["outcome"], "succeeded", "{run}");
@@ -397,4 +403,58 @@ fn processes_with_cmdline(needle: &str) -> Vec<u32> {
                 .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
         })
         .collect()
+}
+
+/// Regression: a cancel while the CLI ran could drop its supervisor half-way (the run's stop
+/// raced the supervisor's own), so the group was never stopped nor swept and the CLI's other
+/// processes outlived the run.
+#[tokio::test]
+async fn a_cancel_while_the_cli_runs_stops_every_process_of_the_run() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "waiter",
+        "sleep 300 & setsid sleep 301 & echo started; wait",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    for _ in 0..3 {
+        let (status, run) = bridge
+            .post("/v1/runs", &json!({"adapter": "waiter", "prompt": "x"}))
+            .await;
+        assert_eq!(status, 202, "{run}");
+        let id = run["id"].as_str().unwrap();
+        wait_for_output(&bridge, id, "started").await;
+
+        let (status, cancelled) = bridge
+            .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+        assert_eq!(
+            (status.as_u16(), &cancelled["outcome"]),
+            (200, &json!("cancelled")),
+            "{cancelled}"
+        );
+        assert_no_process_left(&cancelled);
+    }
+}
+
+/// Follows the run's event stream until an output line contains `text`.
+async fn wait_for_output(bridge: &TestBridge, id: &str, text: &str) {
+    let mut response = bridge
+        .client
+        .get(format!("{}/v1/runs/{id}/events", bridge.url))
+        .bearer_auth(crate::support::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while !seen.contains(text) {
+        let chunk = response
+            .chunk()
+            .await
+            .unwrap()
+            .expect("the run is still going");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
 }

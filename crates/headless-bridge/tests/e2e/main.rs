@@ -1,12 +1,16 @@
-//! End-to-end tests: the real bridge, serving on loopback, running the real Codex CLI (pinned,
-//! installed by `scripts/install-codex.sh`) against loopback stand-ins from `testkit`: a fake
-//! model speaking the Responses API, real git over smart HTTP, and a static file server.
+//! End-to-end tests: the real bridge, serving on loopback, running the real CLIs (Codex,
+//! Claude Code, Gemini and Vercel pinned from npm by `scripts/install-codex.sh` and
+//! `scripts/install-clis.sh`, gh from Debian) against loopback stand-ins from `testkit`: fakes
+//! of the Responses, Anthropic Messages, Gemini and GitHub APIs, real git over smart HTTP, and
+//! a static file server.
 
 mod support;
 
+mod agent_clis;
 mod api;
 mod cli_profiles;
 mod codex_runs;
+mod example_profiles;
 mod fetch;
 mod health;
 mod login;

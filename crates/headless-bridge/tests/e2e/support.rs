@@ -27,6 +27,43 @@ pub fn codex_bin() -> PathBuf {
     bin
 }
 
+/// A CLI installed by `scripts/install-clis.sh` (`claude`, `gemini` or `vercel`).
+pub fn agent_cli_bin(name: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools")
+        .join(name)
+        .join("bin")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{name} is not installed: run scripts/install-clis.sh (the README's test command does)"
+    );
+    bin
+}
+
+/// A data directory a CLI run as another user (a profile's `run_as`) can pass through.
+pub fn traversable_data_dir() -> TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+        .expect("chmod the data dir");
+    dir
+}
+
+/// A secrets directory holding `files` (name, content), each owner-only, as a mounted
+/// Secret with `defaultMode: 0600`.
+pub fn secrets_dir(files: &[(&str, &str)]) -> TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for (name, content) in files {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).expect("write a secret");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod a secret");
+    }
+    dir
+}
+
 /// Settings for a bridge under test.
 pub struct BridgeBuilder {
     vars: Vec<(&'static str, String)>,

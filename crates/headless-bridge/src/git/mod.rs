@@ -509,6 +509,7 @@ mod tests {
             size_watch: Some(SizeWatch {
                 dir: dir.path().to_owned(),
                 limit: 4096,
+                interval: None,
             }),
             ..CloneOptions::default()
         };

@@ -8,7 +8,7 @@
 //! ends, the stream decides the outcome, the diff is taken, and everything reported is
 //! redacted. Cancellation is honoured at every step.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -32,8 +32,8 @@ use crate::run::events::{EventKind, EventSink};
 use crate::run::supervisor::{self, ExitKind, ProcessSpec, RUN_MARKER, StopCause, Stream};
 use crate::run::{Outcome, ReasonCode, RunRecord, RunSpec, RunState};
 use crate::store::Store;
-use crate::workspace::Workspace;
 use crate::workspace::prepare::{PrepareError, Preparer};
+use crate::workspace::{SizeWatch, Workspace};
 
 /// What preparation leaves for the CLI's run.
 struct Prepared<'a> {
@@ -54,6 +54,10 @@ fn is_login_failure(reason: ReasonCode) -> bool {
             | ReasonCode::CredentialsInvalid
     )
 }
+
+/// How often the workspace is measured while the CLI runs: walking a large clone costs, and a
+/// CLI writes far slower than a clone does.
+const CLI_SIZE_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The readable account kept in a record; beyond it, the head and tail are kept.
 const MAX_LOGS_BYTES: usize = 1 << 20;
@@ -405,9 +409,28 @@ impl Pipeline {
                 }
             }
         };
-        let outcome = supervisor::run(spec, process_stop.clone(), on_line)
-            .await
-            .map_err(|e| cli_not_started(&program, &e))?;
+        // The workspace limit holds while the CLI runs too: a watcher stops it past the limit.
+        let root = dirs
+            .work
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| dirs.work.clone());
+        let watch = SizeWatch::every(
+            root,
+            self.config.workspace.max_bytes,
+            CLI_SIZE_WATCH_INTERVAL,
+        );
+        let over_limit = Arc::new(std::sync::OnceLock::new());
+        let watcher = {
+            let (over_limit, stop) = (over_limit.clone(), process_stop.clone());
+            tokio::spawn(async move {
+                let _ = over_limit.set(watch.exceeded().await);
+                stop.cancel();
+            })
+        };
+        let outcome = supervisor::run(spec, process_stop.clone(), on_line).await;
+        watcher.abort();
+        let outcome = outcome.map_err(|e| cli_not_started(&program, &e))?;
 
         account.extend(reader.account());
         let stderr = codex::meaningful_stderr(&outcome.stderr);
@@ -434,6 +457,16 @@ impl Pipeline {
         };
         record.usage = reader.usage();
         record.output = reader.output();
+        if let Some(used) = over_limit.get() {
+            let limit = self.config.workspace.max_bytes;
+            return Err(Failure::failed(
+                ReasonCode::WorkspaceDiskFull,
+                format!(
+                    "the CLI filled its workspace to {used} bytes, past the limit of {limit} \
+                     (HB_WORKSPACE_MAX_BYTES), and was stopped"
+                ),
+            ));
+        }
         if let Some(pattern) = blocked_on {
             let message = format!(
                 "the CLI stopped to ask a person something (its output matched `{pattern}`)"

@@ -140,13 +140,24 @@ pub fn disk_usage(path: &Path) -> u64 {
 pub struct SizeWatch {
     pub dir: PathBuf,
     pub limit: u64,
+    /// How often it measures; [`WATCH_INTERVAL`] unless set.
+    pub interval: Option<Duration>,
 }
 
 impl SizeWatch {
+    /// A watch that measures `dir` every `interval`.
+    pub fn every(dir: PathBuf, limit: u64, interval: Duration) -> Self {
+        Self {
+            dir,
+            limit,
+            interval: Some(interval),
+        }
+    }
+
     /// Resolves with the measured size once the tree is larger than the limit; never resolves
     /// otherwise. Measuring runs on the blocking pool: a large tree takes a while to walk.
     pub async fn exceeded(&self) -> u64 {
-        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+        let mut ticks = tokio::time::interval(self.interval.unwrap_or(WATCH_INTERVAL));
         loop {
             ticks.tick().await;
             let dir = self.dir.clone();
@@ -186,6 +197,7 @@ mod tests {
         let watch = SizeWatch {
             dir: dir.path().to_owned(),
             limit: 4096,
+            interval: None,
         };
         assert!(watch.exceeded().await > 4096);
     }

@@ -107,6 +107,7 @@ impl Preparer<'_> {
             size_watch: Some(SizeWatch {
                 dir: workspace.root().to_owned(),
                 limit: self.config.workspace.max_bytes,
+                interval: None,
             }),
         };
         let cloned = Git::new(&dirs.home)

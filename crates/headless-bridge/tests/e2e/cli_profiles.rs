@@ -458,3 +458,37 @@ async fn wait_for_output(bridge: &TestBridge, id: &str, text: &str) {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+#[tokio::test]
+async fn a_cli_that_fills_its_workspace_is_stopped_and_the_bridge_carries_on() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "filler",
+        "head -c 8388608 /dev/zero > big.bin; echo filled; sleep 300",
+        "",
+    );
+    sh_profile(profiles.path(), "small", "echo fine", "");
+    let bridge = bridge_with(&profiles, &[("HB_WORKSPACE_MAX_BYTES", "4M")]).await;
+
+    let filled = run(&bridge, "filler", "x").await;
+
+    assert_eq!(
+        (&filled["outcome"], &filled["reason"]),
+        (&json!("failed"), &json!("workspace_disk_full")),
+        "{filled}"
+    );
+    assert!(
+        filled["message"]
+            .as_str()
+            .unwrap()
+            .contains("HB_WORKSPACE_MAX_BYTES"),
+        "{filled}"
+    );
+    assert_no_process_left(&filled);
+    let next = run(&bridge, "small", "x").await;
+    assert_eq!(
+        next["outcome"], "succeeded",
+        "the bridge stays healthy: {next}"
+    );
+}

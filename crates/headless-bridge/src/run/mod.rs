@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod events;
+mod failure;
 mod pipeline;
 pub mod shim;
 pub mod supervisor;

@@ -140,7 +140,7 @@ pub fn disk_usage(path: &Path) -> u64 {
 pub struct SizeWatch {
     pub dir: PathBuf,
     pub limit: u64,
-    /// How often it measures; [`WATCH_INTERVAL`] unless set.
+    /// How often it measures; every 200 ms unless set.
     pub interval: Option<Duration>,
 }
 

@@ -14,6 +14,7 @@
 pub mod adapter;
 pub mod api;
 pub mod artifacts;
+pub mod commands;
 pub mod config;
 pub mod credentials;
 pub mod digest;

@@ -32,12 +32,37 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Download a tool, verify it and copy it out of the tool cache.
     Fetch(fetch_command::FetchArgs),
+    /// Run the deep health check with `serve`'s settings and explain it (exit 1 if unhealthy).
+    Doctor(Box<ServeArgs>),
+    /// Kubernetes Secrets for a login.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
     #[command(hide = true)]
     Shim {
         /// The CLI and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<std::ffi::OsString>,
+    },
+}
+
+/// `secret` subcommands.
+#[derive(Subcommand)]
+enum SecretCommand {
+    /// Print a Secret manifest holding a Codex login, for `kubectl apply -f -`.
+    Create {
+        /// The auth.json written by `codex login`.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// A config.toml to ship with it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The Secret's name.
+        #[arg(long)]
+        name: String,
+        /// The Secret's namespace.
+        #[arg(long)]
+        namespace: Option<String>,
     },
 }
 
@@ -109,11 +134,55 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
         Command::Fetch(args) => fetch_command::run(args),
+        Command::Doctor(args) => doctor(*args),
+        Command::Secret(SecretCommand::Create {
+            from,
+            config,
+            name,
+            namespace,
+        }) => {
+            match headless_bridge::commands::secret_manifest(
+                &from,
+                config.as_deref(),
+                &name,
+                namespace.as_deref(),
+            ) {
+                Ok((manifest, warning)) => {
+                    if let Some(warning) = warning {
+                        eprintln!("headless-bridge: note: {warning}");
+                    }
+                    print!("{manifest}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("headless-bridge: {}", error_chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Shim { mut command } => {
             let program = command.remove(0);
             let code = headless_bridge::run::shim::main(program, command);
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
+    }
+}
+
+fn doctor(args: ServeArgs) -> ExitCode {
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("headless-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    let (ok, report) = runtime.block_on(headless_bridge::commands::doctor(&config));
+    print!("{report}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

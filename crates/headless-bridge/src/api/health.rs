@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use super::AppState;
 use super::body::ApiQuery;
-use crate::config::CodexConfig;
+use crate::config::{CodexConfig, Config};
 use crate::credentials::{AuthMode, WorkingCopy};
 
 /// How long the result of the program checks is reused.
@@ -61,25 +61,32 @@ pub async fn health(
         return (StatusCode::OK, Json(json!({ "status": "ok" })));
     }
 
-    let codex_home = state.config.data_dir.join("health").join("codex-home");
-    let (binary, git) = cached_program_checks(&state.config.codex, &codex_home).await;
-    let login = check_credentials(state.engine.login());
-    let config_toml = check_config_toml(&state.config.codex);
-    let codex_ok = binary["ok"] == true && login["ok"] == true && config_toml["ok"] == true;
-    let ok = codex_ok && git["ok"] == true;
-    let body = json!({
-        "status": if ok { "ok" } else { "unhealthy" },
-        "git": git,
-        "adapters": { "codex": {
-            "ok": codex_ok, "binary": binary, "credentials": login, "config_toml": config_toml,
-        } },
-    });
+    let (ok, body) = deep_report(&state.config, state.engine.login()).await;
     let status = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// The deep check: whether a Codex run could succeed now, and the facts behind the verdict.
+/// It never refreshes a token, calls no network, and shows no secret.
+pub async fn deep_report(config: &Config, login: &WorkingCopy) -> (bool, Value) {
+    let codex_home = config.data_dir.join("health").join("codex-home");
+    let (binary, git) = cached_program_checks(&config.codex, &codex_home).await;
+    let credentials = check_credentials(login);
+    let config_toml = check_config_toml(&config.codex);
+    let codex_ok = binary["ok"] == true && credentials["ok"] == true && config_toml["ok"] == true;
+    let ok = codex_ok && git["ok"] == true;
+    let body = json!({
+        "status": if ok { "ok" } else { "unhealthy" },
+        "git": git,
+        "adapters": { "codex": {
+            "ok": codex_ok, "binary": binary, "credentials": credentials, "config_toml": config_toml,
+        } },
+    });
+    (ok, body)
 }
 
 /// The program checks, run at most once per [`PROGRAM_CHECK_TTL`] however often probes and

@@ -8,7 +8,7 @@ mod auth;
 mod body;
 mod error;
 mod events;
-mod health;
+pub mod health;
 mod legacy;
 mod runs;
 

@@ -141,3 +141,48 @@ async fn deep_health_is_503_when_config_toml_is_broken() {
     );
     assert_eq!(body["git"]["ok"], true);
 }
+
+#[tokio::test]
+async fn doctor_explains_the_deep_check_and_secret_create_prints_a_manifest() {
+    let model = Model::start(Behavior::Reply("unused".into())).await;
+    let data = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_headless-bridge");
+    let doctor = |codex_dir: &std::path::Path| {
+        std::process::Command::new(bin)
+            .arg("doctor")
+            .env("HB_CODEX_DIR", codex_dir)
+            .env("HB_CODEX_BIN", crate::support::codex_bin())
+            .env("HB_DATA_DIR", data.path())
+            .output()
+            .expect("doctor runs")
+    };
+
+    let healthy = doctor(model.codex_dir.path());
+    let report = String::from_utf8_lossy(&healthy.stdout);
+    assert!(healthy.status.success(), "{report}");
+    assert!(
+        report.contains("ok    codex binary  codex-cli 0.171.0")
+            && report.contains("all checks passed"),
+        "{report}"
+    );
+    let broken = doctor(std::path::Path::new("/nonexistent"));
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&broken.stdout).contains("FAIL  login"));
+
+    let secret = std::process::Command::new(bin)
+        .args(["secret", "create", "--name", "codex-login", "--from"])
+        .arg(model.codex_dir.path().join("auth.json"))
+        .output()
+        .expect("secret create runs");
+    let manifest = String::from_utf8_lossy(&secret.stdout);
+    assert!(
+        secret.status.success()
+            && manifest.contains("kind: Secret")
+            && manifest.contains("  auth.json: "),
+        "{manifest}"
+    );
+    assert!(
+        !manifest.contains(CANARY_KEY),
+        "the login is base64-encoded, not shown"
+    );
+}

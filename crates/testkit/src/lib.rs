@@ -10,6 +10,7 @@
 //! - [`rest::FakeRest`], any REST API answering one canned response (a refused token);
 //! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`, optionally behind
 //!   basic authentication, with fixtures for submodules;
+//! - [`git::SshGitServer`], git over ssh through a real OpenSSH `sshd` with keys of its own;
 //! - [`files::FileServer`], static downloads that count their hits;
 //! - [`faults::FaultServer`], downloads that misbehave on purpose (broken ranges, dropped
 //!   connections, redirects, HTML error pages, trickling).

@@ -55,6 +55,14 @@ const HARDENING: &[&str] = &[
 pub enum GitError {
     #[error("the git server asked for credentials or refused them: {stderr}")]
     AuthFailed { stderr: String },
+    /// ssh met a host key that `known_hosts` does not hold for that host: unknown, or
+    /// changed (a replaced server, or someone in between). Fixed by the operator, not by
+    /// trying again.
+    #[error(
+        "the ssh server's host key is not the one known_hosts in HB_GIT_CREDENTIALS_DIR \
+         trusts: {stderr}"
+    )]
+    HostKeyRejected { stderr: String },
     #[error("the workspace ran out of room: {0}")]
     DiskFull(String),
     #[error("submodule URL `{url}` is not allowed: it {reason}")]
@@ -398,8 +406,8 @@ pub fn is_commit_id(git_ref: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Tells an authentication problem and a full disk from other clone failures by git's own
-/// messages.
+/// Tells an authentication problem, a host key ssh does not trust and a full disk from other
+/// clone failures by git's and ssh's own messages.
 fn classify_clone_error(err: GitError) -> GitError {
     const AUTH_SIGNS: &[&str] = &[
         "could not read Username",
@@ -414,6 +422,10 @@ fn classify_clone_error(err: GitError) -> GitError {
     match err {
         GitError::Failed { stderr, .. } if AUTH_SIGNS.iter().any(|s| stderr.contains(s)) => {
             GitError::AuthFailed { stderr }
+        }
+        // OpenSSH's last word whether the host key is unknown or changed (sshconnect.c).
+        GitError::Failed { stderr, .. } if stderr.contains("Host key verification failed") => {
+            GitError::HostKeyRejected { stderr }
         }
         GitError::Failed { stderr, .. } if stderr.contains("No space left on device") => {
             GitError::DiskFull(stderr)
@@ -432,6 +444,7 @@ mod tests {
     #[case::prompt("fatal: could not read Username for 'https://x': terminal prompts disabled")]
     #[case::refused("remote: HTTP Basic: Access denied\nfatal: Authentication failed for 'x'")]
     #[case::status("fatal: unable to access 'x': The requested URL returned error: 401")]
+    #[case::ssh_key("root@127.0.0.1: Permission denied (publickey).\nfatal: Could not read")]
     fn auth_messages_are_told_apart(#[case] stderr: &str) {
         let err = classify_clone_error(GitError::Failed {
             command: "clone",
@@ -534,6 +547,25 @@ mod tests {
     #[case::hexish_branch("deadbeef", false)]
     fn commit_ids_are_told_from_branch_names(#[case] git_ref: &str, #[case] commit: bool) {
         assert_eq!(is_commit_id(git_ref), commit);
+    }
+
+    /// What OpenSSH 9.2 and git print for an ssh server whose key `known_hosts` lacks, and
+    /// for one whose key changed.
+    #[rstest]
+    #[case::unknown(
+        "No ED25519 host key is known for [127.0.0.1]:35301 and you have requested strict \
+         checking.\nHost key verification failed.\nfatal: Could not read from remote repository."
+    )]
+    #[case::changed(
+        "Host key for [127.0.0.1]:35301 has changed and you have requested strict checking.\n\
+         Host key verification failed.\nfatal: Could not read from remote repository."
+    )]
+    fn a_host_key_ssh_does_not_trust_is_told_apart(#[case] stderr: &str) {
+        let err = classify_clone_error(GitError::Failed {
+            command: "clone",
+            stderr: stderr.into(),
+        });
+        assert!(matches!(err, GitError::HostKeyRejected { .. }), "{err:?}");
     }
 
     #[test]

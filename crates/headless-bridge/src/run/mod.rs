@@ -101,7 +101,8 @@ pub enum ReasonCode {
     DownloadFailed,
     /// The repository could not be cloned.
     RepoCloneFailed,
-    /// The git server refused our credentials (or asked for some).
+    /// The git server refused our credentials (or asked for some), or an ssh server's host key
+    /// is not the one `known_hosts` trusts.
     RepoAuthFailed,
     /// The CLI executable could not be started.
     CliNotFound,

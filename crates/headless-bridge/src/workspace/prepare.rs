@@ -41,7 +41,9 @@ impl PrepareError {
 impl From<GitError> for PrepareError {
     fn from(err: GitError) -> Self {
         let reason = match err {
-            GitError::AuthFailed { .. } => ReasonCode::RepoAuthFailed,
+            GitError::AuthFailed { .. } | GitError::HostKeyRejected { .. } => {
+                ReasonCode::RepoAuthFailed
+            }
             GitError::DiskFull(_) => ReasonCode::WorkspaceDiskFull,
             _ => ReasonCode::RepoCloneFailed,
         };
@@ -61,6 +63,23 @@ impl From<FetchError> for PrepareError {
             ..Self::new(reason, err.to_string())
         }
     }
+}
+
+/// Refuses an `ssh://` clone without the operator's key for its host. Without one, git's
+/// default ssh would run with the bridge user's own keys, ssh config and known hosts, none of
+/// which the operator meant for runs.
+fn require_ssh_key(url: &url::Url, ssh: Option<&SshAuth>) -> Result<(), PrepareError> {
+    if url.scheme() != "ssh" || ssh.is_some() {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or_default();
+    Err(PrepareError::new(
+        ReasonCode::RepoAuthFailed,
+        format!(
+            "failed to clone the repository: HB_GIT_CREDENTIALS_DIR holds no ssh key for \
+             `{host}` (a file `{host}.ssh`)"
+        ),
+    ))
 }
 
 /// What preparing a workspace needs from the bridge.
@@ -155,6 +174,7 @@ impl Preparer<'_> {
             .map_err(|e| failed("git token", e))?;
         let ssh = crate::git::ssh::for_url(dir, url, &helpers, || workspace.secrets_dir())
             .map_err(|e| failed("ssh key", e))?;
+        require_ssh_key(url, ssh.as_ref())?;
         redactor.extend(auth.iter().map(|a| a.secret().to_owned()));
         redactor.extend(ssh.iter().map(|s| s.secret().to_owned()));
         Ok((auth, ssh))

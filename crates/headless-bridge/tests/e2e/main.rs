@@ -1,8 +1,8 @@
 //! End-to-end tests: the real bridge, serving on loopback, running the real CLIs (Codex,
 //! Claude Code, Gemini and Vercel pinned from npm by `scripts/install-codex.sh` and
 //! `scripts/install-clis.sh`, gh from Debian) against loopback stand-ins from `testkit`: fakes
-//! of the Responses, Anthropic Messages, Gemini and GitHub APIs, real git over smart HTTP, and
-//! a static file server.
+//! of the Responses, Anthropic Messages, Gemini and GitHub APIs, real git over smart HTTP and
+//! over ssh to a real OpenSSH server, and a static file server.
 
 mod support;
 
@@ -16,4 +16,5 @@ mod health;
 mod login;
 mod restart;
 mod service;
+mod ssh_repos;
 mod workspaces;

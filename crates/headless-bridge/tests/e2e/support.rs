@@ -1,6 +1,7 @@
 //! A bridge under test, built like a user would configure it, served on a loopback port.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use headless_bridge::config::RawConfig;
 use headless_bridge::server::Bridge;
@@ -420,5 +421,49 @@ impl BridgeProcess {
             stop: None,
             server: None,
         }
+    }
+}
+
+/// Everything the bridge logs, from every test of this binary, at every level of its own
+/// crates. One global subscriber: a thread-local one would miss events whose callsites
+/// another test's thread cached as uninteresting.
+pub struct LogCapture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+}
+
+#[derive(Clone)]
+struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    pub fn start() -> Self {
+        static BUFFER: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+        let buffer = BUFFER.get_or_init(|| {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let writer = SharedWriter(Arc::clone(&buffer));
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter("headless_bridge=trace,testkit=trace")
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other test sets a global subscriber");
+            buffer
+        });
+        Self {
+            buffer: Arc::clone(buffer),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().expect("not poisoned")).into_owned()
     }
 }

@@ -4,7 +4,6 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -12,7 +11,7 @@ use testkit::faults::FaultServer;
 use testkit::git::GitServer;
 use testkit::model::Behavior;
 
-use crate::support::{BridgeBuilder, Model, TestBridge, assert_no_canary};
+use crate::support::{BridgeBuilder, LogCapture, Model, TestBridge, assert_no_canary};
 
 /// The private repository's token: must show up nowhere but in git's Authorization header.
 const TOKEN_CANARY: &str = "git-token-canary-8d2f61b7e4";
@@ -41,50 +40,6 @@ async fn bridge_with(model: &Model, vars: &[(&'static str, String)]) -> TestBrid
         builder = builder.var(name, value.clone());
     }
     builder.start().await
-}
-
-/// Everything the bridge logs, from every test of this binary, at every level of its own
-/// crates. One global subscriber: a thread-local one would miss events whose callsites
-/// another test's thread cached as uninteresting.
-struct LogCapture {
-    buffer: Arc<Mutex<Vec<u8>>>,
-}
-
-#[derive(Clone)]
-struct SharedWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for SharedWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("not poisoned").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogCapture {
-    fn start() -> Self {
-        static BUFFER: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-        let buffer = BUFFER.get_or_init(|| {
-            let buffer = Arc::new(Mutex::new(Vec::new()));
-            let writer = SharedWriter(Arc::clone(&buffer));
-            let subscriber = tracing_subscriber::fmt()
-                .with_env_filter("headless_bridge=trace,testkit=trace")
-                .with_writer(move || writer.clone())
-                .finish();
-            tracing::subscriber::set_global_default(subscriber)
-                .expect("no other test sets a global subscriber");
-            buffer
-        });
-        Self {
-            buffer: Arc::clone(buffer),
-        }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buffer.lock().expect("not poisoned")).into_owned()
-    }
 }
 
 #[tokio::test]

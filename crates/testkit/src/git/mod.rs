@@ -3,8 +3,12 @@
 //! `git http-backend` (run as CGI by the `cgi` module), so clients speak the same protocol as
 //! to a real host, v2 and shallow clones included. Pushing is not offered: the backend refuses
 //! it without an authenticated user, as a real host would.
+//!
+//! [`SshGitServer`] serves the same kind of repositories over ssh, through a real OpenSSH
+//! `sshd` of its own.
 
 mod cgi;
+mod ssh;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -19,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
+pub use self::ssh::SshGitServer;
 use crate::loopback::Loopback;
 
 /// Who authored the commits [`GitServer::create_repo`] makes; with the fixed date this makes
@@ -157,22 +162,30 @@ impl GitServer {
     /// Panics if `name` or a path is not a plain relative name, the repository exists, or git
     /// fails: each is a mistake in the test.
     pub fn create_repo(&self, name: &str, files: &[(&str, &str)]) -> String {
-        assert_plain_name(name);
-        let bare = self.root.path().join(format!("{name}.git"));
-        assert!(!bare.exists(), "repository {name} already exists");
-        let work = TempDir::new().expect("the temp dir is writable");
-
-        write_files(work.path(), files);
-        run(git(work.path()).args(["init", "-q", "-b", "main"]));
-        run(git(work.path()).args(["add", "--all"]));
-        run(git(work.path()).args(["commit", "-q", "-m", "Initial commit"]));
-
-        run(git(self.root.path())
-            .args(["init", "-q", "--bare", "-b", "main"])
-            .arg(&bare));
-        run(git(work.path()).args(["push", "-q"]).arg(&bare).arg("main"));
+        create_bare_repo(self.root.path(), name, files);
         format!("{}/{name}.git", self.server.origin())
     }
+}
+
+/// Creates the bare repository `<root>/<name>.git` holding one commit of `files` on branch
+/// `main`, and returns its path. Panics on a mistake in the test, as
+/// [`GitServer::create_repo`] says.
+fn create_bare_repo(root: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    assert_plain_name(name);
+    let bare = root.join(format!("{name}.git"));
+    assert!(!bare.exists(), "repository {name} already exists");
+    let work = TempDir::new().expect("the temp dir is writable");
+
+    write_files(work.path(), files);
+    run(git(work.path()).args(["init", "-q", "-b", "main"]));
+    run(git(work.path()).args(["add", "--all"]));
+    run(git(work.path()).args(["commit", "-q", "-m", "Initial commit"]));
+
+    run(git(root)
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(&bare));
+    run(git(work.path()).args(["push", "-q"]).arg(&bare).arg("main"));
+    bare
 }
 
 async fn serve(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -31,6 +31,7 @@ use crate::credentials::WorkingCopy;
 use crate::fetch::Fetcher;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
+use crate::workspace::Workspace;
 use crate::store::{Claim, Store, StoreError};
 
 /// How long a client is told to wait before retrying a refused submission.
@@ -348,7 +349,7 @@ impl Engine {
         self.inner.tasks.spawn(
             async move {
                 let id = record.id;
-                let finished = engine
+                let (finished, leftover) = engine
                     .run_when_a_slot_is_free(&pipeline, record, &mut sink)
                     .await;
                 sink.finish(json!({
@@ -363,25 +364,34 @@ impl Engine {
                     .inner
                     .webhooks
                     .deliver(&finished, &engine.inner.tasks);
+                if let Some((workspace, _slot)) = leftover {
+                    remove_workspace(workspace).await;
+                }
             }
             .instrument(span),
         );
     }
 
+    /// Waits for a slot, runs the pipeline and stores the finished record. Returns the record
+    /// and, when there is one, the workspace to remove with the slot it still holds: the slot
+    /// is given back only once the workspace is gone, so removals cannot pile up on disk.
     async fn run_when_a_slot_is_free(
         &self,
         pipeline: &Pipeline,
         record: RunRecord,
         sink: &mut EventSink,
-    ) -> RunRecord {
+    ) -> (RunRecord, Option<(Workspace, OwnedSemaphorePermit)>) {
         let slot = tokio::select! {
             permit = self.inner.slots.clone().acquire_owned() => permit.ok(),
             () = pipeline.stop.cancelled() => None,
         };
         self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
-        let mut record = match slot {
-            Some(_slot) => pipeline.execute(record, sink).await,
-            None => pipeline.cancelled_in_queue(record),
+        let (mut record, leftover) = match slot {
+            Some(slot) => {
+                let (record, workspace) = pipeline.execute(record, sink).await;
+                (record, workspace.map(|workspace| (workspace, slot)))
+            }
+            None => (pipeline.cancelled_in_queue(record), None),
         };
 
         record.state = RunState::Finished;
@@ -390,7 +400,17 @@ impl Engine {
             tracing::error!(error = %crate::error_chain(&e), "failed to store a finished run");
         }
         tracing::info!(outcome = ?record.outcome, reason = ?record.reason, "run finished");
-        record
+        (record, leftover)
+    }
+}
+
+/// Removes a finished run's workspace on the blocking pool. One left behind by a crash is
+/// removed at the next start.
+async fn remove_workspace(workspace: Workspace) {
+    let root = workspace.root().to_owned();
+    let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
+    if let Ok(Err(e)) = removed {
+        tracing::warn!(error = %e, path = %root.display(), "failed to remove a workspace");
     }
 }
 

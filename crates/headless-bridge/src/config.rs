@@ -24,6 +24,8 @@ const DEFAULT_MAX_RUN_TIMEOUT_S: u64 = 3600;
 const DEFAULT_FETCH_TIMEOUT_S: u64 = 300;
 /// A CLI silent this long is most likely waiting for something that will not come.
 const DEFAULT_IDLE_TIMEOUT_S: u64 = 300;
+/// A day's notice that a login will die is enough for a person to act on.
+const DEFAULT_CREDENTIAL_WARN_WINDOW_S: u64 = 24 * 3600;
 /// Runs mostly wait on a model provider, so a few at once fit even a small pod.
 const DEFAULT_MAX_CONCURRENT: usize = 8;
 const DEFAULT_MAX_QUEUED: usize = 64;
@@ -78,6 +80,8 @@ const SETTINGS: &[Setting] = &[
     Setting::new("webhook_secret", "HB_WEBHOOK_SECRET", None),
     Setting::new("adapters_dir", "HB_ADAPTERS_DIR", Some("--adapters-dir")),
     Setting::new("shim_bin", "HB_SHIM_BIN", None),
+    Setting::new("codex_login_issuer", "HB_CODEX_LOGIN_ISSUER", None),
+    Setting::new("credential_warn_window", "HB_CREDENTIAL_WARN_WINDOW", None),
     Setting::new("claude_bin", "HB_CLAUDE_BIN", None),
     Setting::new("claude_dir", "HB_CLAUDE_DIR", None),
     Setting::new("claude_base_url", "HB_CLAUDE_BASE_URL", None),
@@ -144,6 +148,12 @@ pub struct Config {
     /// outlives it; the `headless-bridge` binary itself unless set. Without one, runs rely on
     /// process groups and the marker sweep alone.
     pub shim_bin: Option<PathBuf>,
+    /// The ChatGPT issuer the login relay's device-code logins use instead of the CLI's own
+    /// (a test's loopback issuer, or a company's proxy in front of the real one).
+    pub codex_login_issuer: Option<url::Url>,
+    /// Deep health says `degraded` when a login will stop working within this window unless a
+    /// person acts (an access token that expires with no refresh token to renew it).
+    pub credential_warn_window: Duration,
     /// Settings of the built-in Claude Code adapter.
     pub claude: BuiltinConfig,
     /// Settings of the built-in Gemini CLI adapter.
@@ -429,6 +439,9 @@ impl RawConfig {
             webhook_secret,
             adapters_dir: self.path("adapters_dir"),
             shim_bin: self.path("shim_bin"),
+            codex_login_issuer: self.http_url("codex_login_issuer")?,
+            credential_warn_window: self
+                .seconds("credential_warn_window", DEFAULT_CREDENTIAL_WARN_WINDOW_S)?,
             claude: self.builtin("claude")?,
             gemini: self.builtin("gemini")?,
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
@@ -550,6 +563,19 @@ impl RawConfig {
                 .map(|(v, _)| v.trim().to_owned()),
             run_as,
         })
+    }
+
+    /// An http or https URL, if set.
+    fn http_url(&self, key: &str) -> Result<Option<url::Url>, ConfigError> {
+        let Some((text, _)) = self.values.get(key) else {
+            return Ok(None);
+        };
+        match url::Url::parse(text.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Ok(Some(url))
+            }
+            _ => Err(self.error(key, "expected an http:// or https:// URL")),
+        }
     }
 
     fn path(&self, key: &str) -> Option<PathBuf> {

@@ -6,6 +6,7 @@
 mod artifacts;
 mod auth;
 mod body;
+mod credentials;
 mod error;
 mod events;
 pub mod health;
@@ -57,6 +58,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/events", get(events::events))
         .route("/v1/runs/{id}/logs", get(runs::logs))
         .route("/v1/runs/{id}/artifacts/{*path}", get(artifacts::download))
+        .route(
+            "/v1/credentials/codex/login",
+            post(credentials::start_login)
+                .get(credentials::get_login)
+                .delete(credentials::cancel_login),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -12,8 +12,13 @@
 //! - one writer: runs of a ChatGPT login never overlap, so two runs can never refresh the same
 //!   token. Runs of an API-key login, which never refreshes, run side by side.
 //!
+//! A login a person completes through the bridge (the login relay) is adopted the same way:
+//! it becomes the working copy and stays in use until the source changes, even when there is
+//! no source at all.
+//!
 //! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600) and
-//! `source.sha256`, the digest of the source content last imported.
+//! `source.sha256`, the digest of the source content last imported or present at adoption
+//! (`none` when a login was adopted without a source).
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -32,6 +37,14 @@ use crate::run::ReasonCode;
 
 /// How many hex characters of a digest health shows: enough to tell versions apart.
 const DIGEST_PREFIX: usize = 12;
+/// What `source.sha256` holds for a login adopted while there was no source.
+const NO_SOURCE: &str = "none";
+
+/// The source auth.json as read.
+struct Source {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
 
 /// A login's private working copy and what happened to it.
 pub struct WorkingCopy {
@@ -71,20 +84,18 @@ impl WorkingCopy {
 
     /// The login a run should use: the working copy, after importing the source if it changed.
     pub fn checkout(&self) -> Result<LoadedAuth, CredentialError> {
-        let source_path = self
-            .config
-            .auth_path()
-            .ok_or(CredentialError::NotConfigured)?;
-        let source = super::read_source(&source_path)?;
-        // Judge the source first: a broken Secret must say so, not hide behind an old copy.
-        super::parse(source_path.clone(), source.clone())?;
-
-        let digest = Sha256Digest::of(&source);
         let working = self.dir.join("auth.json");
         let _files = self.lock_files();
-        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
-        if imported.as_deref().map(str::trim) != Some(digest.hex()) || !working.exists() {
-            self.import(&source, &digest)
+        let source = match self.read_source() {
+            Ok(source) => source,
+            Err(e) => return self.adopted_without_source(e),
+        };
+        // Judge the source first: a broken Secret must say so, not hide behind an old copy.
+        super::parse(source.path.clone(), source.bytes.clone())?;
+
+        let digest = Sha256Digest::of(&source.bytes);
+        if self.recorded_source().as_deref() != Some(digest.hex()) || !working.exists() {
+            self.import(&source.bytes, &digest)
                 .map_err(|e| self.unwritable(e))?;
         }
         let bytes = fs::read(&working).map_err(|e| self.unwritable(e))?;
@@ -94,19 +105,71 @@ impl WorkingCopy {
     /// The login as a run would get it now, without importing or writing anything: the working
     /// copy while it is current with the source, else the source.
     pub fn current(&self) -> Result<LoadedAuth, CredentialError> {
-        let source_path = self
-            .config
-            .auth_path()
-            .ok_or(CredentialError::NotConfigured)?;
-        let source = super::read_source(&source_path)?;
-        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
         let working = self.dir.join("auth.json");
-        if imported.as_deref().map(str::trim) == Some(Sha256Digest::of(&source).hex())
+        let source = match self.read_source() {
+            Ok(source) => source,
+            Err(e) => return self.adopted_without_source(e),
+        };
+        if self.recorded_source().as_deref() == Some(Sha256Digest::of(&source.bytes).hex())
             && let Ok(bytes) = fs::read(&working)
         {
             return super::parse(working, bytes);
         }
-        super::parse(source_path, source)
+        super::parse(source.path, source.bytes)
+    }
+
+    /// Makes `bytes`, a login a person has just completed through the bridge, the working
+    /// copy. It is used until the source changes; with no source configured or mounted, until
+    /// a source appears.
+    pub fn adopt(&self, bytes: &[u8]) -> io::Result<()> {
+        let _files = self.lock_files();
+        let marker = match self.read_source() {
+            Ok(source) => Sha256Digest::of(&source.bytes).hex().to_owned(),
+            Err(_) => NO_SOURCE.to_owned(),
+        };
+        fs::create_dir_all(&self.dir)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        write_private_atomically(&self.dir.join("auth.json"), bytes)?;
+        write_private_atomically(&self.dir.join("source.sha256"), marker.as_bytes())?;
+        let mut history = self.lock_history();
+        history.last_import = Some(OffsetDateTime::now_utc());
+        history.last_run = None;
+        tracing::info!("adopted a login completed through the bridge as the working copy");
+        Ok(())
+    }
+
+    /// The source as it is now.
+    fn read_source(&self) -> Result<Source, CredentialError> {
+        let path = self
+            .config
+            .auth_path()
+            .ok_or(CredentialError::NotConfigured)?;
+        let bytes = super::read_source(&path)?;
+        Ok(Source { path, bytes })
+    }
+
+    /// What `source.sha256` holds, if anything.
+    fn recorded_source(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join("source.sha256"))
+            .ok()
+            .map(|text| text.trim().to_owned())
+    }
+
+    /// The working copy when the source is absent (`err` says how) and the working copy was
+    /// adopted without one; else `err`.
+    fn adopted_without_source(&self, err: CredentialError) -> Result<LoadedAuth, CredentialError> {
+        let absent = matches!(
+            err,
+            CredentialError::NotConfigured | CredentialError::Missing { .. }
+        );
+        let working = self.dir.join("auth.json");
+        if absent
+            && self.recorded_source().as_deref() == Some(NO_SOURCE)
+            && let Ok(bytes) = fs::read(&working)
+        {
+            return super::parse(working, bytes);
+        }
+        Err(err)
     }
 
     /// Waits until this run may use `auth`: at once for an API key, after any other run of a
@@ -177,9 +240,11 @@ impl WorkingCopy {
             .last_run
             .and_then(|(_, reason)| reason)?;
         // A changed Secret is a new login that no run has judged yet.
-        let source = self.config.auth_path().and_then(|p| fs::read(p).ok())?;
-        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok()?;
-        (imported.trim() == Sha256Digest::of(&source).hex()).then_some(reason)
+        let now = match self.config.auth_path().and_then(|p| fs::read(p).ok()) {
+            Some(source) => Sha256Digest::of(&source).hex().to_owned(),
+            None => NO_SOURCE.to_owned(),
+        };
+        (self.recorded_source()? == now).then_some(reason)
     }
 
     fn import(&self, source: &[u8], digest: &Sha256Digest) -> io::Result<()> {

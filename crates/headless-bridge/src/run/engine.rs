@@ -27,12 +27,13 @@ use super::pipeline::Pipeline;
 use super::webhook::Webhooks;
 use crate::adapter::Adapters;
 use crate::config::Config;
-use crate::credentials::WorkingCopy;
+use crate::credentials::relay::{LoginView, StartError};
+use crate::credentials::{LoginRelay, WorkingCopy};
 use crate::fetch::Fetcher;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
-use crate::workspace::Workspace;
 use crate::store::{Claim, Store, StoreError};
+use crate::workspace::Workspace;
 
 /// How long a client is told to wait before retrying a refused submission.
 const RETRY_AFTER_S: u64 = 5;
@@ -88,6 +89,7 @@ struct Inner {
     store: Store,
     adapters: Adapters,
     login: Arc<WorkingCopy>,
+    relay: LoginRelay,
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
@@ -119,8 +121,18 @@ impl Engine {
     pub fn new(config: Arc<Config>, store: Store, adapters: Adapters) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
         let login = Arc::new(WorkingCopy::new(&config.data_dir, config.codex.clone()));
+        let relay = LoginRelay::new(
+            &config.data_dir,
+            config.codex.clone(),
+            config
+                .codex_login_issuer
+                .as_ref()
+                .map(|url| url.to_string()),
+            config.shim_bin.clone(),
+        );
         let inner = Inner {
             login,
+            relay,
             fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
             webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -152,6 +164,21 @@ impl Engine {
     /// The Codex login's working copy.
     pub fn login(&self) -> &WorkingCopy {
         &self.inner.login
+    }
+
+    /// Starts a device-code login of the Codex login, or returns the pending one (then
+    /// `false`).
+    pub async fn start_login(&self) -> Result<(LoginView, bool), StartError> {
+        let inner = &self.inner;
+        inner
+            .relay
+            .start(inner.login.clone(), &inner.shutdown, &inner.tasks)
+            .await
+    }
+
+    /// The device-code login relay of the Codex login.
+    pub fn relay(&self) -> &LoginRelay {
+        &self.inner.relay
     }
 
     /// The store runs are recorded in.

@@ -14,6 +14,7 @@ mod example_profiles;
 mod fetch;
 mod health;
 mod login;
+mod login_relay;
 mod restart;
 mod service;
 mod ssh_repos;

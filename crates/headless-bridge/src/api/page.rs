@@ -9,8 +9,11 @@
 //! and a strict Content-Security-Policy (scripts from this origin, no inline script or style,
 //! no connection elsewhere, no framing) backs that up should a mistake slip in.
 
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+
+use super::AppState;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
 const PAGE_CSS: &str = include_str!("page/page.css");
@@ -23,9 +26,18 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
-/// `GET /`: the page.
-pub async fn index() -> Response {
-    asset("text/html; charset=utf-8", INDEX_HTML)
+/// `GET /`: the page, told whether the API wants a token.
+pub async fn index(State(state): State<AppState>) -> Response {
+    let html = render_index(!state.token_digests.is_empty());
+    asset("text/html; charset=utf-8", html)
+}
+
+/// The page with its `data-auth` set: `token` makes the script ask for the token before its
+/// first request, rather than learn it from a refused one, which the browser would log as an
+/// error. Whether a token is needed is no secret: any request without one shows it.
+fn render_index(tokens_required: bool) -> String {
+    let auth = if tokens_required { "token" } else { "none" };
+    INDEX_HTML.replace("{{auth}}", auth)
 }
 
 /// `GET /assets/page.css`.
@@ -45,7 +57,7 @@ pub async fn favicon() -> Response {
 
 /// A static file with the headers every part of the page carries. `no-cache` makes the
 /// browser revalidate, so a newer bridge never runs with an older script.
-fn asset(content_type: &'static str, body: &'static str) -> Response {
+fn asset(content_type: &'static str, body: impl IntoResponse) -> Response {
     let mut response = body.into_response();
     let headers = response.headers_mut();
     let fixed = [
@@ -53,9 +65,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        // Not `no-referrer`: under it a browser sends `Origin: null` with the page's own POSTs,
-        // which a bridge without tokens refuses as foreign (Fetch standard, "append a request
-        // `Origin` header").
+        // Not `no-referrer`: under it the Fetch standard ("append a request `Origin` header")
+        // has the page's own POSTs carry `Origin: null`, which a bridge without tokens refuses
+        // as foreign. Chromium 156 sends the real origin anyway; other browsers need not.
+        // Other sites still get no referrer.
         (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-cache"),
     ];
@@ -97,6 +110,13 @@ mod tests {
         ] {
             assert!(!PAGE_JS.contains(sink), "the script uses {sink}");
         }
+    }
+
+    #[test]
+    fn the_page_says_whether_a_token_is_needed() {
+        assert!(render_index(true).contains(r#"<body data-auth="token">"#));
+        assert!(render_index(false).contains(r#"<body data-auth="none">"#));
+        assert!(!render_index(true).contains("{{"));
     }
 
     #[test]

@@ -63,7 +63,10 @@ async fn held_answers_wait_for_the_release() {
     assert!(early.is_err(), "no answer while held, got {early:?}");
 
     model.release_answers();
-    let response = answer.await.expect("joined").expect("answered after release");
+    let response = answer
+        .await
+        .expect("joined")
+        .expect("answered after release");
     assert_eq!(response.status(), StatusCode::OK);
     let body = response.text().await.expect("body");
     assert!(body.contains("response.completed"), "{body}");

@@ -455,7 +455,7 @@
       return `$ ${item.command}${exit}${output}`;
     }
     if (item && (item.type === 'agent_message' || item.type === 'reasoning') && typeof item.text === 'string') {
-      return `${item.type}: ${item.text}`;
+      return `${item.type}: ${item.text.replace(/\n$/, '')}`;
     }
     if (data.type === 'turn.completed' && data.usage) {
       return `turn.completed (input ${data.usage.input_tokens} tokens, output ${data.usage.output_tokens})`;
@@ -465,8 +465,9 @@
     return text.length > CLI_EVENT_MAX_CHARS ? `${text.slice(0, CLI_EVENT_MAX_CHARS)}…` : text;
   }
 
+  // Each SSE message is a stored event, `{seq, at, kind, data}`; `data` is what happened.
   function onRunEvent(id, event) {
-    const data = event.data || {};
+    const data = (event.data && event.data.data) || {};
     switch (event.event) {
       case 'state': {
         appendLog('state', `· ${data.state}`);
@@ -620,6 +621,12 @@
       if (id && view.signedIn) showRun(id).catch(showError);
     });
     setInterval(tick, 1000);
-    start();
+    // The bridge says whether it wants a token, so the page asks first instead of being
+    // refused (a refusal the browser would log as an error).
+    if (document.body.dataset.auth === 'token' && !token()) {
+      askForToken(null);
+    } else {
+      start();
+    }
   });
 })();

@@ -1,7 +1,8 @@
 //! The HTTP API: routes, shared state, authentication and request spans.
 //!
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
-//! socket. Everything but `/health` sits behind bearer-token authentication.
+//! socket. Everything but `/health` and the runs page's static files sits behind bearer-token
+//! authentication; the page itself reads its data through the authenticated routes.
 
 mod artifacts;
 mod auth;
@@ -11,6 +12,7 @@ mod error;
 mod events;
 pub mod health;
 mod legacy;
+mod page;
 mod runs;
 
 use std::sync::Arc;
@@ -71,6 +73,10 @@ pub fn router(state: AppState) -> Router {
 
     Router::new()
         .route("/health", get(health::health))
+        .route("/", get(page::index))
+        .route("/assets/page.css", get(page::stylesheet))
+        .route("/assets/page.js", get(page::script))
+        .route("/assets/favicon.svg", get(page::favicon))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

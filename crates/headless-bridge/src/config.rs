@@ -106,7 +106,11 @@ const SETTINGS: &[Setting] = &[
     Setting::new("max_sessions", "HB_MAX_SESSIONS", None),
     Setting::new("session_idle_timeout", "HB_SESSION_IDLE_TIMEOUT", None),
     Setting::new("session_max_lifetime", "HB_SESSION_MAX_LIFETIME", None),
-    Setting::new("session_max_output_rate", "HB_SESSION_MAX_OUTPUT_RATE", None),
+    Setting::new(
+        "session_max_output_rate",
+        "HB_SESSION_MAX_OUTPUT_RATE",
+        None,
+    ),
     Setting::new("session_quiet_ms", "HB_SESSION_QUIET_MS", None),
 ];
 

@@ -20,8 +20,8 @@ use crate::adapter::{Adapters, builtin};
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::run::engine::Engine;
-use crate::session::Sessions;
 use crate::run::supervisor::{self, RUN_MARKER};
+use crate::session::Sessions;
 use crate::store::{Store, StoreError};
 
 /// How often finished runs past their retention are deleted.

@@ -62,7 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/logs", get(runs::logs))
         .route("/v1/runs/{id}/artifacts/{*path}", get(artifacts::download))
         .route("/v1/sessions", post(sessions::start).get(sessions::list))
-        .route("/v1/sessions/{id}", get(sessions::get).delete(sessions::delete))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
         .route("/v1/sessions/{id}/screen", get(sessions::screen))
         .route("/v1/sessions/{id}/input", post(sessions::input))
         .route("/v1/sessions/{id}/resize", post(sessions::resize))

@@ -5,6 +5,7 @@
 //! deadline, or at once when the state can no longer become the one asked for (the session
 //! exited, or waits for a person), it answers 409 with the state it found.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
 
 use super::AppState;
 use super::body::{ApiQuery, JsonObject};
@@ -51,10 +53,7 @@ const START_FIELDS: &[&str] = &[
 const INPUT_FIELDS: &[&str] = &["text", "keys", "paste", "wait_idle", "wait", "timeout_ms"];
 
 /// Starts a session.
-pub async fn start(
-    State(state): State<AppState>,
-    body: JsonObject,
-) -> Result<Response, ApiError> {
+pub async fn start(State(state): State<AppState>, body: JsonObject) -> Result<Response, ApiError> {
     only_fields(&body, START_FIELDS)?;
     let adapter = body.string("adapter", 64, "the adapter whose CLI to start")?;
     let (rows, cols) = size(&body, Some((24, 80)))?;
@@ -216,22 +215,16 @@ pub async fn resize(
     Ok(Json(session.record()).into_response())
 }
 
-/// Server-Sent Events: `state` when the state changes (the first event is the current one),
-/// `screen` with the screen's lines when it changed (at most every 100 ms). The stream ends
-/// after the `exited` state.
+/// Server-Sent Events: `state` at every change of state (the first is the current one), and
+/// `screen` with the screen's lines when it changed (at most every 100 ms; the last screen
+/// goes out before the `exited` state). Each event's id is
+/// the screen's revision. The stream ends after the `exited` state.
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let session = live(&state, &id)?;
-    let follow = Follow {
-        view: session.subscribe(),
-        session,
-        last_state: None,
-        last_revision: None,
-        ended: false,
-        pending: Vec::new(),
-    };
+    let follow = Follow::new(session);
     let stream = futures::stream::unfold(follow, |mut follow| async move {
         let event = follow.next().await?;
         Some((Ok::<_, Infallible>(event), follow))
@@ -275,50 +268,107 @@ pub async fn recording(
 /// Where a follower of a session's events is.
 struct Follow {
     session: Arc<Session>,
+    states: broadcast::Receiver<SessionState>,
     view: tokio::sync::watch::Receiver<crate::session::View>,
+    /// The view's sender is gone: the session's actor has ended.
+    view_closed: bool,
     last_state: Option<SessionState>,
-    last_revision: Option<u64>,
+    /// The screen changed since the last screen event.
+    screen_dirty: bool,
+    last_screen_at: tokio::time::Instant,
+    started: bool,
     ended: bool,
-    pending: Vec<Event>,
+    pending: VecDeque<Event>,
 }
 
 impl Follow {
+    fn new(session: Arc<Session>) -> Self {
+        let (states, view) = session.subscribe();
+        Self {
+            session,
+            states,
+            view,
+            view_closed: false,
+            last_state: None,
+            screen_dirty: false,
+            last_screen_at: tokio::time::Instant::now(),
+            started: false,
+            ended: false,
+            pending: VecDeque::new(),
+        }
+    }
+
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.pending.pop() {
+            if let Some(event) = self.pending.pop_front() {
                 return Some(event);
             }
             if self.ended {
                 return None;
             }
-            if self.last_revision.is_some() {
-                // Coalesce a burst of redraws into one event.
-                tokio::time::sleep(SCREEN_EVENT_INTERVAL).await;
-                if self.view.changed().await.is_err() {
-                    // The session's actor is gone; its last state was published before.
-                    self.ended = self.last_state.as_ref().is_some_and(SessionState::is_exited);
-                    if self.ended {
-                        continue;
+            if !self.started {
+                self.started = true;
+                let state = self.view.borrow_and_update().state.clone();
+                self.push_screen();
+                self.push_state(state);
+                continue;
+            }
+            // Every state change goes out at once; screen changes are coalesced, since a
+            // spinner redraws far faster than anyone reads.
+            let screen_due = self.last_screen_at + SCREEN_EVENT_INTERVAL;
+            tokio::select! {
+                state = self.states.recv() => match state {
+                    Ok(state) => {
+                        if state.is_exited() {
+                            self.push_screen();
+                        }
+                        self.push_state(state);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => self.ended = true,
+                },
+                changed = self.view.changed(), if !self.screen_dirty && !self.view_closed => {
+                    match changed {
+                        Ok(()) => self.screen_dirty = true,
+                        Err(_) => self.view_closed = true,
                     }
                 }
-            }
-            let view = self.view.borrow_and_update().clone();
-            // Events are popped from the end: the state goes out before the screen.
-            if self.last_revision != Some(view.revision) {
-                self.last_revision = Some(view.revision);
-                let screen = screen_json(&self.session, false);
-                let data = json!({ "revision": view.revision, "screen": screen });
-                self.pending.push(Event::default().event("screen").data(data.to_string()));
-            }
-            if self.last_state.as_ref() != Some(&view.state) {
-                let mut data = Map::new();
-                merge_state(&mut data, &view.state);
-                self.pending
-                    .push(Event::default().event("state").data(Value::Object(data).to_string()));
-                self.ended = view.state.is_exited();
-                self.last_state = Some(view.state);
+                () = tokio::time::sleep_until(screen_due), if self.screen_dirty => {
+                    self.view.borrow_and_update();
+                    self.push_screen();
+                }
             }
         }
+    }
+
+    fn push_screen(&mut self) {
+        let revision = self.view.borrow().revision;
+        let data = json!({ "revision": revision, "screen": screen_json(&self.session, false) });
+        self.pending.push_back(
+            Event::default()
+                .id(revision.to_string())
+                .event("screen")
+                .data(data.to_string()),
+        );
+        self.screen_dirty = false;
+        self.last_screen_at = tokio::time::Instant::now();
+    }
+
+    fn push_state(&mut self, state: SessionState) {
+        if self.last_state.as_ref() == Some(&state) {
+            return;
+        }
+        let mut data = Map::new();
+        merge_state(&mut data, &state);
+        let revision = self.view.borrow().revision;
+        self.pending.push_back(
+            Event::default()
+                .id(revision.to_string())
+                .event("state")
+                .data(Value::Object(data).to_string()),
+        );
+        self.ended = state.is_exited();
+        self.last_state = Some(state);
     }
 }
 
@@ -546,10 +596,7 @@ fn exited(state: &SessionState) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "session_exited",
-        format!(
-            "the session is {}; start a new one to go on",
-            state.name()
-        ),
+        format!("the session is {}; start a new one to go on", state.name()),
     )
 }
 

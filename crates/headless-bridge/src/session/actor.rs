@@ -89,7 +89,9 @@ impl Actor {
         let mut stop_replies = Vec::new();
 
         let (reason, status) = loop {
-            let judge_at = progress.unjudged.then(|| progress.last_change + self.window());
+            let judge_at = progress
+                .unjudged
+                .then(|| progress.last_change + self.window());
             tokio::select! {
                 chunk = output.recv(), if output_open => match chunk {
                     Some(bytes) => {
@@ -257,7 +259,9 @@ impl Actor {
         recording: &mut Option<Recording>,
     ) {
         let size = |n: u16| std::num::NonZeroU16::new(n).expect("sizes are checked by the API");
-        lock(&self.emulator).screen_mut().set_size(size(rows), size(cols));
+        lock(&self.emulator)
+            .screen_mut()
+            .set_size(size(rows), size(cols));
         if let Err(e) = terminal.resize(rows, cols) {
             tracing::warn!(error = %e, "failed to resize a session's terminal");
         }
@@ -297,6 +301,9 @@ impl Actor {
     }
 
     fn publish(&self, state: SessionState) {
+        if self.view.borrow().state != state {
+            let _ = self.session.states.send(state.clone());
+        }
         self.view.send_modify(|view| {
             view.state = state;
             view.revision += 1;
@@ -318,16 +325,18 @@ impl Actor {
             (reason, _) => reason.message().to_owned(),
         };
         tracing::info!(session_id = %self.session.id, reason = ?reason, "session ended");
+        let state = SessionState::Exited {
+            exit_code,
+            signal,
+            reason,
+            message,
+        };
         self.view.send_modify(|view| {
-            view.state = SessionState::Exited {
-                exit_code,
-                signal,
-                reason,
-                message,
-            };
+            view.state = state.clone();
             view.revision += 1;
             view.ended_at = Some(OffsetDateTime::now_utc());
         });
+        let _ = self.session.states.send(state);
         start::write_record(&self.dir, &self.session.record());
     }
 }

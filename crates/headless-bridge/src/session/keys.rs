@@ -34,7 +34,11 @@ fn key(name: &str, application_cursor: bool) -> Option<Vec<u8>> {
         return control(letter).map(|b| vec![b]);
     }
     let cursor = |last: u8| {
-        let prefix: &[u8] = if application_cursor { b"\x1bO" } else { b"\x1b[" };
+        let prefix: &[u8] = if application_cursor {
+            b"\x1bO"
+        } else {
+            b"\x1b["
+        };
         [prefix, &[last]].concat()
     };
     let fixed: &[u8] = match lower.as_str() {

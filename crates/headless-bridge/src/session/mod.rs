@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::adapter::Adapters;
 use crate::config::Config;
@@ -125,7 +125,10 @@ pub enum SessionState {
     Busy,
     Idle,
     /// A rule that needs a person matches the screen.
-    WaitingForInput { question: String, pattern: String },
+    WaitingForInput {
+        question: String,
+        pattern: String,
+    },
     Exited {
         /// The exit code; a signal that ended the program under the shim shows as 128 + N.
         exit_code: Option<i32>,
@@ -233,6 +236,9 @@ enum Command {
     },
 }
 
+/// State changes a slow follower may fall behind by before it skips some.
+const STATE_BACKLOG: usize = 256;
+
 /// The emulator, with the replies it owes the program.
 type Emulator = vt100::Parser<Replies>;
 
@@ -243,6 +249,8 @@ pub struct Session {
     pub created_at: OffsetDateTime,
     emulator: Arc<Mutex<Emulator>>,
     view: watch::Receiver<View>,
+    /// Every change of state, in order (the view keeps only the latest).
+    states: broadcast::Sender<SessionState>,
     commands: mpsc::Sender<Command>,
     /// The last time a client typed, looked or listened.
     activity: Arc<Mutex<Instant>>,
@@ -300,7 +308,12 @@ impl Session {
     /// Ends the session (unless it has ended) and returns its final record.
     pub async fn stop(&self, reason: EndReason) -> SessionRecord {
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Stop { reason, reply }).await.is_ok() {
+        if self
+            .commands
+            .send(Command::Stop { reason, reply })
+            .await
+            .is_ok()
+        {
             let _ = answer.await;
         }
         let mut view = self.view.clone();
@@ -313,10 +326,11 @@ impl Session {
         self.view.borrow().state.is_exited()
     }
 
-    /// Follows the session's changes.
-    pub fn subscribe(&self) -> watch::Receiver<View> {
+    /// Follows the session: every change of state, and the view (whose revision moves with
+    /// each screen change).
+    pub fn subscribe(&self) -> (broadcast::Receiver<SessionState>, watch::Receiver<View>) {
         self.touch();
-        self.view.clone()
+        (self.states.subscribe(), self.view.clone())
     }
 
     /// Waits until `ready` holds for the state, `refuse` holds (answered at once), or the
@@ -363,7 +377,9 @@ impl Session {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why a session could not be found or used.
@@ -493,8 +509,11 @@ impl Sessions {
 
     /// The records of the sessions in memory, newest first.
     pub fn list(&self) -> Vec<SessionRecord> {
-        let sessions: Vec<Arc<Session>> =
-            lock(&self.inner.sessions).sessions.values().cloned().collect();
+        let sessions: Vec<Arc<Session>> = lock(&self.inner.sessions)
+            .sessions
+            .values()
+            .cloned()
+            .collect();
         sessions.iter().rev().map(|s| s.record()).collect()
     }
 
@@ -503,8 +522,11 @@ impl Sessions {
         self.inner
             .closing
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let sessions: Vec<Arc<Session>> =
-            lock(&self.inner.sessions).sessions.values().cloned().collect();
+        let sessions: Vec<Arc<Session>> = lock(&self.inner.sessions)
+            .sessions
+            .values()
+            .cloned()
+            .collect();
         let stops = sessions.iter().map(|s| s.stop(EndReason::Shutdown));
         futures::future::join_all(stops).await;
     }

@@ -117,14 +117,22 @@ mod tests {
         cast.resize(100, 30);
         cast.flush();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["version"], 2);
-        assert_eq!((lines[0]["width"].as_u64(), lines[0]["height"].as_u64()), (Some(80), Some(24)));
+        assert_eq!(
+            (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+            (Some(80), Some(24))
+        );
         assert_eq!(lines[1][1], "o");
         assert_eq!(lines[1][2], "a");
         assert_eq!(lines[2][2], "€");
-        assert_eq!((lines[3][1].as_str(), lines[3][2].as_str()), (Some("i"), Some("y\r")));
+        assert_eq!(
+            (lines[3][1].as_str(), lines[3][2].as_str()),
+            (Some("i"), Some("y\r"))
+        );
         assert_eq!(lines[4][2], "100x30");
     }
 

@@ -163,7 +163,9 @@ impl Rules {
         for rule in &spec.expect {
             let action = match (&rule.send, &rule.keys) {
                 (Some(text), _) => Action::Send(text.clone().into_bytes()),
-                (None, Some(names)) => Action::Send(keys::encode(names, false).map_err(|e| e.to_string())?),
+                (None, Some(names)) => {
+                    Action::Send(keys::encode(names, false).map_err(|e| e.to_string())?)
+                }
                 (None, None) => Action::AskPerson,
             };
             rules.push(CompiledRule {
@@ -191,7 +193,9 @@ impl Rules {
             match &rule.action {
                 Action::Send(bytes) if rule.armed => {
                     rule.armed = false;
-                    found.answers.push((rule.pattern.to_string(), bytes.clone()));
+                    found
+                        .answers
+                        .push((rule.pattern.to_string(), bytes.clone()));
                 }
                 Action::Send(_) => {}
                 Action::AskPerson if found.question.is_none() => {
@@ -259,11 +263,10 @@ mod tests {
     #[test]
     fn rules_need_exactly_one_action() {
         let spec: SessionSpec =
-            toml::from_str("[[expect]]\npattern = 'x'\nsend = \"y\"\nask_person = true\n")
-                .unwrap();
+            toml::from_str("[[expect]]\npattern = 'x'\nsend = \"y\"\nask_person = true\n").unwrap();
         assert!(spec.check().unwrap_err().contains("exactly one"));
-        let spec: SessionSpec = toml::from_str("[[expect]]\npattern = 'x'\nkeys = [\"Nope\"]\n")
-            .unwrap();
+        let spec: SessionSpec =
+            toml::from_str("[[expect]]\npattern = 'x'\nkeys = [\"Nope\"]\n").unwrap();
         assert!(spec.check().unwrap_err().contains("Nope"));
         let spec: SessionSpec = toml::from_str("ready_pattern = '('\n").unwrap();
         assert!(spec.check().unwrap_err().contains("ready_pattern"));

@@ -193,6 +193,7 @@ pub async fn start(
         created_at: OffsetDateTime::now_utc(),
         emulator: emulator.clone(),
         view,
+        states: tokio::sync::broadcast::channel(super::STATE_BACKLOG).0,
         commands: commands_tx,
         activity: activity.clone(),
         redactor: redactor.clone(),
@@ -297,12 +298,11 @@ fn launch(
                 .filter(|arg| prompt.is_some() || !arg.contains("{prompt}"))
                 .cloned()
                 .collect();
-            let prepared =
-                adapter_prepare::prepare(&interactive, dirs, prompt.unwrap_or_default())
-                    .map_err(|e| StartError::Credentials {
-                        reason: e.reason(),
-                        message: e.to_string(),
-                    })?;
+            let prepared = adapter_prepare::prepare(&interactive, dirs, prompt.unwrap_or_default())
+                .map_err(|e| StartError::Credentials {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                })?;
             let mut env = terminal_environment(dirs);
             env.extend(prepared.env);
             Launch {

@@ -77,7 +77,11 @@ pub fn spawn(command: &TerminalCommand, rows: u16, cols: u16) -> Result<Spawned,
         .map_err(|e| SpawnError::Pty(e.to_string()))?;
     let builder = builder(command)?;
     let child = reaper::spawn_with(
-        || pty.slave.spawn_command(builder).map_err(std::io::Error::other),
+        || {
+            pty.slave
+                .spawn_command(builder)
+                .map_err(std::io::Error::other)
+        },
         |child| child.process_id(),
     )
     .map_err(|e| SpawnError::Start {
@@ -184,7 +188,11 @@ fn read_output(mut reader: Box<dyn std::io::Read + Send>, tx: mpsc::Sender<Vec<u
 
 fn write_input(mut writer: Box<dyn std::io::Write + Send>, rx: std::sync::mpsc::Receiver<Vec<u8>>) {
     for bytes in rx {
-        if writer.write_all(&bytes).and_then(|()| writer.flush()).is_err() {
+        if writer
+            .write_all(&bytes)
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
             return;
         }
     }

@@ -47,7 +47,8 @@ mod tests {
     #[test]
     fn cursor_and_attribute_queries_are_answered() {
         let size = |n| NonZeroU16::new(n).expect("not zero");
-        let mut parser = vt100::Parser::new_with_callbacks(size(5), size(20), 0, Replies::default());
+        let mut parser =
+            vt100::Parser::new_with_callbacks(size(5), size(20), 0, Replies::default());
         parser.process(b"ab\r\ncd\x1b[6n\x1b[c");
         assert_eq!(parser.callbacks().pending, b"\x1b[2;3R\x1b[?1;2c");
     }

@@ -16,5 +16,6 @@ mod health;
 mod login;
 mod restart;
 mod service;
+mod sessions;
 mod ssh_repos;
 mod workspaces;

@@ -123,6 +123,10 @@ impl Actor {
                 () = sleep_until(judge_at), if judge_at.is_some() => {
                     progress.unjudged = false;
                     self.judge(&progress, true);
+                    // A pause in the output is when a download of the cast sees it all.
+                    if let Some(recording) = &mut recording {
+                        recording.flush();
+                    }
                 }
                 () = tokio::time::sleep_until(lifetime_end.into()) => {
                     break (EndReason::MaxLifetime, stop(&terminal, &mut exit).await);

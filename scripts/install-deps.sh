@@ -2,8 +2,10 @@
 # Installs the system packages the bridge and its tests need, from Debian, when missing:
 # git (clones), Node.js and npm (the Codex, Claude Code, Gemini and Vercel CLIs ship through
 # npm), curl (the demo), gh (the GitHub CLI example profile's tests), OpenSSH's client and
-# server (`ssh://` repositories are tested against a real sshd on loopback), and Chromium (the
-# runs page is tested in it, headless, driven by playwright-core from install-playwright.sh).
+# server (`ssh://` repositories are tested against a real sshd on loopback), Chromium (the
+# runs page is tested in it, headless, driven by playwright-core from install-playwright.sh),
+# and python3 and dialog (interactive sessions are tested with a script that asks questions
+# and a curses program).
 set -euo pipefail
 
 missing=()
@@ -16,6 +18,9 @@ command -v gh >/dev/null || missing+=(gh)
 # sshd lives in /usr/sbin, which a non-root PATH may not hold.
 [[ -x /usr/sbin/sshd ]] || command -v sshd >/dev/null || missing+=(openssh-server)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+# Debian's own python3: a version manager's shim on PATH needs a HOME that sessions replace.
+[[ -x /usr/bin/python3 ]] || missing+=(python3)
+command -v dialog >/dev/null || missing+=(dialog)
 command -v cargo >/dev/null || { echo "install-deps: a Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
 
 if ((${#missing[@]})); then

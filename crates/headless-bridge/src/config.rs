@@ -107,6 +107,15 @@ const SETTINGS: &[Setting] = &[
     ),
     Setting::new("artifact_max_bytes", "HB_ARTIFACT_MAX_BYTES", None),
     Setting::new("git_credentials_dir", "HB_GIT_CREDENTIALS_DIR", None),
+    Setting::new("max_sessions", "HB_MAX_SESSIONS", None),
+    Setting::new("session_idle_timeout", "HB_SESSION_IDLE_TIMEOUT", None),
+    Setting::new("session_max_lifetime", "HB_SESSION_MAX_LIFETIME", None),
+    Setting::new(
+        "session_max_output_rate",
+        "HB_SESSION_MAX_OUTPUT_RATE",
+        None,
+    ),
+    Setting::new("session_quiet_ms", "HB_SESSION_QUIET_MS", None),
 ];
 
 /// The validated configuration of a running bridge.
@@ -168,6 +177,8 @@ pub struct Config {
     pub workspace: crate::workspace::WorkspaceLimits,
     /// A directory of files named after git hosts, each holding a token for that host.
     pub git_credentials_dir: Option<PathBuf>,
+    /// Limits of interactive sessions.
+    pub sessions: crate::session::SessionLimits,
 }
 
 /// Where the Codex CLI and its login live.
@@ -449,6 +460,25 @@ impl RawConfig {
             fetch,
             workspace,
             git_credentials_dir: self.path("git_credentials_dir"),
+            sessions: self.sessions()?,
+        })
+    }
+
+    fn sessions(&self) -> Result<crate::session::SessionLimits, ConfigError> {
+        let defaults = crate::session::SessionLimits::default();
+        let quiet_ms = self.count("session_quiet_ms", defaults.quiet.as_millis() as usize)?;
+        if quiet_ms as u64 > crate::session::spec::MAX_QUIET_MS {
+            return Err(self.error(
+                "session_quiet_ms",
+                format!("must be at most {}", crate::session::spec::MAX_QUIET_MS),
+            ));
+        }
+        Ok(crate::session::SessionLimits {
+            max_sessions: self.count("max_sessions", defaults.max_sessions)?,
+            idle_timeout: self.seconds("session_idle_timeout", defaults.idle_timeout.as_secs())?,
+            max_lifetime: self.seconds("session_max_lifetime", defaults.max_lifetime.as_secs())?,
+            max_output_rate: self.bytes("session_max_output_rate", "1M")?.max(1),
+            quiet: Duration::from_millis(quiet_ms as u64),
         })
     }
 

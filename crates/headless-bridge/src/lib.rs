@@ -9,7 +9,8 @@
 //! verifies and caches tools; [`git`] clones repositories; [`workspace`] lays out a run's
 //! files, prepares them and watches their size; [`artifacts`] keeps the files a run declares;
 //! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
-//! [`redact`] keeps secrets out of what runs report; [`server`] ties them together.
+//! [`redact`] keeps secrets out of what runs report; [`session`] runs interactive CLIs on a
+//! pseudo-terminal; [`server`] ties them together.
 
 pub mod adapter;
 pub mod api;
@@ -25,6 +26,7 @@ pub mod reaper;
 pub mod redact;
 pub mod run;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod workspace;

@@ -1,7 +1,7 @@
 //! Starting and stopping the bridge.
 //!
 //! Start-up opens the store, records runs a previous process left unfinished as interrupted,
-//! removes their workspaces, and starts the retention sweep. Shutdown drains: the listener
+//! removes their workspaces, and starts the retention sweep. Shutdown ends interactive sessions and drains: the listener
 //! stops accepting, new runs are refused, runs in progress get the grace period to finish,
 //! then the rest are cancelled and recorded as interrupted before the process exits.
 
@@ -21,6 +21,7 @@ use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::run::engine::Engine;
 use crate::run::supervisor::{self, RUN_MARKER};
+use crate::session::Sessions;
 use crate::store::{Store, StoreError};
 
 /// How often finished runs past their retention are deleted.
@@ -84,9 +85,11 @@ impl Bridge {
         }
         tracing::info!(profiles = profiles.len(), "adapters loaded");
         let config = Arc::new(config);
-        let engine = Engine::new(config.clone(), store, Adapters::new(profiles));
+        let adapters = Adapters::new(profiles);
+        let engine = Engine::new(config.clone(), store, adapters.clone());
+        let sessions = Sessions::new(config.clone(), adapters, engine.shared_login()).await;
         Ok(Self {
-            state: AppState::new(config, engine),
+            state: AppState::new(config, engine, sessions),
             _lock: lock,
         })
     }
@@ -106,9 +109,12 @@ impl Bridge {
         let signalled = CancellationToken::new();
         let drain = {
             let (engine, signalled) = (engine.clone(), signalled.clone());
+            let sessions = self.state.sessions.clone();
             tokio::spawn(async move {
                 signalled.cancelled().await;
-                engine.drain(grace).await;
+                // A session has no natural end to wait for: end them at once, with the runs'
+                // drain.
+                let (_, ()) = tokio::join!(sessions.shutdown(), engine.drain(grace));
                 engine.shutdown().await;
             })
         };

@@ -14,6 +14,7 @@ pub mod health;
 mod legacy;
 mod page;
 mod runs;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -28,22 +29,25 @@ pub use error::ApiError;
 
 use crate::config::Config;
 use crate::run::engine::Engine;
+use crate::session::Sessions;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub engine: Engine,
+    pub sessions: Sessions,
     token_digests: Arc<Vec<[u8; 32]>>,
 }
 
 impl AppState {
-    /// State for a bridge with this configuration and engine.
-    pub fn new(config: Arc<Config>, engine: Engine) -> Self {
+    /// State for a bridge with this configuration, engine and sessions.
+    pub fn new(config: Arc<Config>, engine: Engine, sessions: Sessions) -> Self {
         let token_digests = Arc::new(auth::digests(config.api_tokens.values()));
         Self {
             config,
             engine,
+            sessions,
             token_digests,
         }
     }
@@ -66,6 +70,16 @@ pub fn router(state: AppState) -> Router {
                 .get(credentials::get_login)
                 .delete(credentials::cancel_login),
         )
+        .route("/v1/sessions", post(sessions::start).get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/v1/sessions/{id}/screen", get(sessions::screen))
+        .route("/v1/sessions/{id}/input", post(sessions::input))
+        .route("/v1/sessions/{id}/resize", post(sessions::resize))
+        .route("/v1/sessions/{id}/events", get(sessions::events))
+        .route("/v1/sessions/{id}/recording", get(sessions::recording))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

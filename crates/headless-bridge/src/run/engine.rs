@@ -181,6 +181,11 @@ impl Engine {
         &self.inner.relay
     }
 
+    /// The Codex login's working copy, shared, for sessions that outlive a request.
+    pub fn shared_login(&self) -> Arc<WorkingCopy> {
+        self.inner.login.clone()
+    }
+
     /// The store runs are recorded in.
     pub fn store(&self) -> &Store {
         &self.inner.store

@@ -19,5 +19,6 @@ mod login_relay;
 mod restart;
 mod runs_page;
 mod service;
+mod sessions;
 mod ssh_repos;
 mod workspaces;

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::credentials::{self, AuthMode, WorkingCopy};
+use crate::credentials::{self, AuthMode, Logins};
 
 /// Why `secret create` refused.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +100,8 @@ fn check_name(name: &str) -> Result<(), SecretError> {
 
 /// Runs the deep check with `config` and returns whether all is well and a report for a person.
 pub async fn doctor(config: &Config) -> (bool, String) {
-    let login = WorkingCopy::new(&config.data_dir, config.codex.clone());
-    let (ok, report) = crate::api::health::deep_report(config, &login).await;
+    let logins = Logins::new(config);
+    let (ok, report) = crate::api::health::deep_report(config, &logins).await;
     let codex = &report["adapters"]["codex"];
     let mut text = String::new();
     line(&mut text, "git", &report["git"], |v| {

@@ -81,6 +81,7 @@ const SETTINGS: &[Setting] = &[
     Setting::new("adapters_dir", "HB_ADAPTERS_DIR", Some("--adapters-dir")),
     Setting::new("shim_bin", "HB_SHIM_BIN", None),
     Setting::new("codex_login_issuer", "HB_CODEX_LOGIN_ISSUER", None),
+    Setting::new("codex_credentials", "HB_CODEX_CREDENTIALS", None),
     Setting::new("credential_warn_window", "HB_CREDENTIAL_WARN_WINDOW", None),
     Setting::new("claude_bin", "HB_CLAUDE_BIN", None),
     Setting::new("claude_dir", "HB_CLAUDE_DIR", None),
@@ -157,6 +158,9 @@ pub struct Config {
     /// outlives it; the `headless-bridge` binary itself unless set. Without one, runs rely on
     /// process groups and the marker sweep alone.
     pub shim_bin: Option<PathBuf>,
+    /// More Codex logins by name (another account, say), each a directory like HB_CODEX_DIR;
+    /// a run picks one with `credential`.
+    pub codex_credentials: BTreeMap<String, PathBuf>,
     /// The ChatGPT issuer the login relay's device-code logins use instead of the CLI's own
     /// (a test's loopback issuer, or a company's proxy in front of the real one).
     pub codex_login_issuer: Option<url::Url>,
@@ -451,6 +455,7 @@ impl RawConfig {
             adapters_dir: self.path("adapters_dir"),
             shim_bin: self.path("shim_bin"),
             codex_login_issuer: self.http_url("codex_login_issuer")?,
+            codex_credentials: self.named_dirs("codex_credentials")?,
             credential_warn_window: self
                 .seconds("credential_warn_window", DEFAULT_CREDENTIAL_WARN_WINDOW_S)?,
             claude: self.builtin("claude")?,
@@ -593,6 +598,38 @@ impl RawConfig {
                 .map(|(v, _)| v.trim().to_owned()),
             run_as,
         })
+    }
+
+    /// `name=dir,name=dir`: names of lower-case letters, digits and dashes, none `default`
+    /// (the login HB_CODEX_DIR holds) and none twice.
+    fn named_dirs(&self, key: &str) -> Result<BTreeMap<String, PathBuf>, ConfigError> {
+        let mut named = BTreeMap::new();
+        for item in self.list(key) {
+            let Some((name, dir)) = item.split_once('=') else {
+                return Err(self.error(key, format!("`{item}` is not name=directory")));
+            };
+            let (name, dir) = (name.trim(), dir.trim());
+            let valid = (1..=32).contains(&name.len())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid || name == crate::credentials::logins::DEFAULT {
+                return Err(self.error(
+                    key,
+                    format!(
+                        "`{name}` is not a credential name: use up to 32 lower-case letters, \
+                         digits and dashes, and not `default`"
+                    ),
+                ));
+            }
+            if dir.is_empty() {
+                return Err(self.error(key, format!("credential `{name}` names no directory")));
+            }
+            if named.insert(name.to_owned(), PathBuf::from(dir)).is_some() {
+                return Err(self.error(key, format!("credential `{name}` is given twice")));
+            }
+        }
+        Ok(named)
     }
 
     /// An http or https URL, if set.

@@ -484,6 +484,7 @@ mod tests {
             callback_url: None,
             contract_id: Some("c-1".into()),
             artifacts: Vec::new(),
+            credential: None,
         }
     }
 

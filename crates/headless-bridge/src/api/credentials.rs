@@ -8,15 +8,48 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::Deserialize;
 
+use super::body::ApiQuery;
 use super::{ApiError, AppState};
+use crate::credentials::logins::Login;
 use crate::credentials::relay::{LoginView, StartError};
+
+/// Query of the login routes: which Codex login, the default one when absent.
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    credential: Option<String>,
+}
+
+/// The login the query names, or 404 `unknown_credential`.
+fn named<'a>(state: &'a AppState, query: &LoginQuery) -> Result<&'a Login, ApiError> {
+    state
+        .engine
+        .logins()
+        .get(query.credential.as_deref())
+        .ok_or_else(|| unknown(state, query))
+}
+
+fn unknown(state: &AppState, query: &LoginQuery) -> ApiError {
+    let known = state.engine.logins().names().join(", ");
+    ApiError::not_found(
+        "unknown_credential",
+        format!(
+            "credential `{}` is not configured; this bridge has: {known}",
+            query.credential.as_deref().unwrap_or_default()
+        ),
+    )
+}
 
 /// Starts a login: 202 with a new one, 200 with the one already pending.
 pub async fn start_login(
     State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<LoginQuery>,
 ) -> Result<(StatusCode, Json<LoginView>), ApiError> {
-    match state.engine.start_login().await {
+    let Some(started) = state.engine.start_login(query.credential.as_deref()).await else {
+        return Err(unknown(&state, &query));
+    };
+    match started {
         Ok((view, true)) => Ok((StatusCode::ACCEPTED, Json(view))),
         Ok((view, false)) => Ok((StatusCode::OK, Json(view))),
         Err(e @ StartError::Home { .. }) => Err(ApiError::internal(&e)),
@@ -40,28 +73,33 @@ pub async fn start_login(
 }
 
 /// The latest login since the bridge started.
-pub async fn get_login(State(state): State<AppState>) -> Result<Json<LoginView>, ApiError> {
-    state.engine.relay().latest().map(Json).ok_or_else(|| {
-        ApiError::not_found(
-            "no_login",
-            "no login was started since the bridge started; POST to start one",
-        )
-    })
+pub async fn get_login(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<LoginQuery>,
+) -> Result<Json<LoginView>, ApiError> {
+    named(&state, &query)?
+        .relay
+        .latest()
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "no_login",
+                "no login was started since the bridge started; POST to start one",
+            )
+        })
 }
 
 /// Cancels the pending login.
-pub async fn cancel_login(State(state): State<AppState>) -> Result<Json<LoginView>, ApiError> {
-    state
-        .engine
-        .relay()
-        .cancel()
-        .await
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "no_pending_login",
-                "no login is pending",
-            )
-        })
+pub async fn cancel_login(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<LoginQuery>,
+) -> Result<Json<LoginView>, ApiError> {
+    let login = named(&state, &query)?;
+    login.relay.cancel().await.map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "no_pending_login",
+            "no login is pending",
+        )
+    })
 }

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::AppState;
 use super::body::ApiQuery;
 use crate::config::{CodexConfig, Config};
-use crate::credentials::{AuthMode, WorkingCopy};
+use crate::credentials::{AuthMode, Logins, WorkingCopy};
 
 /// How long the result of the program checks is reused.
 const PROGRAM_CHECK_TTL: Duration = Duration::from_secs(10);
@@ -61,7 +61,7 @@ pub async fn health(
         return (StatusCode::OK, Json(json!({ "status": "ok" })));
     }
 
-    let (ok, body) = deep_report(&state.config, state.engine.login()).await;
+    let (ok, body) = deep_report(&state.config, state.engine.logins()).await;
     let status = if ok {
         StatusCode::OK
     } else {
@@ -72,25 +72,49 @@ pub async fn health(
 
 /// The deep check: whether a Codex run could succeed now, and the facts behind the verdict.
 /// It never refreshes a token, calls no network, and shows no secret.
-pub async fn deep_report(config: &Config, login: &WorkingCopy) -> (bool, Value) {
+/// Every configured login is judged: a run may name any of them.
+pub async fn deep_report(config: &Config, logins: &Logins) -> (bool, Value) {
     let codex_home = config.data_dir.join("health").join("codex-home");
     let (binary, git) = cached_program_checks(&config.codex, &codex_home).await;
-    let credentials = check_credentials(login, config.credential_warn_window);
+    let window = config.credential_warn_window;
+    let default = logins.default_login().copy.as_ref();
+    let credentials = check_credentials(default, window);
     let config_toml = check_config_toml(&config.codex);
-    let codex_ok = binary["ok"] == true && credentials["ok"] == true && config_toml["ok"] == true;
-    let ok = codex_ok && git["ok"] == true;
-    let status = match (ok, credentials["state"].as_str()) {
-        (false, _) => "unhealthy",
-        (true, Some("degraded")) => "degraded",
-        (true, _) => "ok",
-    };
-    let body = json!({
-        "status": status,
-        "git": git,
-        "adapters": { "codex": {
-            "ok": codex_ok, "binary": binary, "credentials": credentials, "config_toml": config_toml,
-        } },
+    // The named logins, each with its own config.toml.
+    let named: Vec<(&str, Value, Value)> = logins
+        .iter()
+        .filter(|(name, _)| *name != crate::credentials::logins::DEFAULT)
+        .map(|(name, login)| {
+            let check = check_credentials(&login.copy, window);
+            (name, check, check_config_toml(login.copy.config()))
+        })
+        .collect();
+    let mut checks = vec![&credentials, &config_toml];
+    for (_, check, toml) in &named {
+        checks.extend([check, toml]);
+    }
+    let codex_ok = binary["ok"] == true && checks.iter().all(|check| check["ok"] == true);
+    let degraded = checks.iter().any(|check| check["state"] == "degraded");
+    let mut codex = json!({
+        "ok": codex_ok, "binary": binary, "credentials": credentials, "config_toml": config_toml,
     });
+    if !named.is_empty() {
+        let by_name: serde_json::Map<String, Value> = named
+            .into_iter()
+            .map(|(name, mut check, toml)| {
+                check["config_toml"] = toml;
+                (name.to_owned(), check)
+            })
+            .collect();
+        codex["named_credentials"] = Value::Object(by_name);
+    }
+    let ok = codex_ok && git["ok"] == true;
+    let status = match (ok, degraded) {
+        (false, _) => "unhealthy",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
+    let body = json!({ "status": status, "git": git, "adapters": { "codex": codex } });
     (ok, body)
 }
 

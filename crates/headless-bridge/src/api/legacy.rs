@@ -111,6 +111,7 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         callback_url: None,
         contract_id: Some(contract_id),
         artifacts: Vec::new(),
+        credential: None,
     })
 }
 

@@ -355,6 +355,22 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
     };
 
     let artifacts = validate_artifacts(body.0.get("artifacts"))?;
+    let credential = body.optional_string("credential", 64)?;
+    if let Some(name) = &credential {
+        if adapter != CODEX {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                "`credential` names a Codex login; the codex adapter is the one that takes it",
+            ));
+        }
+        if state.engine.logins().get(Some(name)).is_none() {
+            let known = state.engine.logins().names().join(", ");
+            return Err(ApiError::bad_request(
+                "unknown_credential",
+                format!("credential `{name}` is not configured; this bridge has: {known}"),
+            ));
+        }
+    }
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let prompt = if adapter == CODEX {
         codex::run_prompt(&prompt, &names)
@@ -371,6 +387,7 @@ async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiErr
         callback_url,
         contract_id,
         artifacts,
+        credential,
     })
 }
 

@@ -9,9 +9,11 @@
 //! Between the source and the runs sits a [`WorkingCopy`]: the bridge's own private copy of
 //! the login, which keeps the tokens the CLI refreshes during a run.
 
+pub mod logins;
 pub mod relay;
 mod working_copy;
 
+pub use logins::Logins;
 pub use relay::LoginRelay;
 pub use working_copy::{WorkingCopy, WriterGuard};
 

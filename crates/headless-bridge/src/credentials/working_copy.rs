@@ -73,13 +73,23 @@ pub struct WriterGuard<'a>(
 impl WorkingCopy {
     /// The working copy of the login `config` names, kept under `data_dir`.
     pub fn new(data_dir: &Path, config: CodexConfig) -> Self {
+        Self::at(data_dir.join("credentials").join("codex"), config)
+    }
+
+    /// The working copy of the login `config` names, kept in `dir`.
+    pub fn at(dir: PathBuf, config: CodexConfig) -> Self {
         Self {
-            dir: data_dir.join("credentials").join("codex"),
+            dir,
             config,
             writer: tokio::sync::Mutex::new(()),
             files: Mutex::new(()),
             history: Mutex::new(History::default()),
         }
+    }
+
+    /// Where the login's source is, and how its runs call the CLI.
+    pub fn config(&self) -> &CodexConfig {
+        &self.config
     }
 
     /// The login a run should use: the working copy, after importing the source if it changed.

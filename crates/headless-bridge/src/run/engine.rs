@@ -28,7 +28,7 @@ use super::webhook::Webhooks;
 use crate::adapter::Adapters;
 use crate::config::Config;
 use crate::credentials::relay::{LoginView, StartError};
-use crate::credentials::{LoginRelay, WorkingCopy};
+use crate::credentials::{Logins, WorkingCopy};
 use crate::fetch::Fetcher;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
@@ -88,8 +88,7 @@ struct Inner {
     config: Arc<Config>,
     store: Store,
     adapters: Adapters,
-    login: Arc<WorkingCopy>,
-    relay: LoginRelay,
+    logins: Logins,
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
@@ -120,19 +119,9 @@ impl Engine {
     /// An engine over `store`; runs write their workspaces and logs under the data directory.
     pub fn new(config: Arc<Config>, store: Store, adapters: Adapters) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
-        let login = Arc::new(WorkingCopy::new(&config.data_dir, config.codex.clone()));
-        let relay = LoginRelay::new(
-            &config.data_dir,
-            config.codex.clone(),
-            config
-                .codex_login_issuer
-                .as_ref()
-                .map(|url| url.to_string()),
-            config.shim_bin.clone(),
-        );
+        let logins = Logins::new(&config);
         let inner = Inner {
-            login,
-            relay,
+            logins,
             fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
             webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -161,29 +150,35 @@ impl Engine {
         &self.inner.adapters
     }
 
-    /// The Codex login's working copy.
+    /// The default Codex login's working copy.
     pub fn login(&self) -> &WorkingCopy {
-        &self.inner.login
+        &self.inner.logins.default_login().copy
     }
 
-    /// Starts a device-code login of the Codex login, or returns the pending one (then
-    /// `false`).
-    pub async fn start_login(&self) -> Result<(LoginView, bool), StartError> {
+    /// Every Codex login, by name.
+    pub fn logins(&self) -> &Logins {
+        &self.inner.logins
+    }
+
+    /// Starts a device-code login of the Codex login `name` (the default one for `None`), or
+    /// returns the pending one (then `false`). `None` when no login has that name.
+    pub async fn start_login(
+        &self,
+        name: Option<&str>,
+    ) -> Option<Result<(LoginView, bool), StartError>> {
         let inner = &self.inner;
-        inner
-            .relay
-            .start(inner.login.clone(), &inner.shutdown, &inner.tasks)
-            .await
+        let login = inner.logins.get(name)?;
+        Some(
+            login
+                .relay
+                .start(login.copy.clone(), &inner.shutdown, &inner.tasks)
+                .await,
+        )
     }
 
-    /// The device-code login relay of the Codex login.
-    pub fn relay(&self) -> &LoginRelay {
-        &self.inner.relay
-    }
-
-    /// The Codex login's working copy, shared, for sessions that outlive a request.
+    /// The default Codex login's working copy, shared, for sessions that outlive a request.
     pub fn shared_login(&self) -> Arc<WorkingCopy> {
-        self.inner.login.clone()
+        self.inner.logins.default_login().copy.clone()
     }
 
     /// The store runs are recorded in.
@@ -375,7 +370,13 @@ impl Engine {
             stop,
             cancel_requested,
             adapter,
-            login: self.inner.login.clone(),
+            login: self
+                .inner
+                .logins
+                .get(record.spec.credential.as_deref())
+                .expect("submissions are validated against the logins")
+                .copy
+                .clone(),
         };
         let engine = self.clone();
         self.inner.tasks.spawn(

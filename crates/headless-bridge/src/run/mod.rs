@@ -196,6 +196,9 @@ pub struct RunSpec {
     /// Files in the work tree the run will write for the caller, relative paths.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<String>,
+    /// The named Codex login the run uses; the default one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
 }
 
 /// Token counts the CLI reported for the run.

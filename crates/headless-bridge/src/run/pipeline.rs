@@ -176,7 +176,7 @@ impl Pipeline {
         let command = match &self.adapter {
             Adapter::Codex => {
                 let (program, args, env) =
-                    codex::command(&self.config.codex, dirs, &record.spec.prompt);
+                    codex::command(self.login.config(), dirs, &record.spec.prompt);
                 CliCommand {
                     program,
                     args,
@@ -253,12 +253,14 @@ impl Pipeline {
                 let writer = self.login.writer(&peek).await;
                 let auth = self.login.checkout()?;
                 redactor.extend(auth.secrets().iter().cloned());
-                credentials::install(&auth, &self.config.codex, &dirs.codex_home).map_err(|e| {
-                    Failure::failed(
-                        ReasonCode::WorkspaceError,
-                        format!("failed to copy the login: {e}"),
-                    )
-                })?;
+                credentials::install(&auth, self.login.config(), &dirs.codex_home).map_err(
+                    |e| {
+                        Failure::failed(
+                            ReasonCode::WorkspaceError,
+                            format!("failed to copy the login: {e}"),
+                        )
+                    },
+                )?;
                 (Some(auth), Some(writer))
             }
             Adapter::Profile(_) => (None, None),

@@ -16,6 +16,7 @@ mod fetch;
 mod health;
 mod login;
 mod login_relay;
+mod named_logins;
 mod restart;
 mod runs_page;
 mod service;

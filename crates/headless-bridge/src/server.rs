@@ -112,6 +112,7 @@ impl Bridge {
                 engine.shutdown().await;
             })
         };
+        let streams = self.state.clone();
         let app = api::router(self.state);
         let on_signal = signalled.clone();
         let result = axum::serve(listener, app)
@@ -119,6 +120,7 @@ impl Bridge {
                 shutdown.await;
                 tracing::info!("shutting down: draining runs in progress");
                 on_signal.cancel();
+                streams.begin_shutdown();
             })
             .await;
 

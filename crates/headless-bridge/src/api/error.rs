@@ -6,6 +6,46 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Every code an error answer of the API can carry. The OpenAPI document lists exactly these,
+/// and debug builds refuse to make an error with any other, so the two cannot drift apart.
+pub const ERROR_CODES: &[&str] = &[
+    "artifact_not_found",
+    "body_too_large",
+    "host_not_allowed",
+    "idempotency_conflict",
+    "internal_error",
+    "invalid_artifact_path",
+    "invalid_body",
+    "invalid_checksum_format",
+    "invalid_cursor",
+    "invalid_field",
+    "invalid_filter",
+    "invalid_idempotency_key",
+    "invalid_json",
+    "invalid_path",
+    "invalid_query",
+    "invalid_ref",
+    "invalid_timeout",
+    "invalid_tool_name",
+    "invalid_url",
+    "invalid_wait",
+    "method_not_allowed",
+    "missing_field",
+    "not_found",
+    "origin_not_allowed",
+    "queue_full",
+    "run_finished",
+    "run_not_found",
+    "shutting_down",
+    "unauthorized",
+    "unknown_adapter",
+    "unsupported_media_type",
+    "url_has_credentials",
+    "url_host_unresolvable",
+    "url_not_allowed",
+    "webhooks_disabled",
+];
+
 /// An error answer of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -19,6 +59,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            ERROR_CODES.contains(&code),
+            "error code `{code}` is missing from ERROR_CODES (and so from the OpenAPI document)"
+        );
         Self {
             status,
             code,
@@ -85,6 +129,30 @@ impl From<crate::run::engine::SubmitError> for ApiError {
             SubmitError::Store(e) => Self::internal(&e),
         }
     }
+}
+
+/// The body of every error answer, as the OpenAPI document describes it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code to branch on and a message for a person.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine code; the OpenAPI document lists every one.
+    #[schema(schema_with = error_code_schema)]
+    pub code: String,
+    /// What to fix, in words.
+    pub message: String,
+}
+
+/// `code` as a string enum of [`ERROR_CODES`].
+fn error_code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ERROR_CODES.iter().copied()))
+        .build()
 }
 
 impl IntoResponse for ApiError {

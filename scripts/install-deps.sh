@@ -2,7 +2,9 @@
 # Installs the system packages the bridge and its tests need, from Debian, when missing:
 # git (clones), Node.js and npm (the Codex, Claude Code, Gemini and Vercel CLIs ship through
 # npm), curl (the demo), gh (the GitHub CLI example profile's tests), and OpenSSH's client and
-# server (`ssh://` repositories are tested against a real sshd on loopback).
+# server (`ssh://` repositories are tested against a real sshd on loopback), Python with venv
+# (the MCP client and schemathesis live in virtual environments) and iproute2 (the API fuzz
+# runs in a network namespace whose loopback it brings up).
 set -euo pipefail
 
 missing=()
@@ -14,6 +16,9 @@ command -v gh >/dev/null || missing+=(gh)
 { command -v ssh && command -v ssh-keygen; } >/dev/null || missing+=(openssh-client)
 # sshd lives in /usr/sbin, which a non-root PATH may not hold.
 [[ -x /usr/sbin/sshd ]] || command -v sshd >/dev/null || missing+=(openssh-server)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
 command -v cargo >/dev/null || { echo "install-deps: a Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
 
 if ((${#missing[@]})); then

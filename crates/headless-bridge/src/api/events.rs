@@ -18,6 +18,7 @@ use futures::Stream;
 use super::AppState;
 use super::body::ApiPath;
 use super::error::{ApiError, ErrorBody};
+use super::schema::RunEventSse;
 use super::runs::parse_id;
 use crate::run::RunId;
 use crate::run::engine::Follow;
@@ -37,7 +38,7 @@ const PAGE: usize = 256;
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event"),
     ),
     responses(
-        (status = 200, description = "a stream of `RunEvent`s", body = String, content_type = "text/event-stream"),
+        (status = 200, description = "a stream of `RunEvent`s", body = RunEventSse, content_type = "text/event-stream"),
         (status = 404, description = "`run_not_found`", body = ErrorBody),
     ),
 )]

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use axum::Json;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
 use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
@@ -23,14 +24,28 @@ use utoipa::openapi::{
 };
 
 use super::error::ErrorBody;
+use crate::run::events::RunEvent;
+use utoipa::{PartialSchema as _, ToSchema as _};
 
 /// The name of the bearer security scheme in the document.
 const BEARER: &str = "bearer";
 
 /// The document, built once: it depends on the code alone, never on the configuration.
-pub fn document() -> &'static OpenApi {
-    static DOCUMENT: OnceLock<OpenApi> = OnceLock::new();
-    DOCUMENT.get_or_init(|| finish(super::routes().into_openapi()))
+pub fn document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut doc = serde_json::to_value(finish(super::routes().into_openapi()))
+            .expect("the document serializes");
+        describe_event_data(&mut doc);
+        doc
+    })
+}
+
+/// An event's `data` in `GET /v1/runs/{id}/events` is a `RunEvent` as JSON: JSON Schema's
+/// `contentSchema`, which utoipa's model cannot express, so it is added to the JSON.
+fn describe_event_data(doc: &mut Value) {
+    let data = &mut doc["components"]["schemas"]["RunEventSse"]["properties"]["data"];
+    data["contentSchema"] = json!({ "$ref": "#/components/schemas/RunEvent" });
 }
 
 /// The OpenAPI 3.1 document of this API.
@@ -74,6 +89,12 @@ fn finish(routes: OpenApi) -> OpenApi {
         ]))
         .build();
     let components = doc.components.get_or_insert_with(|| ComponentsBuilder::new().build());
+    // Named by the events' documentation (as `contentSchema`), not by an annotation.
+    let (name, schema) = (RunEvent::name(), RunEvent::schema());
+    components.schemas.insert(name.into_owned(), schema);
+    let mut nested = Vec::new();
+    RunEvent::schemas(&mut nested);
+    components.schemas.extend(nested);
     components.add_security_scheme(
         BEARER,
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
@@ -164,7 +185,7 @@ mod tests {
 
     #[test]
     fn the_document_is_openapi_3_1_with_every_error_code() {
-        let doc = serde_json::to_value(document()).expect("the document serializes");
+        let doc = document();
         assert_eq!(doc["openapi"], "3.1.0");
         let codes = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"];
         let codes: Vec<&str> = codes
@@ -178,7 +199,7 @@ mod tests {
 
     #[test]
     fn protected_operations_need_the_token_and_public_ones_do_not() {
-        let doc = serde_json::to_value(document()).expect("the document serializes");
+        let doc = document();
         assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }]));
         assert_eq!(doc["paths"]["/health"]["get"]["security"], serde_json::json!([{}]));
         assert!(doc["paths"]["/health"]["get"]["responses"]["401"].is_null());

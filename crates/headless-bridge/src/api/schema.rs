@@ -16,6 +16,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::run::RunRecord;
+use crate::run::events::EventKind;
 
 /// `POST /v1/runs`: what to run.
 #[derive(ToSchema)]
@@ -152,4 +153,25 @@ pub struct HealthReport {
     /// Deep check: per adapter, `ok`, `binary`, `credentials`, `config_toml`.
     #[schema(value_type = Option<Object>)]
     adapters: Option<Value>,
+}
+
+/// One Server-Sent Event of `GET /v1/runs/{id}/events`, as an SSE parser sees it.
+#[derive(ToSchema)]
+pub struct RunEventSse {
+    /// The event's `seq`, to send back as `Last-Event-ID`.
+    id: Option<String>,
+    /// The event's `kind`.
+    event: Option<EventKind>,
+    /// The `RunEvent` as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// One Server-Sent Event of `/mcp`: a JSON-RPC message.
+#[derive(ToSchema)]
+pub struct McpSse {
+    id: Option<String>,
+    event: Option<String>,
+    /// A JSON-RPC message (empty in the SDK's priming event).
+    data: String,
 }

@@ -14,6 +14,8 @@ mod example_profiles;
 mod fetch;
 mod health;
 mod login;
+mod mcp;
+mod openapi;
 mod restart;
 mod service;
 mod ssh_repos;

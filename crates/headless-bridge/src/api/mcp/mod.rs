@@ -11,15 +11,19 @@
 mod server;
 
 use axum::extract::{Extension, Request};
-use axum::response::Response;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
+use utoipa::openapi::schema::{AnyOfBuilder, ObjectBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
 
 use super::AppState;
 use super::body::MAX_BODY_BYTES;
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
+use super::schema::McpSse;
 
 /// The MCP transport, shared by the three routes of `/mcp`.
 #[derive(Clone)]
@@ -42,12 +46,64 @@ impl McpEndpoint {
     }
 
     async fn forward(self, request: Request) -> Response {
-        match self.0.oneshot(request).await {
+        let response = match self.0.oneshot(request).await {
             Ok(response) => response.map(axum::body::Body::new),
             Err(never) => match never {},
-        }
+        };
+        as_api_error(response).await
     }
 }
+
+/// The SDK refuses a malformed exchange (no session id, an `Accept` without SSE, ...) with a
+/// plain-text body and no content type; such an answer becomes the API's JSON error, with the
+/// SDK's text as its message. JSON-RPC errors, which are JSON already and which MCP clients
+/// read, pass as they are.
+async fn as_api_error(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => "mcp_session_not_found",
+        StatusCode::NOT_ACCEPTABLE => "mcp_not_acceptable",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        s if s.is_server_error() => "internal_error",
+        _ => "mcp_bad_request",
+    };
+    let text = axum::body::to_bytes(response.into_body(), MAX_SDK_MESSAGE)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    ApiError::new(status, code, message).into_response()
+}
+
+/// The SDK's refusals are one short sentence; anything longer is cut.
+const MAX_SDK_MESSAGE: usize = 4096;
+
+/// A refusal of `/mcp`: the API's error body, or a JSON-RPC error response, which MCP clients
+/// read. Either one, so `anyOf`: an error body is an object too.
+struct McpError;
+
+impl utoipa::PartialSchema for McpError {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name("ErrorBody"))
+            .item(ObjectBuilder::new())
+            .description(Some(
+                "the API's error body, or a JSON-RPC error response",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for McpError {}
 
 /// A JSON-RPC message from the client: a request, a notification or a response.
 #[utoipa::path(
@@ -57,13 +113,13 @@ impl McpEndpoint {
     request_body(content = Object, content_type = "application/json"),
     responses(
         (status = 200, description = "the answer, as JSON or as an SSE stream", content(
-            (Object = "application/json"), (String = "text/event-stream"))),
+            (Object = "application/json"), (McpSse = "text/event-stream"))),
         (status = 202, description = "a notification or response was accepted"),
-        (status = 404, description = "the session is unknown or has ended"),
-        (status = 406, description = "`Accept` does not allow both JSON and SSE"),
-        (status = 413, description = "the message is too large", body = ErrorBody),
-        (status = 415, description = "the message is not JSON"),
-        (status = 422, description = "the message is not a valid JSON-RPC message"),
+        (status = 400, description = "`mcp_bad_request`: not a valid MCP message or session, or a JSON-RPC error", body = McpError),
+        (status = 404, description = "`mcp_session_not_found`, or a JSON-RPC error for an unknown method", body = McpError),
+        (status = 406, description = "`mcp_not_acceptable`: `Accept` must allow both JSON and SSE", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the message must be JSON", body = ErrorBody),
     ),
 )]
 pub async fn post(Extension(mcp): Extension<McpEndpoint>, request: Request) -> Response {
@@ -76,10 +132,11 @@ pub async fn post(Extension(mcp): Extension<McpEndpoint>, request: Request) -> R
     summary = "Open the session's server-to-client stream (SSE)",
     params(("Mcp-Session-Id" = String, Header, description = "the session, from `initialize`")),
     responses(
-        (status = 200, description = "a Server-Sent Event stream", body = String, content_type = "text/event-stream"),
-        (status = 404, description = "the session is unknown or has ended"),
-        (status = 406, description = "`Accept` does not allow `text/event-stream`"),
-        (status = 409, description = "the session already has such a stream"),
+        (status = 200, description = "a Server-Sent Event stream", body = McpSse, content_type = "text/event-stream"),
+        (status = 400, description = "`mcp_bad_request`: no or a malformed session id", body = McpError),
+        (status = 404, description = "`mcp_session_not_found`", body = ErrorBody),
+        (status = 406, description = "`mcp_not_acceptable`: `Accept` must allow `text/event-stream`", body = ErrorBody),
+        (status = 409, description = "`mcp_bad_request`: the session already has such a stream", body = McpError),
     ),
 )]
 pub async fn stream(Extension(mcp): Extension<McpEndpoint>, request: Request) -> Response {
@@ -93,7 +150,8 @@ pub async fn stream(Extension(mcp): Extension<McpEndpoint>, request: Request) ->
     params(("Mcp-Session-Id" = String, Header, description = "the session, from `initialize`")),
     responses(
         (status = 202, description = "the session has ended"),
-        (status = 404, description = "the session is unknown or has ended"),
+        (status = 400, description = "`mcp_bad_request`: no or a malformed session id", body = McpError),
+        (status = 404, description = "`mcp_session_not_found`", body = ErrorBody),
     ),
 )]
 pub async fn end(Extension(mcp): Extension<McpEndpoint>, request: Request) -> Response {

@@ -82,13 +82,18 @@ fn finish(routes: OpenApi) -> OpenApi {
         .tags(Some([
             tag("runs", "runs of any adapter"),
             tag("adapters", "the CLIs this bridge offers"),
-            tag("legacy", "the original service's contract, kept byte for byte"),
+            tag(
+                "legacy",
+                "the original service's contract, kept byte for byte",
+            ),
             tag("mcp", "the Model Context Protocol server (streamable HTTP)"),
             tag("health", "liveness and the deep check"),
             tag("meta", "this document"),
         ]))
         .build();
-    let components = doc.components.get_or_insert_with(|| ComponentsBuilder::new().build());
+    let components = doc
+        .components
+        .get_or_insert_with(|| ComponentsBuilder::new().build());
     // Named by the events' documentation (as `contentSchema`), not by an annotation.
     let (name, schema) = (RunEvent::name(), RunEvent::schema());
     components.schemas.insert(name.into_owned(), schema);
@@ -138,7 +143,10 @@ fn add_common_answers(operation: &mut Operation) {
         .is_some_and(|s| s.iter().all(is_empty_requirement));
     let mut common = vec![
         ("400", "a malformed request: see `code`"),
-        ("500", "`internal_error`: the bridge's own fault; its log says why"),
+        (
+            "500",
+            "`internal_error`: the bridge's own fault; its log says why",
+        ),
     ];
     if !public {
         common.push(("401", "`unauthorized`: no valid bearer token"));
@@ -201,7 +209,10 @@ mod tests {
     fn protected_operations_need_the_token_and_public_ones_do_not() {
         let doc = document();
         assert_eq!(doc["security"], serde_json::json!([{ "bearer": [] }]));
-        assert_eq!(doc["paths"]["/health"]["get"]["security"], serde_json::json!([{}]));
+        assert_eq!(
+            doc["paths"]["/health"]["get"]["security"],
+            serde_json::json!([{}])
+        );
         assert!(doc["paths"]["/health"]["get"]["responses"]["401"].is_null());
         let get_run = &doc["paths"]["/v1/runs/{id}"]["get"];
         assert!(get_run["security"].is_null(), "inherits the document's");

@@ -26,7 +26,11 @@ pub struct SubmitRunRequest {
     #[schema(example = "codex", min_length = 1, max_length = 64)]
     adapter: String,
     /// The task for the CLI.
-    #[schema(example = "Fix the failing test in src/add.rs", min_length = 1, max_length = 122880)]
+    #[schema(
+        example = "Fix the failing test in src/add.rs",
+        min_length = 1,
+        max_length = 122880
+    )]
     prompt: String,
     #[schema(inline)]
     repo: Option<RepoRequest>,

@@ -108,7 +108,10 @@ async fn a_real_mcp_client_runs_reads_the_log_and_cancels() {
     let wrong = &out["wrong_token"];
     assert_eq!(wrong["connected"], false, "{wrong}");
     let statuses = wrong["statuses"].as_array().expect("recorded");
-    assert!(!statuses.is_empty() && statuses.iter().all(|s| s == 401), "{wrong}");
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|s| s == 401),
+        "{wrong}"
+    );
     bridge.stop().await;
 }
 

@@ -18,7 +18,10 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 async fn error_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or_default();
-    let code = body["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     (status, code)
 }
 
@@ -95,15 +98,20 @@ async fn the_document_lists_every_error_code_the_api_uses() {
     let bridge = model.bridge().await;
     let (status, doc) = bridge.get("/openapi.json").await;
     assert_eq!(status, 200);
-    let codes: Vec<&str> = doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]
-        ["enum"]
-        .as_array()
-        .expect("an enum of codes")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let codes: Vec<&str> =
+        doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+            .as_array()
+            .expect("an enum of codes")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
     assert_eq!(codes, headless_bridge::api::ERROR_CODES);
-    for code in ["run_not_found", "invalid_checksum_format", "url_not_allowed", "queue_full"] {
+    for code in [
+        "run_not_found",
+        "invalid_checksum_format",
+        "url_not_allowed",
+        "queue_full",
+    ] {
         assert!(codes.contains(&code), "{code}");
     }
     bridge.stop().await;

@@ -96,9 +96,7 @@ impl utoipa::PartialSchema for McpError {
         AnyOfBuilder::new()
             .item(Ref::from_schema_name("ErrorBody"))
             .item(ObjectBuilder::new())
-            .description(Some(
-                "the API's error body, or a JSON-RPC error response",
-            ))
+            .description(Some("the API's error body, or a JSON-RPC error response"))
             .into()
     }
 }

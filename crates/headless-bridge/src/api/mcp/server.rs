@@ -80,13 +80,26 @@ impl BridgeMcp {
         Ok(record_json(&latest.unwrap_or(record)))
     }
 
-    async fn call(&self, request: CallToolRequestParams, context: &RequestContext<RoleServer>) -> Option<Reply> {
+    async fn call(
+        &self,
+        request: CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<Reply> {
         let args = request.arguments.unwrap_or_default();
-        let id = || args.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let id = || {
+            args.get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         let reply = match request.name.as_ref() {
             "start_run" => self.start_run(args.clone(), context).await,
-            "get_run" => runs::find(&self.state, &id()).await.map(|r| record_json(&r)),
-            "cancel_run" => runs::stop(&self.state, &id()).await.map(|r| record_json(&r)),
+            "get_run" => runs::find(&self.state, &id())
+                .await
+                .map(|r| record_json(&r)),
+            "cancel_run" => runs::stop(&self.state, &id())
+                .await
+                .map(|r| record_json(&r)),
             "list_adapters" => Ok(runs::adapter_list(&self.state).await),
             _ => return None,
         };
@@ -163,8 +176,11 @@ impl rmcp::ServerHandler for BridgeMcp {
         let resources = recent
             .iter()
             .map(|run| {
-                Resource::new(log_uri(&run.id.to_string()), format!("log of run {}", run.id))
-                    .with_mime_type("text/plain")
+                Resource::new(
+                    log_uri(&run.id.to_string()),
+                    format!("log of run {}", run.id),
+                )
+                .with_mime_type("text/plain")
             })
             .collect();
         Ok(ListResourcesResult::with_all_items(resources))
@@ -240,8 +256,7 @@ fn log_tail(bytes: &[u8], id: &str) -> String {
 /// The tools, with JSON Schemas for their arguments. `start_run` takes the body of
 /// `POST /v1/runs`, from the same schema the OpenAPI document shows, plus `wait_s`.
 fn tools() -> Vec<Tool> {
-    let mut start = serde_json::to_value(SubmitRunRequest::schema())
-        .expect("a schema serializes");
+    let mut start = serde_json::to_value(SubmitRunRequest::schema()).expect("a schema serializes");
     start["properties"]["wait_s"] = json!({
         "type": "integer", "minimum": 0, "maximum": MAX_WAIT_S,
         "description": format!(
@@ -304,7 +319,10 @@ mod tests {
 
     #[test]
     fn start_run_takes_the_run_body_and_a_wait() {
-        let start = tools().into_iter().find(|t| t.name == "start_run").expect("listed");
+        let start = tools()
+            .into_iter()
+            .find(|t| t.name == "start_run")
+            .expect("listed");
         let properties = &start.input_schema["properties"];
         for field in ["adapter", "prompt", "repo", "tools", "timeout_s", "wait_s"] {
             assert!(properties.get(field).is_some(), "{field} is missing");

@@ -75,15 +75,16 @@ EOF
 # --request-timeout: `?wait=` may hold a request up to 600 s by design, but a run here
 # finishes in a second or fails validation, so a slow answer is a finding.
 status=0
-HB_FUZZ_TOKEN="$token" "$root/.tools/schemathesis/bin/st" --config-file "$state/schemathesis.toml" \
-  run "http://127.0.0.1:$port/openapi.json" \
+# Run from the state directory, where schemathesis keeps its cache of crashes.
+(cd "$state" && HB_FUZZ_TOKEN="$token" "$root/.tools/schemathesis/bin/st" \
+  --config-file "$state/schemathesis.toml" run "http://127.0.0.1:$port/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --max-examples "${API_FUZZ_EXAMPLES:-25}" \
   --request-timeout 60 \
   --workers 2 \
   --seed "${API_FUZZ_SEED:-1}" \
   --no-color \
-  --report junit --report-dir "$state/report" || status=$?
+  --report junit --report-dir "$state/report") || status=$?
 
 if grep -q "panicked" "$state/bridge.log"; then
   echo "api-fuzz: the bridge panicked:" >&2

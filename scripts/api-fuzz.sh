@@ -34,6 +34,7 @@ token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
 model_key="sk-fuzz-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 
 pids=()
+# shellcheck disable=SC2329 # run by the EXIT trap below
 cleanup() {
   exec 3>&- 2>/dev/null || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -15,7 +15,8 @@ python=$(command -v python3) || { echo "install-python-tools: python3 is require
 
 # install NAME REQUIREMENT: a venv in .tools/NAME holding REQUIREMENT unless already there.
 install() {
-  local name=$1 requirement=$2 prefix="$root/.tools/$1"
+  local name=$1 requirement=$2
+  local prefix="$root/.tools/$name"
   if [[ -x "$prefix/bin/python" ]] && [[ "$(cat "$prefix/.version" 2>/dev/null)" == "$requirement" ]]; then
     echo "$prefix/bin"
     return

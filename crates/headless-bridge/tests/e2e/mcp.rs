@@ -61,6 +61,13 @@ async fn a_real_mcp_client_runs_reads_the_log_and_cancels() {
     assert_eq!(run["value"]["outcome"], "succeeded", "{run}");
     assert_eq!(run["value"]["output"], "Hello from the fake model");
     let id = run["value"]["id"].as_str().expect("the run has an id");
+    // The client asked for progress while it waited: at least the first report came.
+    let progress = out["progress"].as_array().expect("recorded");
+    assert!(!progress.is_empty(), "no progress notification");
+    assert!(
+        progress[0]["message"].as_str().unwrap().contains(id),
+        "{progress:?}"
+    );
     assert_eq!(out["get_run"]["value"]["id"], id);
 
     assert_eq!(out["templates"], json!(["run://{id}/log"]));

@@ -45,11 +45,18 @@ async def scenario(url, token, slow_adapter):
         tools = await client.list_tools()
         out["tools"] = sorted(tool.name for tool in tools.tools)
 
+        progress = []
+
+        async def on_progress(value, total, message):
+            progress.append({"progress": value, "message": message})
+
         started = await client.call_tool(
             "start_run",
             {"adapter": "codex", "prompt": "Say hello over MCP", "wait_s": 120},
+            progress_callback=on_progress,
         )
         out["start_run"] = tool_answer(started)
+        out["progress"] = progress
         run_id = (started.structured_content or {}).get("id")
 
         templates = await client.list_resource_templates()

@@ -12,8 +12,8 @@ use rmcp::ErrorData;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, Implementation, JsonObject,
     ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ResourceTemplate, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use serde_json::{Value, json};
@@ -24,7 +24,7 @@ use crate::api::body::JsonObject as Body;
 use crate::api::error::ApiError;
 use crate::api::runs;
 use crate::api::schema::SubmitRunRequest;
-use crate::run::RunRecord;
+use crate::run::{RunId, RunRecord};
 use crate::store::RunFilter;
 
 /// How long `start_run` waits by default: most agent turns finish well within it, and a
@@ -37,6 +37,8 @@ const MAX_WAIT_S: u64 = 600;
 const MAX_LOG_TEXT: usize = 1 << 20;
 /// Runs whose logs `resources/list` names, newest first.
 const LISTED_LOGS: usize = 20;
+/// Progress notifications are a display's, and once a second is enough for one.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// One MCP session's view of the bridge.
 #[derive(Clone)]
@@ -72,12 +74,37 @@ impl BridgeMcp {
 
         // A client that gives up on the call (notifications/cancelled) stops the wait, not
         // the run: cancelling a run is the cancel_run tool's job.
+        let progress = self.report_progress(record.id, context);
         let waited = tokio::select! {
             waited = self.state.engine.wait(record.id, Duration::from_secs(wait_s)) => waited,
             () = context.ct.cancelled() => Ok(None),
+            () = progress => unreachable!("progress reports until it is dropped"),
         };
         let latest = waited.map_err(|e| ApiError::internal(&e))?;
         Ok(record_json(&latest.unwrap_or(record)))
+    }
+
+    /// While `start_run` waits, tells a client that asked for progress (a `progressToken`) how
+    /// many events the run has logged, at most once per [`PROGRESS_EVERY`]. Never returns: the
+    /// wait drops it.
+    async fn report_progress(&self, run: RunId, context: &RequestContext<RoleServer>) {
+        let token = context.meta.get_progress_token();
+        let follow = self.state.engine.follow(run);
+        let (Some(token), Some(mut follow)) = (token, follow) else {
+            return std::future::pending().await;
+        };
+        loop {
+            let events = *follow.latest_event.borrow_and_update();
+            let note = ProgressNotificationParam::new(token.clone(), events as f64)
+                .with_message(format!("run {run}: {events} events so far"));
+            if context.peer.notify_progress(note).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(PROGRESS_EVERY).await;
+            if follow.latest_event.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     async fn call(

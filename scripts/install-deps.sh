@@ -4,8 +4,10 @@
 # npm), curl (the demo), gh (the GitHub CLI example profile's tests), OpenSSH's client and
 # server (`ssh://` repositories are tested against a real sshd on loopback), Chromium (the
 # runs page is tested in it, headless, driven by playwright-core from install-playwright.sh),
-# and python3 and dialog (interactive sessions are tested with a script that asks questions
-# and a curses program).
+# python3 with venv (interactive sessions are tested with a script that asks questions; the
+# MCP client and schemathesis live in virtual environments), dialog (a curses program for
+# sessions) and iproute2 (the API fuzz runs in a network namespace whose loopback it brings
+# up).
 set -euo pipefail
 
 missing=()
@@ -20,7 +22,9 @@ command -v gh >/dev/null || missing+=(gh)
 [[ -x /usr/bin/chromium ]] || missing+=(chromium)
 # Debian's own python3: a version manager's shim on PATH needs a HOME that sessions replace.
 [[ -x /usr/bin/python3 ]] || missing+=(python3)
+/usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v dialog >/dev/null || missing+=(dialog)
+command -v ip >/dev/null || [[ -x /usr/sbin/ip ]] || missing+=(iproute2)
 command -v cargo >/dev/null || { echo "install-deps: a Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
 
 if ((${#missing[@]})); then

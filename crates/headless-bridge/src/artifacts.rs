@@ -24,7 +24,7 @@ pub const MAX_DECLARED: usize = 16;
 const MAX_PATH: usize = 512;
 
 /// A file a run left for its caller.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Artifact {
     /// The declared path, relative to the work tree.
     pub path: String,

@@ -118,6 +118,7 @@ impl Bridge {
                 engine.shutdown().await;
             })
         };
+        let streams = self.state.clone();
         let app = api::router(self.state);
         let on_signal = signalled.clone();
         let result = axum::serve(listener, app)
@@ -125,6 +126,7 @@ impl Bridge {
                 shutdown.await;
                 tracing::info!("shutting down: draining runs in progress");
                 on_signal.cancel();
+                streams.begin_shutdown();
             })
             .await;
 

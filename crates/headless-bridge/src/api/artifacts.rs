@@ -4,18 +4,31 @@
 //! nothing outside its kept files, can be read through this route. Collecting and capping
 //! the files is [`crate::artifacts`]' job.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
-use super::error::ApiError;
+use super::body::ApiPath;
+use super::error::{ApiError, ErrorBody};
 use crate::run::RunId;
 
 /// Serves one kept artifact as bytes.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/artifacts/{*path}", tag = "runs",
+    summary = "Download an artifact a run left",
+    params(
+        ("id" = String, Path, description = "the run's id"),
+        ("path" = String, Path, description = "the artifact's path, as the record lists it"),
+    ),
+    responses(
+        (status = 200, description = "the file's bytes", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 404, description = "`artifact_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn download(
     State(state): State<AppState>,
-    Path((id, path)): Path<(String, String)>,
+    ApiPath((id, path)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let not_found = || {
         ApiError::not_found(

@@ -1,4 +1,5 @@
-//! Bearer-token authentication for every route but `/health`.
+//! Bearer-token authentication for every route but `/health` and `/openapi.json`, which say
+//! nothing a caller needs a token to know.
 //!
 //! Tokens are compared through their SHA-256 digests in constant time, so neither a token's
 //! content nor its length leaks through response timing, and every configured token is

@@ -174,3 +174,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestP
         }
     }
 }
+
+/// Path parameters, refused with a JSON error when they do not decode (percent-encoded bytes
+/// that are not UTF-8, say), instead of axum's plain-text rejection.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for ApiPath<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(params)) => Ok(Self(params)),
+            Err(rejection) => Err(ApiError::bad_request(
+                "invalid_path",
+                format!("the path is invalid: {}", rejection.body_text()),
+            )),
+        }
+    }
+}

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::body::ApiQuery;
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::credentials::logins::Login;
 use crate::credentials::relay::{LoginView, StartError};
@@ -42,6 +43,19 @@ fn unknown(state: &AppState, query: &LoginQuery) -> ApiError {
 }
 
 /// Starts a login: 202 with a new one, 200 with the one already pending.
+#[utoipa::path(
+    post, path = "/v1/credentials/codex/login", tag = "credentials",
+    summary = "Log the bridge in through a device code",
+    description = "Runs the Codex CLI's device-code login and answers with the URL to open and the code to enter; the new login is adopted when a person completes it.",
+    params(("credential" = Option<String>, Query, description = "a named Codex login; the default one when absent")),
+    responses(
+        (status = 200, description = "the login already pending", body = LoginView),
+        (status = 202, description = "a new login, pending", body = LoginView),
+        (status = 404, description = "`unknown_credential`", body = ErrorBody),
+        (status = 502, description = "`login_start_failed`: the CLI printed no code", body = ErrorBody),
+        (status = 503, description = "`login_unavailable`: the CLI could not be started", body = ErrorBody),
+    ),
+)]
 pub async fn start_login(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<LoginQuery>,
@@ -73,6 +87,15 @@ pub async fn start_login(
 }
 
 /// The latest login since the bridge started.
+#[utoipa::path(
+    get, path = "/v1/credentials/codex/login", tag = "credentials",
+    summary = "The latest login through the bridge",
+    params(("credential" = Option<String>, Query, description = "a named Codex login; the default one when absent")),
+    responses(
+        (status = 200, description = "the latest login", body = LoginView),
+        (status = 404, description = "`no_login` or `unknown_credential`", body = ErrorBody),
+    ),
+)]
 pub async fn get_login(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<LoginQuery>,
@@ -90,6 +113,16 @@ pub async fn get_login(
 }
 
 /// Cancels the pending login.
+#[utoipa::path(
+    delete, path = "/v1/credentials/codex/login", tag = "credentials",
+    summary = "Cancel the pending login",
+    params(("credential" = Option<String>, Query, description = "a named Codex login; the default one when absent")),
+    responses(
+        (status = 200, description = "the login, cancelled", body = LoginView),
+        (status = 404, description = "`unknown_credential`", body = ErrorBody),
+        (status = 409, description = "`no_pending_login`", body = ErrorBody),
+    ),
+)]
 pub async fn cancel_login(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<LoginQuery>,

@@ -6,6 +6,71 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Every code an error answer of the API can carry. The OpenAPI document lists exactly these,
+/// and debug builds refuse to make an error with any other, so the two cannot drift apart.
+pub const ERROR_CODES: &[&str] = &[
+    "artifact_not_found",
+    "body_too_large",
+    "cli_not_found",
+    "credentials_expired",
+    "credentials_invalid",
+    "credentials_invalidated",
+    "credentials_missing",
+    "credentials_refresh_reused",
+    "host_not_allowed",
+    "idempotency_conflict",
+    "internal_error",
+    "invalid_artifact_path",
+    "invalid_body",
+    "invalid_checksum_format",
+    "invalid_cursor",
+    "invalid_field",
+    "invalid_filter",
+    "invalid_idempotency_key",
+    "invalid_input",
+    "invalid_json",
+    "invalid_path",
+    "invalid_query",
+    "invalid_ref",
+    "invalid_size",
+    "invalid_timeout",
+    "invalid_tool_name",
+    "invalid_url",
+    "invalid_wait",
+    "login_start_failed",
+    "login_unavailable",
+    "mcp_bad_request",
+    "mcp_not_acceptable",
+    "mcp_session_not_found",
+    "method_not_allowed",
+    "missing_field",
+    "no_login",
+    "no_pending_login",
+    "not_found",
+    "origin_not_allowed",
+    "queue_full",
+    "recording_not_found",
+    "run_finished",
+    "run_not_found",
+    "session_exited",
+    "session_not_found",
+    "session_not_idle",
+    "session_waiting_for_input",
+    "shutting_down",
+    "too_many_sessions",
+    "unauthorized",
+    "unknown_adapter",
+    "unknown_credential",
+    "unknown_field",
+    "unknown_key",
+    "unsupported_media_type",
+    "url_has_credentials",
+    "url_host_unresolvable",
+    "url_not_allowed",
+    "webhooks_disabled",
+    "workspace_error",
+];
+
 /// An error answer of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -19,6 +84,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            ERROR_CODES.contains(&code),
+            "error code `{code}` is missing from ERROR_CODES (and so from the OpenAPI document)"
+        );
         Self {
             status,
             code,
@@ -85,6 +154,30 @@ impl From<crate::run::engine::SubmitError> for ApiError {
             SubmitError::Store(e) => Self::internal(&e),
         }
     }
+}
+
+/// The body of every error answer, as the OpenAPI document describes it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a stable code to branch on and a message for a person.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine code; the OpenAPI document lists every one.
+    #[schema(schema_with = error_code_schema)]
+    pub code: String,
+    /// What to fix, in words.
+    pub message: String,
+}
+
+/// `code` as a string enum of [`ERROR_CODES`].
+fn error_code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ERROR_CODES.iter().copied()))
+        .build()
 }
 
 impl IntoResponse for ApiError {

@@ -9,15 +9,17 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 
 use super::AppState;
-use super::error::ApiError;
+use super::body::ApiPath;
+use super::error::{ApiError, ErrorBody};
 use super::runs::parse_id;
+use super::schema::RunEventSse;
 use crate::run::RunId;
 use crate::run::engine::Follow;
 use crate::run::events::{EventKind, RunEvent};
@@ -27,9 +29,22 @@ use crate::store::Store;
 const PAGE: usize = 256;
 
 /// Streams the run's events.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/events", tag = "runs",
+    summary = "Follow a run's events (Server-Sent Events)",
+    description = "Each SSE event has the event's `seq` as its id, its `kind` as its name and a `RunEvent` as JSON data. The stream replays the log from the start, follows the run live and ends after the `outcome` event.",
+    params(
+        ("id" = String, Path, description = "the run's id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event"),
+    ),
+    responses(
+        (status = 200, description = "a stream of `RunEvent`s", body = RunEventSse, content_type = "text/event-stream"),
+        (status = 404, description = "`run_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let run = parse_id(&id)?;

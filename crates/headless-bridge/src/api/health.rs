@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use super::AppState;
 use super::body::ApiQuery;
+use super::schema::HealthReport;
 use crate::config::{CodexConfig, Config};
 use crate::credentials::{AuthMode, Logins, WorkingCopy};
 
@@ -52,6 +53,16 @@ pub struct HealthQuery {
 }
 
 /// Liveness, or the deep check when `deep` is `1` or `true`.
+#[utoipa::path(
+    get, path = "/health", tag = "health",
+    summary = "Liveness, or the deep check of what a run needs",
+    params(("deep" = Option<String>, Query, description = "`1`, `true` or `yes` for the deep check")),
+    responses(
+        (status = 200, description = "serving (and with `deep`, a run could succeed now)", body = HealthReport),
+        (status = 503, description = "deep check: a run could not succeed; the body says what to do", body = HealthReport),
+    ),
+    security(()),
+)]
 pub async fn health(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<HealthQuery>,

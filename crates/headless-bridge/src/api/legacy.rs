@@ -15,7 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::body::{self, JsonObject};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
+use super::schema::LegacyRequest;
 use crate::adapter::CODEX;
 use crate::adapter::codex;
 use crate::run::{Outcome, RepoSpec, RunRecord, RunSpec, ToolSpec};
@@ -28,16 +29,39 @@ const MAX_URL: usize = 2048;
 const MAX_FAILURE_DETAILS: usize = 112 << 10;
 
 /// The original response shape.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LegacyResponse {
+    /// `success`, or `error` when the run did not succeed.
+    #[schema(value_type = String, pattern = "^(success|error)$")]
     status: &'static str,
+    /// The run's id, for `GET /v1/runs/{id}`.
+    #[schema(format = "uuid")]
     run_id: String,
+    /// Commands the CLI ran with exit codes, files changed, stderr; secrets redacted.
     logs: String,
+    /// The CLI's final message, or on error the explanation.
     output: String,
+    /// `contract_id`, `outcome`, `duration_ms`, `exit_code`, `usage`, `diff`; on error
+    /// `reason` (a reason code), `message` and the failure's details.
+    #[schema(value_type = Object)]
     meta: Map<String, Value>,
 }
 
 /// Validates the request, runs it to the end and answers in the original shape.
+#[utoipa::path(
+    post, path = "/run_codex_session", tag = "legacy",
+    summary = "Run Codex on a repository (the original contract)",
+    description = "Answers when the run has finished: a run that ran is a 200 whatever its outcome; only a refused request gets a 4xx.",
+    request_body(content = LegacyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the run finished; `status` says how", body = LegacyResponse),
+        (status = 409, description = "`idempotency_conflict`: the contract id was used with a different request", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body must be JSON", body = ErrorBody),
+        (status = 429, description = "`queue_full`", body = ErrorBody),
+        (status = 503, description = "`shutting_down`", body = ErrorBody),
+    ),
+)]
 pub async fn run_codex_session(
     State(state): State<AppState>,
     body: JsonObject,

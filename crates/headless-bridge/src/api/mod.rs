@@ -1,8 +1,10 @@
 //! The HTTP API: routes, shared state, authentication and request spans.
 //!
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
-//! socket. Everything but `/health` and the runs page's static files sits behind bearer-token
-//! authentication; the page itself reads its data through the authenticated routes.
+//! socket. All routes are in one table, [`routes`], which also yields the OpenAPI document
+//! (see [`openapi`]). Everything but `/health`, `/openapi.json` and the runs page's static files
+//! sits behind bearer-token authentication; the page reads its data through the authenticated
+//! routes, and `/mcp` is the same API as a Model Context Protocol server.
 
 mod artifacts;
 mod auth;
@@ -12,8 +14,11 @@ mod error;
 mod events;
 pub mod health;
 mod legacy;
+mod mcp;
+pub mod openapi;
 mod page;
 mod runs;
+mod schema;
 mod sessions;
 
 use std::sync::Arc;
@@ -22,10 +27,12 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub use error::ApiError;
+pub use error::{ApiError, ERROR_CODES};
 
 use crate::config::Config;
 use crate::run::engine::Engine;
@@ -38,6 +45,8 @@ pub struct AppState {
     pub engine: Engine,
     pub sessions: Sessions,
     token_digests: Arc<Vec<[u8; 32]>>,
+    /// Cancelled when the bridge shuts down, to end long-lived streams such as MCP sessions'.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -49,51 +58,71 @@ impl AppState {
             engine,
             sessions,
             token_digests,
+            shutdown: CancellationToken::new(),
         }
     }
+
+    /// Ends the API's long-lived streams; call it when the server stops accepting.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The route table: public routes, and routes behind the token. Each handler's
+/// `#[utoipa::path]` gives both its route and its documentation, so the router and the
+/// OpenAPI document are made from the same entries.
+fn route_table() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+    let public = OpenApiRouter::new()
+        .routes(routes!(health::health))
+        .routes(routes!(openapi::serve))
+        .routes(routes!(page::index))
+        .routes(routes!(page::stylesheet))
+        .routes(routes!(page::script))
+        .routes(routes!(page::favicon));
+    let protected = OpenApiRouter::new()
+        .routes(routes!(legacy::run_codex_session))
+        .routes(routes!(runs::adapters))
+        .routes(routes!(runs::submit, runs::list))
+        .routes(routes!(runs::get))
+        .routes(routes!(runs::cancel))
+        .routes(routes!(events::events))
+        .routes(routes!(runs::logs))
+        .routes(routes!(artifacts::download))
+        .routes(routes!(
+            credentials::start_login,
+            credentials::get_login,
+            credentials::cancel_login
+        ))
+        .routes(routes!(sessions::start, sessions::list))
+        .routes(routes!(sessions::get, sessions::delete))
+        .routes(routes!(sessions::screen))
+        .routes(routes!(sessions::input))
+        .routes(routes!(sessions::resize))
+        .routes(routes!(sessions::events))
+        .routes(routes!(sessions::recording))
+        .routes(routes!(mcp::post, mcp::stream, mcp::end));
+    (public, protected)
+}
+
+/// Every route, with its documentation.
+fn routes() -> OpenApiRouter<AppState> {
+    let (public, protected) = route_table();
+    public.merge(protected)
 }
 
 /// The application: every route, with authentication, body limits and request spans.
 pub fn router(state: AppState) -> Router {
-    let protected = Router::new()
-        .route("/run_codex_session", post(legacy::run_codex_session))
-        .route("/v1/adapters", get(runs::adapters))
-        .route("/v1/runs", post(runs::submit).get(runs::list))
-        .route("/v1/runs/{id}", get(runs::get))
-        .route("/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/v1/runs/{id}/events", get(events::events))
-        .route("/v1/runs/{id}/logs", get(runs::logs))
-        .route("/v1/runs/{id}/artifacts/{*path}", get(artifacts::download))
-        .route(
-            "/v1/credentials/codex/login",
-            post(credentials::start_login)
-                .get(credentials::get_login)
-                .delete(credentials::cancel_login),
-        )
-        .route("/v1/sessions", post(sessions::start).get(sessions::list))
-        .route(
-            "/v1/sessions/{id}",
-            get(sessions::get).delete(sessions::delete),
-        )
-        .route("/v1/sessions/{id}/screen", get(sessions::screen))
-        .route("/v1/sessions/{id}/input", post(sessions::input))
-        .route("/v1/sessions/{id}/resize", post(sessions::resize))
-        .route("/v1/sessions/{id}/events", get(sessions::events))
-        .route("/v1/sessions/{id}/recording", get(sessions::recording))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+    let (public, protected) = route_table();
+    let protected = protected.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_token,
+    ));
+    let (app, _documented) = public.merge(protected).split_for_parts();
+    let mcp = mcp::McpEndpoint::new(state.clone(), state.shutdown.clone());
 
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/", get(page::index))
-        .route("/assets/page.css", get(page::stylesheet))
-        .route("/assets/page.js", get(page::script))
-        .route("/assets/favicon.svg", get(page::favicon))
-        .merge(protected)
-        .fallback(not_found)
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::Extension(mcp))
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))
         .layer(middleware::from_fn(request_span))
         .with_state(state)

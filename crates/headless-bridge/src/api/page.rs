@@ -27,6 +27,12 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      form-action 'none'; frame-ancestors 'none'";
 
 /// `GET /`: the page, told whether the API wants a token.
+#[utoipa::path(
+    get, path = "/", tag = "page",
+    summary = "The runs page",
+    responses((status = 200, description = "The runs page", content_type = "text/html", body = String)),
+    security(()),
+)]
 pub async fn index(State(state): State<AppState>) -> Response {
     let html = render_index(!state.token_digests.is_empty());
     asset("text/html; charset=utf-8", html)
@@ -41,16 +47,34 @@ fn render_index(tokens_required: bool) -> String {
 }
 
 /// `GET /assets/page.css`.
+#[utoipa::path(
+    get, path = "/assets/page.css", tag = "page",
+    summary = "The runs page's stylesheet",
+    responses((status = 200, description = "The runs page's stylesheet", content_type = "text/css", body = String)),
+    security(()),
+)]
 pub async fn stylesheet() -> Response {
     asset("text/css; charset=utf-8", PAGE_CSS)
 }
 
 /// `GET /assets/page.js`.
+#[utoipa::path(
+    get, path = "/assets/page.js", tag = "page",
+    summary = "The runs page's script",
+    responses((status = 200, description = "The runs page's script", content_type = "text/javascript", body = String)),
+    security(()),
+)]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", PAGE_JS)
 }
 
 /// `GET /assets/favicon.svg`: without one, browsers ask for `/favicon.ico` and log its 404.
+#[utoipa::path(
+    get, path = "/assets/favicon.svg", tag = "page",
+    summary = "The runs page's icon",
+    responses((status = 200, description = "The runs page's icon", content_type = "image/svg+xml", body = String)),
+    security(()),
+)]
 pub async fn favicon() -> Response {
     asset("image/svg+xml", FAVICON_SVG)
 }

@@ -10,19 +10,20 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::AppState;
-use super::body::{self, ApiQuery, JsonObject};
-use super::error::ApiError;
+use super::body::{self, ApiPath, ApiQuery, JsonObject};
+use super::error::{ApiError, ErrorBody};
+use super::schema::{AdapterList, RunPage, SubmitRunRequest};
 use crate::adapter::{Adapter, CODEX, codex, health};
 use crate::git;
 use crate::run::engine::{CancelError, Submitted};
-use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, ToolSpec};
+use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, RunState, ToolSpec};
 use crate::store::RunFilter;
 
 /// Linux caps a single argument at 128 KiB (MAX_ARG_STRLEN), and the prompt is one argument.
@@ -51,6 +52,30 @@ pub struct ListQuery {
 }
 
 /// Starts a run, or finds the one an idempotency key already names.
+#[utoipa::path(
+    post, path = "/v1/runs", tag = "runs",
+    summary = "Start a run",
+    description = "Validates the whole request before any work starts, stores the run and answers 202 with its record; `wait` holds the answer until the run finishes (200) or the time is up (202).",
+    params(
+        ("wait" = Option<u64>, Query, maximum = 600, description = "seconds to wait for the outcome"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N`, as an alternative to `?wait=N` (RFC 7240)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "repeating a key with the same body returns the earlier run"),
+    ),
+    request_body(content = SubmitRunRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the run finished within `wait`, or the idempotency key named an earlier run", body = RunRecord,
+         headers(("Location" = String, description = "the run's URL"), ("Idempotent-Replayed" = String, description = "`true` for an earlier run"))),
+        (status = 202, description = "the run is queued or running", body = RunRecord,
+         headers(("Location" = String, description = "the run's URL"))),
+        (status = 409, description = "`idempotency_conflict`: the key was used with a different body", body = ErrorBody),
+        (status = 413, description = "`body_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body must be JSON", body = ErrorBody),
+        (status = 429, description = "`queue_full`: retry after `Retry-After` seconds", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = "`shutting_down`", body = ErrorBody,
+         headers(("Retry-After" = u64, description = "seconds"))),
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<SubmitQuery>,
@@ -100,7 +125,17 @@ pub async fn submit(
 }
 
 /// The adapters this bridge offers, each with its health.
+#[utoipa::path(
+    get, path = "/v1/adapters", tag = "adapters",
+    summary = "List the adapters and their health",
+    responses((status = 200, description = "every adapter, with its health", body = AdapterList)),
+)]
 pub async fn adapters(State(state): State<AppState>) -> Json<Value> {
+    Json(adapter_list(&state).await)
+}
+
+/// `{"adapters": [...]}`: every adapter with its health, for the API and the MCP server.
+pub(super) async fn adapter_list(state: &AppState) -> Value {
     let adapters = state.engine.adapters();
     let probe_homes = state.config.data_dir.join("health");
     let mut described = adapters.describe();
@@ -110,36 +145,65 @@ pub async fn adapters(State(state): State<AppState>) -> Json<Value> {
             Some(Adapter::Profile(profile)) => {
                 health::check(&profile, &probe_homes.join(&name), adapters.probes()).await
             }
-            _ => super::health::codex_adapter_health(&state).await,
+            _ => super::health::codex_adapter_health(state).await,
         };
     }
-    Json(serde_json::json!({ "adapters": described }))
+    serde_json::json!({ "adapters": described })
 }
 
 /// One run's record.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs",
+    summary = "Get a run",
+    params(("id" = String, Path, description = "the run's id")),
+    responses(
+        (status = 200, description = "the run's record", body = RunRecord),
+        (status = 404, description = "`run_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunRecord>, ApiError> {
-    let run_id = parse_id(&id)?;
+    find(&state, &id).await.map(Json)
+}
+
+/// The record of the run with this id.
+pub(super) async fn find(state: &AppState, id: &str) -> Result<RunRecord, ApiError> {
+    let run_id = parse_id(id)?;
     let record = state
         .engine
         .store()
         .get(run_id)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    record.map(Json).ok_or_else(|| not_found(&id))
+    record.ok_or_else(|| not_found(id))
 }
 
 /// Cancels a queued or running run; answers with its record once it has stopped.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    summary = "Cancel a run",
+    params(("id" = String, Path, description = "the run's id")),
+    responses(
+        (status = 200, description = "the run has stopped; its record, with outcome `cancelled`", body = RunRecord),
+        (status = 404, description = "`run_not_found`", body = ErrorBody),
+        (status = 409, description = "`run_finished`: the run had already ended", body = ErrorBody),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunRecord>, ApiError> {
-    let run_id = parse_id(&id)?;
+    stop(&state, &id).await.map(Json)
+}
+
+/// Cancels the run with this id and answers with its record once it has stopped.
+pub(super) async fn stop(state: &AppState, id: &str) -> Result<RunRecord, ApiError> {
+    let run_id = parse_id(id)?;
     match state.engine.cancel(run_id).await {
-        Ok(record) => Ok(Json(record)),
-        Err(CancelError::NotFound) => Err(not_found(&id)),
+        Ok(record) => Ok(record),
+        Err(CancelError::NotFound) => Err(not_found(id)),
         Err(CancelError::Finished(record)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "run_finished",
@@ -153,6 +217,18 @@ pub async fn cancel(
 }
 
 /// Runs matching the filters, newest first, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "runs",
+    summary = "List runs",
+    params(
+        ("state" = Option<RunState>, Query, description = "only runs in this state"),
+        ("adapter" = Option<String>, Query, description = "only runs of this adapter"),
+        ("contract_id" = Option<String>, Query, description = "only runs with this contract id"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 100, description = "runs per page (default 20; larger values are capped at 100)"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    responses((status = 200, description = "a page of runs, newest first", body = RunPage)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -200,11 +276,26 @@ pub async fn list(
 }
 
 /// The run's full output stream as text (stdout, and stderr lines marked `[stderr]`).
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/logs", tag = "runs",
+    summary = "Read a run's output",
+    params(("id" = String, Path, description = "the run's id")),
+    responses(
+        (status = 200, description = "the full output stream, stderr lines marked `[stderr]`", body = String, content_type = "text/plain; charset=utf-8"),
+        (status = 404, description = "`run_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn logs(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let run_id = parse_id(&id)?;
+    let text = read_log(&state, &id).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// The run's log file; empty while the run has written none.
+pub(super) async fn read_log(state: &AppState, id: &str) -> Result<Vec<u8>, ApiError> {
+    let run_id = parse_id(id)?;
     if state
         .engine
         .store()
@@ -213,14 +304,13 @@ pub async fn logs(
         .map_err(|e| ApiError::internal(&e))?
         .is_none()
     {
-        return Err(not_found(&id));
+        return Err(not_found(id));
     }
-    let text = match tokio::fs::read(state.engine.log_path(run_id)).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(ApiError::internal(&e)),
-    };
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    match tokio::fs::read(state.engine.log_path(run_id)).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(ApiError::internal(&e)),
+    }
 }
 
 pub(super) fn parse_id(id: &str) -> Result<RunId, ApiError> {
@@ -259,7 +349,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(format!("key:{key}")))
 }
 
-async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
+/// Checks a run request and turns it into a spec; every problem is a 4xx before any work.
+pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
     let known = state.engine.adapters().names().join(", ");
     let adapter = body.string("adapter", 64, &format!("the CLI to run, one of: {known}"))?;
     if state.engine.adapters().get(&adapter).is_none() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,8 +21,9 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use super::AppState;
-use super::body::{ApiQuery, JsonObject};
+use super::body::{ApiPath, ApiQuery, JsonObject};
 use super::error::ApiError;
+use super::error::ErrorBody;
 use crate::run::ReasonCode;
 use crate::session::{
     EndReason, LookupError, Session, SessionState, StartError, StartRequest, keys,
@@ -53,6 +54,18 @@ const START_FIELDS: &[&str] = &[
 const INPUT_FIELDS: &[&str] = &["text", "keys", "paste", "wait_idle", "wait", "timeout_ms"];
 
 /// Starts a session.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "sessions",
+    summary = "Start an interactive session",
+    description = "Starts an adapter's CLI in a pseudo-terminal of the given size, with a workspace, private HOME and credentials as a run gets.",
+    request_body(content = Object, content_type = "application/json", description = "`adapter`, optional `rows`, `cols`, `prompt`, `idle_timeout_s`, `max_lifetime_s`, `quiet_ms`"),
+    responses(
+        (status = 201, description = "the session's record", body = Object),
+        (status = 422, description = "the CLI or its login cannot start: `cli_not_found`, `credentials_*`", body = ErrorBody),
+        (status = 429, description = "`too_many_sessions`", body = ErrorBody),
+        (status = 503, description = "`shutting_down`", body = ErrorBody),
+    ),
+)]
 pub async fn start(State(state): State<AppState>, body: JsonObject) -> Result<Response, ApiError> {
     only_fields(&body, START_FIELDS)?;
     let adapter = body.string("adapter", 64, "the adapter whose CLI to start")?;
@@ -103,23 +116,46 @@ pub async fn start(State(state): State<AppState>, body: JsonObject) -> Result<Re
 }
 
 /// The sessions in memory, newest first.
+#[utoipa::path(
+    get, path = "/v1/sessions", tag = "sessions",
+    summary = "List the sessions",
+    responses((status = 200, description = "`{\"sessions\": [...]}`, newest first", body = Object)),
+)]
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "sessions": state.sessions.list() }))
 }
 
 /// One session's record.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}", tag = "sessions",
+    summary = "Get a session",
+    params(("id" = String, Path, description = "the session's id")),
+    responses(
+        (status = 200, description = "the session's record", body = Object),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let record = state.sessions.record(&id).map_err(not_found)?;
     Ok(Json(record).into_response())
 }
 
 /// Ends a session: its process group is killed and reaped. Ending an ended one is no error.
+#[utoipa::path(
+    delete, path = "/v1/sessions/{id}", tag = "sessions",
+    summary = "End a session",
+    params(("id" = String, Path, description = "the session's id")),
+    responses(
+        (status = 200, description = "the session's record once its processes are gone", body = Object),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let record = match state.sessions.get(&id) {
         Ok(session) => session.stop(EndReason::Deleted).await,
@@ -137,9 +173,24 @@ pub struct ScreenQuery {
 }
 
 /// The rendered screen; `?wait=idle|settled|exited&timeout_ms=N` first waits for that state.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/screen", tag = "sessions",
+    summary = "The rendered screen",
+    params(
+        ("id" = String, Path, description = "the session's id"),
+        ("wait" = Option<String>, Query, description = "`idle`, `settled` or `exited`: answer once the session is in that state"),
+        ("timeout_ms" = Option<u64>, Query, description = "how long to wait"),
+        ("cells" = Option<String>, Query, description = "`1` adds cells with attributes and the cursor"),
+    ),
+    responses(
+        (status = 200, description = "the screen and the state", body = Object),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "the state waited for was not reached: the state and the screen", body = Object),
+    ),
+)]
 pub async fn screen(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<ScreenQuery>,
 ) -> Result<Response, ApiError> {
     let session = live(&state, &id)?;
@@ -165,9 +216,20 @@ pub async fn screen(
 
 /// Types text, keys or a paste; with `"wait_idle": true` (or `"wait": "idle"|"settled"`)
 /// answers once the tool is idle again, with the screen.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/input", tag = "sessions",
+    summary = "Type text, keys or a paste",
+    params(("id" = String, Path, description = "the session's id")),
+    request_body(content = Object, content_type = "application/json", description = "one of `text`, `keys`, `paste`; optional `wait_idle` or `wait`"),
+    responses(
+        (status = 200, description = "typed; with a wait, the screen once the state is reached", body = Object),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "`session_exited`, or the state waited for was not reached", body = Object),
+    ),
+)]
 pub async fn input(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let session = live(&state, &id)?;
@@ -203,9 +265,20 @@ pub async fn input(
 }
 
 /// Resizes the terminal.
+#[utoipa::path(
+    post, path = "/v1/sessions/{id}/resize", tag = "sessions",
+    summary = "Resize the terminal",
+    params(("id" = String, Path, description = "the session's id")),
+    request_body(content = Object, content_type = "application/json", description = "`rows` and `cols`"),
+    responses(
+        (status = 200, description = "the session's record", body = Object),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "`session_exited`", body = ErrorBody),
+    ),
+)]
 pub async fn resize(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: JsonObject,
 ) -> Result<Response, ApiError> {
     let session = live(&state, &id)?;
@@ -219,9 +292,19 @@ pub async fn resize(
 /// `screen` with the screen's lines when it changed (at most every 100 ms; the last screen
 /// goes out before the `exited` state). Each event's id is
 /// the screen's revision. The stream ends after the `exited` state.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/events", tag = "sessions",
+    summary = "Follow a session: Server-Sent Events of its state and screen",
+    params(("id" = String, Path, description = "the session's id")),
+    responses(
+        (status = 200, description = "`state` and `screen` events, until the session exits", content_type = "text/event-stream", body = String),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "`session_exited`", body = ErrorBody),
+    ),
+)]
 pub async fn events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let session = live(&state, &id)?;
     let follow = Follow::new(session);
@@ -242,9 +325,18 @@ pub async fn events(
 }
 
 /// The session's asciinema v2 cast.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/recording", tag = "sessions",
+    summary = "The session's asciinema v2 recording",
+    params(("id" = String, Path, description = "the session's id")),
+    responses(
+        (status = 200, description = "the cast", content_type = "application/x-asciicast", body = String),
+        (status = 404, description = "`session_not_found` or `recording_not_found`", body = ErrorBody),
+    ),
+)]
 pub async fn recording(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     state.sessions.record(&id).map_err(not_found)?;
     let parsed = id.parse().expect("a found session's id parses");

@@ -36,7 +36,7 @@ const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
 const KEPT_LINES: usize = 20;
 
 /// Where a login stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LoginState {
     /// Waiting for the person to enter the code.
@@ -52,20 +52,24 @@ pub enum LoginState {
 }
 
 /// A login as the API shows it. Holds no secret: the URL and the code are meant to be shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoginView {
+    #[schema(value_type = String, format = "uuid")]
     pub id: Uuid,
     pub state: LoginState,
     pub verification_url: String,
     pub user_code: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
     #[serde(
         skip_serializing_if = "Option::is_none",
         with = "time::serde::rfc3339::option"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<OffsetDateTime>,
     /// Why a login failed, from the CLI's own words.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -31,7 +31,7 @@ pub const TAIL_BYTES: usize = 256 << 10;
 const BATCH: usize = 512;
 
 /// What an event is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// The run moved to a new state.
@@ -63,11 +63,12 @@ impl EventKind {
 }
 
 /// One entry of a run's event log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunEvent {
     /// 1, 2, 3, ... within the run; the SSE event id.
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: OffsetDateTime,
     pub kind: EventKind,
     pub data: Value,

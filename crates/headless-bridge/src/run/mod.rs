@@ -18,12 +18,16 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use crate::digest::Sha256Digest;
 
 /// A run's identifier: a UUIDv7, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(transparent)]
+#[schema(value_type = String, format = "uuid")]
 pub struct RunId(uuid::Uuid);
 
 impl RunId {
@@ -54,7 +58,7 @@ impl FromStr for RunId {
 }
 
 /// Where a run is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Queued,
@@ -64,7 +68,7 @@ pub enum RunState {
 }
 
 /// How a finished run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -76,7 +80,7 @@ pub enum Outcome {
 }
 
 /// Why a run did not succeed: a stable code an agent can branch on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     /// No auth.json where the configuration says it is.
@@ -131,7 +135,7 @@ impl ReasonCode {
 }
 
 /// A repository to clone into the workspace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RepoSpec {
     pub url: String,
     /// A branch or tag; the remote's default branch when absent.
@@ -143,11 +147,13 @@ pub struct RepoSpec {
 }
 
 /// A tool to download, verify and put on the run's PATH.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ToolSpec {
     pub name: String,
     pub url: String,
+    /// The digest as `sha256:<64 hex>`.
     #[serde(with = "digest_text")]
+    #[schema(value_type = String, pattern = "^sha256:[0-9a-f]{64}$")]
     pub sha256: Sha256Digest,
     /// Other URLs serving the same bytes, tried in order after `url`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -174,7 +180,7 @@ mod digest_text {
 }
 
 /// Everything a validated request asks of a run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RunSpec {
     /// The adapter's name: `codex`, or a profile's.
     pub adapter: String,
@@ -202,7 +208,7 @@ pub struct RunSpec {
 }
 
 /// Token counts the CLI reported for the run.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Usage {
     pub input_tokens: u64,
     pub cached_input_tokens: u64,
@@ -211,7 +217,7 @@ pub struct Usage {
 }
 
 /// A run as stored and as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunRecord {
     pub id: RunId,
     pub state: RunState,
@@ -240,10 +246,13 @@ pub struct RunRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339::option", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<OffsetDateTime>,
 }
 

@@ -73,6 +73,9 @@ headers = { Authorization = "Bearer \${HB_FUZZ_TOKEN}" }
 "path.id" = "$run_id"
 EOF
 
+# The login relay is left out: each POST runs the real CLI's device-code login against the
+# ChatGPT issuer, unreachable here, and answers 502 as it should; tests/e2e/login_relay.rs
+# drives it against a loopback issuer instead.
 # --request-timeout: `?wait=` may hold a request up to 600 s by design, but a run here
 # finishes in a second or fails validation, so a slow answer is a finding.
 status=0
@@ -80,6 +83,7 @@ status=0
 (cd "$state" && HB_FUZZ_TOKEN="$token" "$root/.tools/schemathesis/bin/st" \
   --config-file "$state/schemathesis.toml" run "http://127.0.0.1:$port/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --exclude-path /v1/credentials/codex/login \
   --max-examples "${API_FUZZ_EXAMPLES:-25}" \
   --request-timeout 60 \
   --workers 2 \

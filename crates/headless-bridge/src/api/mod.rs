@@ -1,7 +1,8 @@
 //! The HTTP API: routes, shared state, authentication and request spans.
 //!
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
-//! socket. Everything but `/health` sits behind bearer-token authentication.
+//! socket. Everything but `/health` and the Job workers' report route sits behind bearer-token
+//! authentication; the report route takes the run's own token instead.
 
 mod artifacts;
 mod auth;
@@ -9,6 +10,7 @@ mod body;
 mod error;
 mod events;
 pub mod health;
+mod internal;
 mod legacy;
 mod runs;
 
@@ -62,8 +64,13 @@ pub fn router(state: AppState) -> Router {
             auth::require_token,
         ));
 
+    let internal = Router::new()
+        .route(crate::k8s::report::REPORT_ROUTE, post(internal::report))
+        .route_layer(DefaultBodyLimit::max(crate::k8s::report::MAX_REPORT_BYTES));
+
     Router::new()
         .route("/health", get(health::health))
+        .merge(internal)
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -10,6 +10,7 @@
 //! the login, which keeps the tokens the CLI refreshes during a run.
 
 mod working_copy;
+pub mod write_back;
 
 pub use working_copy::{WorkingCopy, WriterGuard};
 

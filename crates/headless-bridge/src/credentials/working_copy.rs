@@ -12,8 +12,15 @@
 //! - one writer: runs of a ChatGPT login never overlap, so two runs can never refresh the same
 //!   token. Runs of an API-key login, which never refreshes, run side by side.
 //!
-//! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600) and
-//! `source.sha256`, the digest of the source content last imported.
+//! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600),
+//! `source.sha256`, the digest of the source content last imported, and `written.sha256`, the
+//! digests of the logins the bridge itself wrote back into the Secret.
+//!
+//! With a [`WriteBack`], a refresh is also written into the Secret. When the kubelet then
+//! swaps in that new content, the source has changed, but to a login the working copy has
+//! already had (and may have refreshed again since): importing it would roll the working
+//! copy back to a spent refresh token. So a source whose digest is one the bridge wrote is
+//! taken as already imported.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -25,6 +32,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
+use super::write_back::WriteBack;
 use super::{AuthMode, CredentialError, LoadedAuth};
 use crate::config::CodexConfig;
 use crate::digest::Sha256Digest;
@@ -32,6 +40,9 @@ use crate::run::ReasonCode;
 
 /// How many hex characters of a digest health shows: enough to tell versions apart.
 const DIGEST_PREFIX: usize = 12;
+/// How many written-back digests are remembered: the kubelet shows a Secret's newest content
+/// within a minute or two, long before this many refreshes happen.
+const WRITTEN_KEPT: usize = 16;
 
 /// A login's private working copy and what happened to it.
 pub struct WorkingCopy {
@@ -41,6 +52,7 @@ pub struct WorkingCopy {
     /// Serialises the file work of concurrent runs (imports and check-ins).
     files: Mutex<()>,
     history: Mutex<History>,
+    write_back: Option<WriteBack>,
 }
 
 /// What the bridge saw of the login; never holds a secret.
@@ -66,7 +78,14 @@ impl WorkingCopy {
             writer: tokio::sync::Mutex::new(()),
             files: Mutex::new(()),
             history: Mutex::new(History::default()),
+            write_back: None,
         }
+    }
+
+    /// Also writes each refresh back into a Kubernetes Secret.
+    pub fn with_write_back(mut self, write_back: WriteBack) -> Self {
+        self.write_back = Some(write_back);
+        self
     }
 
     /// The login a run should use: the working copy, after importing the source if it changed.
@@ -84,8 +103,14 @@ impl WorkingCopy {
         let _files = self.lock_files();
         let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
         if imported.as_deref().map(str::trim) != Some(digest.hex()) || !working.exists() {
-            self.import(&source, &digest)
-                .map_err(|e| self.unwritable(e))?;
+            if working.exists() && self.wrote(&digest) {
+                // The Secret now shows a login this bridge wrote back: nothing new to import.
+                write_private_atomically(&self.dir.join("source.sha256"), digest.hex().as_bytes())
+                    .map_err(|e| self.unwritable(e))?;
+            } else {
+                self.import(&source, &digest)
+                    .map_err(|e| self.unwritable(e))?;
+            }
         }
         let bytes = fs::read(&working).map_err(|e| self.unwritable(e))?;
         super::parse(working, bytes)
@@ -101,7 +126,8 @@ impl WorkingCopy {
         let source = super::read_source(&source_path)?;
         let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
         let working = self.dir.join("auth.json");
-        if imported.as_deref().map(str::trim) == Some(Sha256Digest::of(&source).hex())
+        let digest = Sha256Digest::of(&source);
+        if (imported.as_deref().map(str::trim) == Some(digest.hex()) || self.wrote(&digest))
             && let Ok(bytes) = fs::read(&working)
         {
             return super::parse(working, bytes);
@@ -137,6 +163,34 @@ impl WorkingCopy {
         self.lock_history().last_refresh = Some(OffsetDateTime::now_utc());
         tracing::info!("the CLI refreshed its login; the working copy now holds the new tokens");
         Ok(true)
+    }
+
+    /// Writes the working copy into the Secret, when write-back is configured. Call it after a
+    /// check-in that took in a refresh; a failure is logged and shown by health, and the
+    /// working copy keeps the tokens whatever happens.
+    pub async fn write_back(&self) {
+        let Some(write_back) = &self.write_back else {
+            return;
+        };
+        let bytes = {
+            let _files = self.lock_files();
+            fs::read(self.dir.join("auth.json"))
+        };
+        let Ok(bytes) = bytes else {
+            tracing::error!("failed to read the working copy for write-back");
+            return;
+        };
+        if write_back.write(&bytes).await.is_ok() {
+            let digest = Sha256Digest::of(&bytes);
+            if let Err(e) = self.remember_written(&digest) {
+                tracing::warn!(error = %e, "failed to note a written-back login; the next Secret update may be imported again");
+            }
+        }
+    }
+
+    /// The write-back's state for health, if write-back is configured.
+    pub fn write_back_status(&self) -> Option<Value> {
+        self.write_back.as_ref().map(WriteBack::status)
     }
 
     /// Records how the latest run fared with the login: `None` when it authenticated, else the
@@ -179,7 +233,24 @@ impl WorkingCopy {
         // A changed Secret is a new login that no run has judged yet.
         let source = self.config.auth_path().and_then(|p| fs::read(p).ok())?;
         let imported = fs::read_to_string(self.dir.join("source.sha256")).ok()?;
-        (imported.trim() == Sha256Digest::of(&source).hex()).then_some(reason)
+        let digest = Sha256Digest::of(&source);
+        (imported.trim() == digest.hex() || self.wrote(&digest)).then_some(reason)
+    }
+
+    /// Whether `digest` is that of a login this bridge wrote back into the Secret.
+    fn wrote(&self, digest: &Sha256Digest) -> bool {
+        fs::read_to_string(self.dir.join("written.sha256"))
+            .is_ok_and(|text| text.lines().any(|line| line.trim() == digest.hex()))
+    }
+
+    fn remember_written(&self, digest: &Sha256Digest) -> io::Result<()> {
+        let files = self.lock_files();
+        let path = self.dir.join("written.sha256");
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines.push(digest.hex());
+        let keep = &lines[lines.len().saturating_sub(WRITTEN_KEPT)..];
+        write_atomically(&path, (keep.join("\n") + "\n").as_bytes(), &files)
     }
 
     fn import(&self, source: &[u8], digest: &Sha256Digest) -> io::Result<()> {

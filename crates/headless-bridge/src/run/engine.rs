@@ -28,7 +28,9 @@ use super::webhook::Webhooks;
 use crate::adapter::Adapters;
 use crate::config::Config;
 use crate::credentials::WorkingCopy;
+use crate::credentials::write_back::WriteBack;
 use crate::fetch::Fetcher;
+use crate::k8s::executor::JobExecutor;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Claim, Store, StoreError};
@@ -90,6 +92,8 @@ struct Inner {
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
+    /// Set when runs execute as Kubernetes Jobs.
+    jobs: Option<Arc<JobExecutor>>,
     active: Mutex<HashMap<RunId, Active>>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -114,12 +118,22 @@ pub struct Follow {
 }
 
 impl Engine {
-    /// An engine over `store`; runs write their workspaces and logs under the data directory.
-    pub fn new(config: Arc<Config>, store: Store, adapters: Adapters) -> Self {
+    /// An engine over `store`; runs write their workspaces and logs under the data directory,
+    /// or execute as Kubernetes Jobs when `jobs` is given. Call it within a Tokio runtime.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        adapters: Adapters,
+        jobs: Option<JobExecutor>,
+    ) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
-        let login = Arc::new(WorkingCopy::new(&config.data_dir, config.codex.clone()));
+        let mut login = WorkingCopy::new(&config.data_dir, config.codex.clone());
+        if let Some(secret) = &config.credential_secret {
+            login = login.with_write_back(WriteBack::new(secret.clone(), &config.kube));
+        }
         let inner = Inner {
-            login,
+            login: Arc::new(login),
+            jobs: jobs.map(Arc::new),
             fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
             webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -151,6 +165,11 @@ impl Engine {
     /// The Codex login's working copy.
     pub fn login(&self) -> &WorkingCopy {
         &self.inner.login
+    }
+
+    /// The Job executor, when runs execute as Kubernetes Jobs.
+    pub fn jobs(&self) -> Option<&JobExecutor> {
+        self.inner.jobs.as_deref()
     }
 
     /// The store runs are recorded in.
@@ -380,7 +399,10 @@ impl Engine {
         };
         self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
         let mut record = match slot {
-            Some(_slot) => pipeline.execute(record, sink).await,
+            Some(_slot) => match &self.inner.jobs {
+                Some(jobs) => jobs.execute(pipeline, record, sink).await,
+                None => pipeline.execute(record, sink).await,
+            },
             None => pipeline.cancelled_in_queue(record),
         };
 

@@ -13,6 +13,7 @@ mod codex_runs;
 mod example_profiles;
 mod fetch;
 mod health;
+mod kube;
 mod login;
 mod restart;
 mod service;

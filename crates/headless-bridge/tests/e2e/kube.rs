@@ -207,10 +207,17 @@ async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
         }
         mounts.push((mount.mount_path.clone(), dir));
     }
+    // A path under a mount, moved to the mount's local directory (the longest mount wins).
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
     let local = |text: &str| {
-        mounts.iter().fold(text.to_owned(), |text, (path, dir)| {
-            text.replace(path.as_str(), &dir.display().to_string())
-        })
+        mounts
+            .iter()
+            .find_map(|(path, dir)| {
+                let rest = text.strip_prefix(path.as_str())?;
+                (rest.is_empty() || rest.starts_with('/'))
+                    .then(|| format!("{}{rest}", dir.display()))
+            })
+            .unwrap_or_else(|| text.to_owned())
     };
 
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"));
@@ -230,12 +237,16 @@ async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
         };
         command.env(&var.name, value);
     }
-    let status = command
+    let output = command
+        .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
-        .status()
+        .output()
         .await
         .expect("the worker runs");
-    let code = status.code().unwrap_or(-1);
+    let code = output.status.code().unwrap_or(-1);
+    if code != 0 {
+        eprintln!("worker log:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
 
     let phase = if code == 0 { "Succeeded" } else { "Failed" };
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
@@ -318,12 +329,13 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
     assert!(token_var.value.is_none(), "the report token travels in a Secret only");
 
     assert_eq!(play_kubelet(&world.admin, &pod).await, 0, "the worker reported");
-    let (status, finished) = bridge.get(&format!("/v1/runs/{id}?wait=60")).await;
+    // The event stream ends with the outcome, as the run ends.
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (status, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(finished["outcome"], "succeeded", "{finished}");
     assert_eq!(finished["output"], "answered from a Job");
     assert_eq!(finished["exit_code"], 0);
-    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
     assert!(
         events.iter().any(|e| e.event == "notice" && e.data.to_string().contains(&job_name)),
         "the log says where the run ran"

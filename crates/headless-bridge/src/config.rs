@@ -867,6 +867,48 @@ mod tests {
     }
 
     #[test]
+    fn the_job_executor_needs_an_image_and_a_bridge_url() {
+        let base = [("HB_EXECUTOR", "kubernetes"), ("HB_JOB_NAMESPACE", "runs")];
+        let err = from_env(&base).unwrap_err().to_string();
+        assert!(err.contains("HB_JOB_BRIDGE_URL"), "{err}");
+        let err = from_env(&[base[0], base[1], ("HB_JOB_BRIDGE_URL", "http://b:8000")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HB_JOB_IMAGE"), "{err}");
+        let config = from_env(&[
+            base[0],
+            base[1],
+            ("HB_JOB_BRIDGE_URL", "http://b:8000"),
+            ("HB_JOB_IMAGE", "hb:1"),
+        ])
+        .unwrap();
+        let Executor::Kubernetes(jobs) = config.executor else {
+            panic!("kubernetes")
+        };
+        assert_eq!((jobs.cpu.as_str(), jobs.memory.as_str()), ("1", "2Gi"));
+        assert_eq!(from_env(&[]).unwrap().executor, Executor::Local);
+    }
+
+    #[rstest]
+    #[case("HB_EXECUTOR", "docker")]
+    #[case("HB_CREDENTIAL_SECRET", "just-a-name")]
+    #[case("HB_CREDENTIAL_SECRET", "Bad_NS/name")]
+    fn kubernetes_settings_are_checked(#[case] name: &str, #[case] value: &str) {
+        let err = from_env(&[(name, value)]).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+    }
+
+    #[rstest]
+    #[case("500m", true)]
+    #[case("2Gi", true)]
+    #[case("1.5", true)]
+    #[case("2 Gi", false)]
+    #[case("lots", false)]
+    fn quantities_are_checked(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(is_quantity(text), ok);
+    }
+
+    #[test]
     fn defaults_match_the_original_service() {
         let config = from_env(&[]).expect("defaults are valid");
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());

@@ -398,6 +398,28 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_showing_a_login_the_bridge_wrote_back_is_not_imported_again() {
+        let (dir, copy) = setup(CHATGPT_V1);
+        let first = copy.checkout().unwrap();
+        let run_auth = dir.path().join("run-auth.json");
+        fs::write(&run_auth, CHATGPT_V2).unwrap();
+        copy.check_in(&run_auth, &first).unwrap();
+        // V2 was written back to the Secret; a later run refreshed again to V3.
+        copy.remember_written(&Sha256Digest::of(CHATGPT_V2.as_bytes()))
+            .unwrap();
+        let second = copy.checkout().unwrap();
+        let v3 = r#"{"auth_mode":"chatgpt","tokens":{"access_token":"a3","refresh_token":"rt_3"}}"#;
+        fs::write(&run_auth, v3).unwrap();
+        copy.check_in(&run_auth, &second).unwrap();
+
+        // Only now does the kubelet show the Secret's V2: importing it would bring back rt_2,
+        // which the refresh to V3 has spent.
+        fs::write(dir.path().join("secret/auth.json"), CHATGPT_V2).unwrap();
+        assert_eq!(copy.checkout().unwrap().bytes(), v3.as_bytes());
+        assert_eq!(copy.current().unwrap().bytes(), v3.as_bytes());
+    }
+
+    #[test]
     fn a_broken_source_is_reported_even_with_a_good_working_copy() {
         let (dir, copy) = setup(KEY_LOGIN);
         copy.checkout().unwrap();

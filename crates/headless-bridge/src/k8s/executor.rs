@@ -183,7 +183,7 @@ impl JobExecutor {
             .map_err(|e| executor_error("create the run's Job", &e))?;
         let uid = created.metadata.uid.unwrap_or_default();
         let config_toml = config_toml(&pipeline.config);
-        let secret = job::run_secret(record, token, Some((given.bytes(), config_toml)), &uid);
+        let secret = job::run_secret(&self.settings.namespace, record, token, Some((given.bytes(), config_toml)), &uid);
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
             self.delete(&jobs, &name, DeleteParams::foreground()).await;
             return Err(executor_error("create the run's Secret", &e));

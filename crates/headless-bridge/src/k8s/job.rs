@@ -70,7 +70,7 @@ pub fn job(config: &Config, settings: &JobSettings, record: &RunRecord) -> Job {
     let job = json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": record.spec.timeout_s + DEADLINE_GRACE_S,
@@ -119,6 +119,7 @@ pub fn job(config: &Config, settings: &JobSettings, record: &RunRecord) -> Job {
 /// The per-run Secret: the run, its login and its report token, owned by the Job `owner_uid`
 /// names so that deleting the Job deletes it.
 pub fn run_secret(
+    namespace: &str,
     record: &RunRecord,
     token: &str,
     login: Option<(&[u8], Option<Vec<u8>>)>,
@@ -141,6 +142,7 @@ pub fn run_secret(
         "type": "Opaque",
         "metadata": {
             "name": name,
+            "namespace": namespace,
             "labels": {"app.kubernetes.io/name": "headless-bridge", RUN_ID_LABEL: record.id.to_string()},
             "ownerReferences": [{
                 "apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": owner_uid,
@@ -192,4 +194,89 @@ fn worker_settings(config: &Config) -> Vec<(&'static str, String)> {
         vars.push((crate::adapter::codex::REFRESH_URL_OVERRIDE, url));
     }
     vars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Executor, RawConfig};
+    use crate::run::RunSpec;
+
+    pub(crate) fn config() -> (Config, JobSettings) {
+        let vars = [
+            ("HB_EXECUTOR", "kubernetes"),
+            ("HB_JOB_NAMESPACE", "runs"),
+            ("HB_JOB_IMAGE", "registry.example.com/headless-bridge:1"),
+            ("HB_JOB_BRIDGE_URL", "http://10.0.0.7:8000/"),
+            ("HB_JOB_CPU", "500m"),
+            ("HB_JOB_MEMORY", "1Gi"),
+            ("HB_WORKSPACE_MAX_BYTES", "2G"),
+            ("HB_ALLOWED_HOSTS", "git.internal"),
+        ];
+        let mut raw = RawConfig::default();
+        raw.merge_env(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+        let config = raw.build().expect("valid settings");
+        let Executor::Kubernetes(settings) = config.executor.clone() else {
+            panic!("the Job executor is configured");
+        };
+        (config, settings)
+    }
+
+    pub(crate) fn record() -> RunRecord {
+        RunRecord::queued(RunSpec {
+            adapter: "codex".into(),
+            prompt: "a prompt that must stay out of the Job".into(),
+            repo: None,
+            tools: Vec::new(),
+            timeout_s: 900,
+            idle_timeout_s: None,
+            callback_url: None,
+            contract_id: None,
+            artifacts: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_run_maps_to_a_hardened_job_with_its_limits() {
+        let (config, settings) = config();
+        let record = record();
+        let job = serde_json::to_value(job(&config, &settings, &record)).unwrap();
+        let spec = &job["spec"];
+        assert_eq!(job["metadata"]["name"], format!("hb-run-{}", record.id));
+        assert_eq!(job["metadata"]["namespace"], "runs");
+        assert_eq!(spec["activeDeadlineSeconds"], 900 + DEADLINE_GRACE_S);
+        assert_eq!(spec["backoffLimit"], 0);
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["serviceAccountName"], "headless-bridge-run");
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "registry.example.com/headless-bridge:1");
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        let limits = &container["resources"]["limits"];
+        assert_eq!((&limits["cpu"], &limits["memory"]), (&"500m".into(), &"1Gi".into()));
+        assert_eq!(limits["ephemeral-storage"], ((2u64 << 30) + DATA_SLACK_BYTES).to_string());
+
+        let env = container["env"].as_array().unwrap();
+        let var = |name: &str| env.iter().find(|v| v["name"] == name).cloned();
+        assert_eq!(var("HB_WORKER_BRIDGE_URL").unwrap()["value"], "http://10.0.0.7:8000");
+        assert_eq!(var("HB_ALLOWED_HOSTS").unwrap()["value"], "git.internal");
+        let token = var("HB_WORKER_TOKEN").unwrap();
+        assert!(token.get("value").is_none());
+        assert_eq!(token["valueFrom"]["secretKeyRef"]["key"], TOKEN_KEY);
+        let text = job.to_string();
+        assert!(!text.contains("a prompt that must stay"), "the prompt travels in the Secret");
+    }
+
+    #[test]
+    fn the_run_secret_is_owned_by_its_job_and_carries_the_run() {
+        let record = record();
+        let secret = run_secret("runs", &record, "tok", Some((b"{}", None)), "uid-1");
+        let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Job", "uid-1"));
+        let data = secret.data.unwrap();
+        let run: RunRecord = serde_json::from_slice(&data[RUN_KEY].0).unwrap();
+        assert_eq!(run.id, record.id);
+        assert_eq!(data[TOKEN_KEY].0, b"tok");
+        assert!(data.contains_key("auth.json") && !data.contains_key("config.toml"));
+    }
 }

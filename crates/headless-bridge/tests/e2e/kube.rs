@@ -290,6 +290,10 @@ async fn job_bridge(world: &World, model: &Model) -> TestBridge {
     builder.start().await
 }
 
+fn uuid_like() -> &'static str {
+    "01900000-0000-7000-8000-000000000000"
+}
+
 /// The shape of a run's event log: kinds, with the state of state events and the type of
 /// CLI events, leaving out notices (the Job executor adds one) and stderr.
 fn event_shape(events: &[crate::support::SseEvent]) -> Vec<String> {
@@ -327,6 +331,21 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
     let env = pod_spec.containers[0].env.clone().unwrap();
     let token_var = env.iter().find(|v| v.name == "HB_WORKER_TOKEN").unwrap();
     assert!(token_var.value.is_none(), "the report token travels in a Secret only");
+
+    // The report route takes only the run's own token, and only for a run in progress.
+    let report = format!("{}/internal/v1/runs/{id}/report", bridge.url);
+    let refused = bridge
+        .client
+        .post(&report)
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({"calls": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "an API token is not a run's token");
+    let unknown = format!("{}/internal/v1/runs/{}/report", bridge.url, uuid_like());
+    let refused = bridge.client.post(unknown).bearer_auth("x").body("{}").send().await.unwrap();
+    assert_eq!(refused.status(), 404);
 
     assert_eq!(play_kubelet(&world.admin, &pod).await, 0, "the worker reported");
     // The event stream ends with the outcome, as the run ends.
@@ -513,4 +532,74 @@ async fn a_forbidden_write_back_shows_in_deep_health() {
     assert!(error.contains("403"), "{error}");
     assert!(credentials["warning"].as_str().unwrap().contains("written back"));
     assert!(!health.to_string().contains("rt_rotated"), "no token in health");
+}
+
+/// The Job a run becomes, and its Secret, pass the Kubernetes schemas CI checks the manifests
+/// against (kubernetes-validate, strict) and the Job the hardening policy of
+/// `scripts/check-k8s-policy.py`. Needs no cluster.
+#[test]
+fn run_jobs_pass_the_schemas_and_the_hardening_policy() {
+    use headless_bridge::config::{Executor, RawConfig};
+    let vars = [
+        ("HB_EXECUTOR", "kubernetes"),
+        ("HB_JOB_NAMESPACE", NS),
+        ("HB_JOB_IMAGE", "headless-bridge:0.1.0"),
+        ("HB_JOB_BRIDGE_URL", "http://10.0.0.7:8000"),
+    ];
+    let mut raw = RawConfig::default();
+    raw.merge_env(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+    let config = raw.build().unwrap();
+    let Executor::Kubernetes(settings) = config.executor.clone() else {
+        panic!("the Job executor is configured")
+    };
+    let record = headless_bridge::run::RunRecord::queued(
+        serde_json::from_value(json!({"adapter": "codex", "prompt": "p", "timeout_s": 600}))
+            .unwrap(),
+    );
+    let job = headless_bridge::k8s::job::job(&config, &settings, &record);
+    let secret =
+        headless_bridge::k8s::job::run_secret(NS, &record, "token", Some((b"{}", None)), "uid");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join(".tools/k8s-venv/bin");
+    assert!(
+        venv.join("kubernetes-validate").exists(),
+        "run scripts/validate-k8s.sh once: it installs kubernetes-validate"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let job_file = dir.path().join("job.yaml");
+    // JSON is YAML: the files hold the objects exactly as the executor sends them.
+    std::fs::write(&job_file, serde_json::to_string(&job).unwrap()).unwrap();
+    let both = dir.path().join("both.yaml");
+    let text = format!(
+        "{}\n---\n{}\n",
+        serde_json::to_string(&job).unwrap(),
+        serde_json::to_string(&secret).unwrap()
+    );
+    std::fs::write(&both, text).unwrap();
+
+    for version in ["1.31.0", "1.37.0"] {
+        let output = std::process::Command::new(venv.join("kubernetes-validate"))
+            .args(["--quiet", "-k", version, "--strict"])
+            .arg(&both)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kubernetes-validate {version}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = std::process::Command::new(venv.join("python"))
+        .arg(root.join("scripts/check-k8s-policy.py"))
+        .arg(&job_file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "check-k8s-policy: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -521,7 +521,10 @@ impl RawConfig {
             executor: self.executor()?,
             credential_secret: self.secret_ref("credential_secret")?,
             kube: KubeApi {
-                url: self.values.get("kube_api_url").map(|(v, _)| v.trim().to_owned()),
+                url: self
+                    .values
+                    .get("kube_api_url")
+                    .map(|(v, _)| v.trim().to_owned()),
                 token_file: self
                     .path("kube_token_file")
                     .unwrap_or_else(|| Path::new(SERVICE_ACCOUNT_DIR).join("token")),
@@ -555,16 +558,13 @@ impl RawConfig {
             // In a pod, the namespace the ServiceAccount lives in.
             None => std::fs::read_to_string(Path::new(SERVICE_ACCOUNT_DIR).join("namespace"))
                 .map(|n| n.trim().to_owned())
-                .map_err(|_| {
-                    self.error("job_namespace", "is required outside a Kubernetes pod")
-                })?,
+                .map_err(|_| self.error("job_namespace", "is required outside a Kubernetes pod"))?,
         };
         if !is_dns_label(&namespace) {
             return Err(self.error("job_namespace", "must be a Kubernetes namespace name"));
         }
         let bridge_url = required("job_bridge_url")?;
-        if url::Url::parse(&bridge_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
-        {
+        if url::Url::parse(&bridge_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
             return Err(self.error("job_bridge_url", "must be an http(s) URL"));
         }
         let quantity = |key: &str, default: &str| {
@@ -597,7 +597,10 @@ impl RawConfig {
                     name: name.to_owned(),
                 }))
             }
-            _ => Err(self.error(key, "expected namespace/name, such as headless-bridge/codex-login")),
+            _ => Err(self.error(
+                key,
+                "expected namespace/name, such as headless-bridge/codex-login",
+            )),
         }
     }
 

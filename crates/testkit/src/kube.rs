@@ -52,13 +52,15 @@ pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("HB_KUBE_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    let cache = std::env::var_os("HB_KUBE_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| PathBuf::from("/tmp"));
-        base.join("headless-bridge").join(format!("kube-{VERSION}"))
-    });
+    let cache = std::env::var_os("HB_KUBE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("/tmp"));
+            base.join("headless-bridge").join(format!("kube-{VERSION}"))
+        });
     cache.join("bin")
 }
 
@@ -109,11 +111,19 @@ impl KubeCluster {
         let mut etcd = Command::new(etcd_path().expect("etcd is installed"));
         etcd.args(["--name", "default", "--data-dir"])
             .arg(d.join("etcd"))
-            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"))
+            .arg(format!(
+                "--listen-client-urls=http://127.0.0.1:{etcd_client}"
+            ))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{etcd_peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
+            ))
+            .arg(format!(
+                "--initial-cluster=default=http://127.0.0.1:{etcd_peer}"
+            ))
             .args(["--log-level", "warn"]);
         cluster.spawn("etcd", etcd);
 
@@ -127,12 +137,27 @@ impl KubeCluster {
             // 1.20 still opens an unauthenticated port (8080) unless told not to.
             .arg("--insecure-port=0")
             .arg(format!("--cert-dir={}", d.join("certs").display()))
-            .arg(format!("--tls-cert-file={}", d.join("server.crt").display()))
-            .arg(format!("--tls-private-key-file={}", d.join("server.key").display()))
-            .arg(format!("--token-auth-file={}", d.join("tokens.csv").display()))
+            .arg(format!(
+                "--tls-cert-file={}",
+                d.join("server.crt").display()
+            ))
+            .arg(format!(
+                "--tls-private-key-file={}",
+                d.join("server.key").display()
+            ))
+            .arg(format!(
+                "--token-auth-file={}",
+                d.join("tokens.csv").display()
+            ))
             .arg("--authorization-mode=RBAC")
-            .arg(format!("--service-account-key-file={}", d.join("sa.key").display()))
-            .arg(format!("--service-account-signing-key-file={}", d.join("sa.key").display()))
+            .arg(format!(
+                "--service-account-key-file={}",
+                d.join("sa.key").display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                d.join("sa.key").display()
+            ))
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--allow-privileged=false")
@@ -150,7 +175,10 @@ impl KubeCluster {
             .arg("--port=0")
             .arg("--secure-port=0")
             .arg("--use-service-account-credentials=false")
-            .arg(format!("--service-account-private-key-file={}", d.join("sa.key").display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                d.join("sa.key").display()
+            ))
             .arg("--profiling=false");
         cluster.spawn("kube-controller-manager", manager);
         cluster
@@ -173,7 +201,10 @@ impl KubeCluster {
 
     /// A kubeconfig (for kubectl) that authenticates with `token`.
     pub fn kubeconfig(&self, token: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("kubeconfig-{}", &random_hex()[..8]));
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", &random_hex()[..8]));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\n\
              users:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: user\n\
@@ -186,7 +217,8 @@ impl KubeCluster {
     }
 
     fn spawn(&mut self, name: &'static str, mut command: Command) {
-        let log = fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("a log file");
+        let log =
+            fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("a log file");
         let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone a file handle"))
@@ -198,7 +230,8 @@ impl KubeCluster {
 
     /// The last lines of a process's log, for a failure message.
     pub fn log_tail(&self, name: &str) -> String {
-        let text = fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        let text =
+            fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
@@ -278,8 +311,19 @@ fn make_pki(dir: &Path) {
         );
     };
     openssl(&[
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-        "-days", "2", "-subj", "/CN=headless-bridge-test-ca",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=headless-bridge-test-ca",
     ]);
     fs::write(
         dir.join("server.ext"),
@@ -288,12 +332,33 @@ fn make_pki(dir: &Path) {
     )
     .expect("write the extensions");
     openssl(&[
-        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-        "-subj", "/CN=kube-apiserver",
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=kube-apiserver",
     ]);
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "server.ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
     ]);
     openssl(&["genrsa", "-out", "sa.key", "2048"]);
 }

@@ -104,7 +104,9 @@ impl WriteBack {
             });
         let error = result.as_ref().err().map(|e| crate::error_chain(e));
         match &error {
-            None => tracing::info!(secret = %self.secret, "wrote the refreshed login back to its Secret"),
+            None => {
+                tracing::info!(secret = %self.secret, "wrote the refreshed login back to its Secret")
+            }
             Some(e) => tracing::error!(
                 error = %e, secret = %self.secret,
                 "failed to write the refreshed login back to its Secret; a pod that starts from the \
@@ -209,8 +211,10 @@ mod tests {
     }
 
     fn conflict() -> Vec<u8> {
-        serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-            "message": "the object has been modified", "reason": "Conflict", "code": 409}))
+        serde_json::to_vec(
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "the object has been modified", "reason": "Conflict", "code": 409}),
+        )
         .unwrap()
     }
 
@@ -249,7 +253,10 @@ mod tests {
 
     #[tokio::test]
     async fn replaces_auth_json_under_the_version_it_read_and_keeps_other_keys() {
-        let (client, server) = mock(vec![(200, secret_json("7", "old")), (200, secret_json("8", "new"))]);
+        let (client, server) = mock(vec![
+            (200, secret_json("7", "old")),
+            (200, secret_json("8", "new")),
+        ]);
         let writer = writer(client);
         writer.write(b"new").await.unwrap();
 
@@ -285,12 +292,18 @@ mod tests {
         let (client, _server) = mock(vec![(403, forbidden)]);
         let writer = writer(client);
         let err = writer.write(b"sk-secret-token").await.unwrap_err();
-        assert!(matches!(err, WriteBackError::Refused { code: 403, .. }), "{err}");
+        assert!(
+            matches!(err, WriteBackError::Refused { code: 403, .. }),
+            "{err}"
+        );
 
         let status = writer.status();
         assert_eq!(status["ok"], false);
         let error = status["last_attempt"]["error"].as_str().unwrap();
-        assert!(error.contains("403") && error.contains("ns/login"), "{error}");
+        assert!(
+            error.contains("403") && error.contains("ns/login"),
+            "{error}"
+        );
         assert!(!status.to_string().contains("sk-secret-token"));
         assert!(writer.failing());
     }

@@ -90,7 +90,12 @@ impl JobExecutor {
     }
 
     /// Takes a worker's report for run `id` if `token` is that run's.
-    pub async fn deliver(&self, id: RunId, token: &str, report: Report) -> Result<(), DeliverError> {
+    pub async fn deliver(
+        &self,
+        id: RunId,
+        token: &str,
+        report: Report,
+    ) -> Result<(), DeliverError> {
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let sender = {
             let runs = self.lock();
@@ -183,7 +188,13 @@ impl JobExecutor {
             .map_err(|e| executor_error("create the run's Job", &e))?;
         let uid = created.metadata.uid.unwrap_or_default();
         let config_toml = config_toml(&pipeline.config);
-        let secret = job::run_secret(&self.settings.namespace, record, token, Some((given.bytes(), config_toml)), &uid);
+        let secret = job::run_secret(
+            &self.settings.namespace,
+            record,
+            token,
+            Some((given.bytes(), config_toml)),
+            &uid,
+        );
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
             self.delete(&jobs, &name, DeleteParams::foreground()).await;
             return Err(executor_error("create the run's Secret", &e));
@@ -234,11 +245,19 @@ impl JobExecutor {
             End::JobEnded(job) => {
                 // A report sent before the pod ended is already queued: take it first.
                 if let Ok(report) = reports.try_recv() {
-                    let Report { calls, finished, login } = report;
+                    let Report {
+                        calls,
+                        finished,
+                        login,
+                    } = report;
                     self.apply(pipeline, record, sink, calls).await;
                     if finished.is_some() {
                         self.delete(&jobs, &name, DeleteParams::background()).await;
-                        let report = Report { calls: Vec::new(), finished, login };
+                        let report = Report {
+                            calls: Vec::new(),
+                            finished,
+                            login,
+                        };
                         return self.finish(pipeline, record, given, report).await;
                     }
                 }

@@ -170,7 +170,10 @@ fn worker_settings(config: &Config) -> Vec<(&'static str, String)> {
         ("HB_MAX_RUN_TIMEOUT", seconds(config.max_run_timeout)),
         ("HB_FETCH_TIMEOUT", seconds(config.fetch.total_timeout)),
         ("HB_TOOL_MAX_BYTES", config.fetch.max_bytes.to_string()),
-        ("HB_WORKSPACE_MAX_BYTES", config.workspace.max_bytes.to_string()),
+        (
+            "HB_WORKSPACE_MAX_BYTES",
+            config.workspace.max_bytes.to_string(),
+        ),
         (
             "HB_WORKSPACE_MIN_FREE_BYTES",
             config.workspace.min_free_bytes.to_string(),
@@ -214,7 +217,11 @@ mod tests {
             ("HB_ALLOWED_HOSTS", "git.internal"),
         ];
         let mut raw = RawConfig::default();
-        raw.merge_env(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+        raw.merge_env(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        });
         let config = raw.build().expect("valid settings");
         let Executor::Kubernetes(settings) = config.executor.clone() else {
             panic!("the Job executor is configured");
@@ -253,18 +260,30 @@ mod tests {
         assert_eq!(container["image"], "registry.example.com/headless-bridge:1");
         assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
         let limits = &container["resources"]["limits"];
-        assert_eq!((&limits["cpu"], &limits["memory"]), (&"500m".into(), &"1Gi".into()));
-        assert_eq!(limits["ephemeral-storage"], ((2u64 << 30) + DATA_SLACK_BYTES).to_string());
+        assert_eq!(
+            (&limits["cpu"], &limits["memory"]),
+            (&"500m".into(), &"1Gi".into())
+        );
+        assert_eq!(
+            limits["ephemeral-storage"],
+            ((2u64 << 30) + DATA_SLACK_BYTES).to_string()
+        );
 
         let env = container["env"].as_array().unwrap();
         let var = |name: &str| env.iter().find(|v| v["name"] == name).cloned();
-        assert_eq!(var("HB_WORKER_BRIDGE_URL").unwrap()["value"], "http://10.0.0.7:8000");
+        assert_eq!(
+            var("HB_WORKER_BRIDGE_URL").unwrap()["value"],
+            "http://10.0.0.7:8000"
+        );
         assert_eq!(var("HB_ALLOWED_HOSTS").unwrap()["value"], "git.internal");
         let token = var("HB_WORKER_TOKEN").unwrap();
         assert!(token.get("value").is_none());
         assert_eq!(token["valueFrom"]["secretKeyRef"]["key"], TOKEN_KEY);
         let text = job.to_string();
-        assert!(!text.contains("a prompt that must stay"), "the prompt travels in the Secret");
+        assert!(
+            !text.contains("a prompt that must stay"),
+            "the prompt travels in the Secret"
+        );
     }
 
     #[test]

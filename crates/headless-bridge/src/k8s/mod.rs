@@ -32,8 +32,10 @@ pub fn client(api: &KubeApi) -> Result<kube::Client, ClientError> {
     let url = match &api.url {
         Some(url) => url.clone(),
         None => {
-            let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| ClientError::NoAddress)?;
-            let port = std::env::var("KUBERNETES_SERVICE_PORT").map_err(|_| ClientError::NoAddress)?;
+            let host =
+                std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| ClientError::NoAddress)?;
+            let port =
+                std::env::var("KUBERNETES_SERVICE_PORT").map_err(|_| ClientError::NoAddress)?;
             // An IPv6 service address needs brackets in a URL.
             if host.contains(':') {
                 format!("https://[{host}]:{port}")

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{Login, Report, REPORT_ROUTE};
+use super::report::{Login, REPORT_ROUTE, Report};
 use crate::config::Config;
 use crate::credentials::WorkingCopy;
 use crate::fetch::Fetcher;
@@ -91,10 +91,11 @@ pub async fn run(config: Config, run_file: &Path) -> Result<(), WorkerError> {
         path: run_file.to_owned(),
         source,
     })?;
-    let record: RunRecord = serde_json::from_slice(&text).map_err(|source| WorkerError::ParseRun {
-        path: run_file.to_owned(),
-        source,
-    })?;
+    let record: RunRecord =
+        serde_json::from_slice(&text).map_err(|source| WorkerError::ParseRun {
+            path: run_file.to_owned(),
+            source,
+        })?;
     let span = tracing::info_span!("run", run_id = %record.id, adapter = %record.spec.adapter);
     let _entered = span.enter();
 
@@ -209,12 +210,10 @@ impl Reporter {
                 .await;
             let retry = match answer {
                 Ok(response) if response.status().is_success() => return Ok(()),
-                Ok(response) if response.status().is_server_error() => {
-                    Err(WorkerError::Refused {
-                        status: response.status().as_u16(),
-                        body: response.text().await.unwrap_or_default(),
-                    })
-                }
+                Ok(response) if response.status().is_server_error() => Err(WorkerError::Refused {
+                    status: response.status().as_u16(),
+                    body: response.text().await.unwrap_or_default(),
+                }),
                 Ok(response) => {
                     return Err(WorkerError::Refused {
                         status: response.status().as_u16(),

@@ -81,8 +81,12 @@ pub struct RunEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "snake_case")]
 pub enum Relayed {
-    State { data: Value },
-    Notice { message: String },
+    State {
+        data: Value,
+    },
+    Notice {
+        message: String,
+    },
     Line {
         kind: EventKind,
         line: String,

@@ -65,9 +65,15 @@ impl World {
             ("HB_KUBE_API_URL", self.cluster.url.clone()),
             (
                 "HB_KUBE_TOKEN_FILE",
-                self.cluster.service_account_token_file().display().to_string(),
+                self.cluster
+                    .service_account_token_file()
+                    .display()
+                    .to_string(),
             ),
-            ("HB_KUBE_CA_FILE", self.cluster.ca_file.display().to_string()),
+            (
+                "HB_KUBE_CA_FILE",
+                self.cluster.ca_file.display().to_string(),
+            ),
         ]
     }
 
@@ -122,7 +128,11 @@ async fn apply_overlay_rbac(admin: &kube::Client) {
         .arg(root.join("k8s/overlays/job-executor"))
         .output()
         .expect("kubectl runs (scripts/validate-k8s.sh installs it)");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let docs: Vec<Value> =
         serde_saphyr::from_multiple(&String::from_utf8(output.stdout).unwrap()).unwrap();
     let create = PostParams::default();
@@ -133,19 +143,31 @@ async fn apply_overlay_rbac(admin: &kube::Client) {
             match kind {
                 "Namespace" => {
                     let ns: Namespace = serde_json::from_value(doc).unwrap();
-                    Api::<Namespace>::all(admin.clone()).create(&create, &ns).await.map(|_| ())
+                    Api::<Namespace>::all(admin.clone())
+                        .create(&create, &ns)
+                        .await
+                        .map(|_| ())
                 }
                 "ServiceAccount" => {
                     let sa: ServiceAccount = serde_json::from_value(doc).unwrap();
-                    Api::namespaced(admin.clone(), NS).create(&create, &sa).await.map(|_| ())
+                    Api::namespaced(admin.clone(), NS)
+                        .create(&create, &sa)
+                        .await
+                        .map(|_| ())
                 }
                 "Role" => {
                     let role: Role = serde_json::from_value(doc).unwrap();
-                    Api::namespaced(admin.clone(), NS).create(&create, &role).await.map(|_| ())
+                    Api::namespaced(admin.clone(), NS)
+                        .create(&create, &role)
+                        .await
+                        .map(|_| ())
                 }
                 _ => {
                     let binding: RoleBinding = serde_json::from_value(doc).unwrap();
-                    Api::namespaced(admin.clone(), NS).create(&create, &binding).await.map(|_| ())
+                    Api::namespaced(admin.clone(), NS)
+                        .create(&create, &binding)
+                        .await
+                        .map(|_| ())
                 }
             }
             .unwrap_or_else(|e| panic!("apply a {kind}: {e}"));
@@ -221,7 +243,9 @@ async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
     };
 
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"));
-    command.env_clear().env("PATH", std::env::var("PATH").unwrap());
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
     for arg in container.args.clone().unwrap_or_default() {
         command.arg(local(&arg));
     }
@@ -229,7 +253,10 @@ async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => local(value),
             (None, Some(from)) => {
-                let key = from.secret_key_ref.as_ref().expect("only secretKeyRef is used");
+                let key = from
+                    .secret_key_ref
+                    .as_ref()
+                    .expect("only secretKeyRef is used");
                 let secret = wait_for_secret(&secrets, &key.name).await;
                 String::from_utf8(secret.data.unwrap()[&key.key].0.clone()).unwrap()
             }
@@ -262,9 +289,10 @@ async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
 }
 
 async fn wait_for_secret(secrets: &Api<Secret>, name: &str) -> Secret {
-    let found = kube::runtime::wait::await_condition(secrets.clone(), name, |s: Option<&Secret>| {
-        s.is_some()
-    });
+    let found =
+        kube::runtime::wait::await_condition(secrets.clone(), name, |s: Option<&Secret>| {
+            s.is_some()
+        });
     tokio::time::timeout(Duration::from_secs(30), found)
         .await
         .expect("the run's Secret appears")
@@ -301,7 +329,10 @@ fn event_shape(events: &[crate::support::SseEvent]) -> Vec<String> {
         .iter()
         .filter(|e| !matches!(e.event.as_str(), "notice" | "stderr"))
         .map(|e| {
-            let detail = e.data["state"].as_str().or(e.data["type"].as_str()).unwrap_or("");
+            let detail = e.data["state"]
+                .as_str()
+                .or(e.data["type"].as_str())
+                .unwrap_or("");
             format!("{}:{detail}", e.event)
         })
         .collect()
@@ -330,7 +361,10 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
     assert_eq!(pod_spec.automount_service_account_token, Some(false));
     let env = pod_spec.containers[0].env.clone().unwrap();
     let token_var = env.iter().find(|v| v.name == "HB_WORKER_TOKEN").unwrap();
-    assert!(token_var.value.is_none(), "the report token travels in a Secret only");
+    assert!(
+        token_var.value.is_none(),
+        "the report token travels in a Secret only"
+    );
 
     // The report route takes only the run's own token, and only for a run in progress.
     let report = format!("{}/internal/v1/runs/{id}/report", bridge.url);
@@ -344,10 +378,21 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
         .unwrap();
     assert_eq!(refused.status(), 401, "an API token is not a run's token");
     let unknown = format!("{}/internal/v1/runs/{}/report", bridge.url, uuid_like());
-    let refused = bridge.client.post(unknown).bearer_auth("x").body("{}").send().await.unwrap();
+    let refused = bridge
+        .client
+        .post(unknown)
+        .bearer_auth("x")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 404);
 
-    assert_eq!(play_kubelet(&world.admin, &pod).await, 0, "the worker reported");
+    assert_eq!(
+        play_kubelet(&world.admin, &pod).await,
+        0,
+        "the worker reported"
+    );
     // The event stream ends with the outcome, as the run ends.
     let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
     let (status, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
@@ -356,7 +401,9 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
     assert_eq!(finished["output"], "answered from a Job");
     assert_eq!(finished["exit_code"], 0);
     assert!(
-        events.iter().any(|e| e.event == "notice" && e.data.to_string().contains(&job_name)),
+        events
+            .iter()
+            .any(|e| e.event == "notice" && e.data.to_string().contains(&job_name)),
         "the log says where the run ran"
     );
 
@@ -365,7 +412,9 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
     let local_run = local.run_to_end(&body).await;
     assert_eq!(local_run["outcome"], "succeeded");
     let local_id = local_run["id"].as_str().unwrap();
-    let local_events = local.sse(&format!("/v1/runs/{local_id}/events"), None).await;
+    let local_events = local
+        .sse(&format!("/v1/runs/{local_id}/events"), None)
+        .await;
     assert_eq!(event_shape(&events), event_shape(&local_events));
 
     // The finished Job is deleted, and its Secret with it (the garbage collector).
@@ -375,9 +424,8 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
         .expect("the finished Job is deleted")
         .unwrap();
     let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), NS);
-    let gone = kube::runtime::wait::await_condition(secrets, &job_name, |s: Option<&Secret>| {
-        s.is_none()
-    });
+    let gone =
+        kube::runtime::wait::await_condition(secrets, &job_name, |s: Option<&Secret>| s.is_none());
     tokio::time::timeout(Duration::from_secs(60), gone)
         .await
         .expect("the run's Secret goes with its Job")
@@ -417,7 +465,9 @@ async fn cancelling_a_run_deletes_its_job_in_the_foreground() {
         panic!("the Job watch ended");
     });
 
-    let (status, cancelled) = bridge.post(&format!("/v1/runs/{id}/cancel"), &json!({})).await;
+    let (status, cancelled) = bridge
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200, "{cancelled}");
     assert_eq!(cancelled["outcome"], "cancelled");
     assert_eq!(cancelled["reason"], "cancelled");
@@ -425,10 +475,16 @@ async fn cancelling_a_run_deletes_its_job_in_the_foreground() {
         .await
         .expect("the Job is deleted")
         .unwrap();
-    assert!(foreground, "the Job waited for its Pod (foreground propagation)");
+    assert!(
+        foreground,
+        "the Job waited for its Pod (foreground propagation)"
+    );
     let pods: Api<Pod> = Api::namespaced(world.admin.clone(), NS);
     assert!(
-        pods.get_opt(&pod.metadata.name.unwrap()).await.unwrap().is_none(),
+        pods.get_opt(&pod.metadata.name.unwrap())
+            .await
+            .unwrap()
+            .is_none(),
         "the Pod went before the Job"
     );
 }
@@ -437,11 +493,18 @@ async fn cancelling_a_run_deletes_its_job_in_the_foreground() {
 async fn the_bridge_service_account_reads_no_secret_but_its_login() {
     let _turn = TURN.lock().await;
     let world = World::start().await;
-    world.create_secret(LOGIN_SECRET, &[("auth.json", "{}")]).await;
-    world.create_secret("headless-bridge-api", &[("token", "not for the bridge")]).await;
+    world
+        .create_secret(LOGIN_SECRET, &[("auth.json", "{}")])
+        .await;
+    world
+        .create_secret("headless-bridge-api", &[("token", "not for the bridge")])
+        .await;
 
     let secrets: Api<Secret> = Api::namespaced(world.bridge_client(), NS);
-    secrets.get(LOGIN_SECRET).await.expect("its own login Secret");
+    secrets
+        .get(LOGIN_SECRET)
+        .await
+        .expect("its own login Secret");
     for refused in [
         secrets.get("headless-bridge-api").await.map(|_| ()),
         secrets.list(&Default::default()).await.map(|_| ()),
@@ -472,17 +535,46 @@ fn chatgpt_codex_dir(model: &FakeModel) -> (tempfile::TempDir, String) {
     (codex_dir, login)
 }
 
-async fn refreshing_bridge(world: &World, secret: &str) -> (FakeModel, TokenEndpoint, BridgeProcess, tempfile::TempDir, tempfile::TempDir) {
+async fn refreshing_bridge(
+    world: &World,
+    secret: &str,
+) -> (
+    FakeModel,
+    TokenEndpoint,
+    BridgeProcess,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    refreshing_bridge_with(world, secret, Vec::new()).await
+}
+
+async fn refreshing_bridge_with(
+    world: &World,
+    secret: &str,
+    extra: Vec<(&'static str, String)>,
+) -> (
+    FakeModel,
+    TokenEndpoint,
+    BridgeProcess,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
     let model = FakeModel::start(Behavior::Reply("refreshed".into()), &fresh_access_token()).await;
     let tokens = TokenEndpoint::start("rt_initial").await;
     let (codex_dir, login) = chatgpt_codex_dir(&model);
-    world.create_secret(LOGIN_SECRET, &[("auth.json", &login)]).await;
+    world
+        .create_secret(LOGIN_SECRET, &[("auth.json", &login)])
+        .await;
     let data_dir = tempfile::tempdir().unwrap();
     let mut vars: Vec<(&str, String)> = world.bridge_vars();
     vars.push(("HB_CODEX_DIR", codex_dir.path().display().to_string()));
     vars.push(("HB_CREDENTIAL_SECRET", format!("{NS}/{secret}")));
     vars.push(("CODEX_REFRESH_TOKEN_URL_OVERRIDE", tokens.url.clone()));
-    let vars: Vec<(&str, &Path)> = vars.iter().map(|(k, v)| (*k, Path::new(v.as_str()))).collect();
+    vars.extend(extra);
+    let vars: Vec<(&str, &Path)> = vars
+        .iter()
+        .map(|(k, v)| (*k, Path::new(v.as_str())))
+        .collect();
     let bridge = BridgeProcess::start_with(data_dir.path(), &vars).await;
     (model, tokens, bridge, codex_dir, data_dir)
 }
@@ -513,7 +605,9 @@ async fn a_refreshed_login_is_written_back_to_its_secret() {
 async fn a_forbidden_write_back_shows_in_deep_health() {
     let _turn = TURN.lock().await;
     let world = World::start().await;
-    world.create_secret("someone-elses-login", &[("auth.json", "{}")]).await;
+    world
+        .create_secret("someone-elses-login", &[("auth.json", "{}")])
+        .await;
     let (_model, _tokens, bridge, _codex, _data) =
         refreshing_bridge(&world, "someone-elses-login").await;
     let client = bridge.client();
@@ -521,8 +615,14 @@ async fn a_forbidden_write_back_shows_in_deep_health() {
     let run = client
         .run_to_end(&json!({"adapter": "codex", "prompt": "refresh please"}))
         .await;
-    assert_eq!(run["outcome"], "succeeded", "the working copy kept the login: {run}");
-    assert_eq!(world.secret_value("someone-elses-login", "auth.json").await, "{}");
+    assert_eq!(
+        run["outcome"], "succeeded",
+        "the working copy kept the login: {run}"
+    );
+    assert_eq!(
+        world.secret_value("someone-elses-login", "auth.json").await,
+        "{}"
+    );
 
     let (_, health) = client.get("/health?deep=1").await;
     let credentials = &health["adapters"]["codex"]["credentials"];
@@ -530,8 +630,16 @@ async fn a_forbidden_write_back_shows_in_deep_health() {
     assert_eq!(write_back["ok"], false, "{health}");
     let error = write_back["last_attempt"]["error"].as_str().unwrap();
     assert!(error.contains("403"), "{error}");
-    assert!(credentials["warning"].as_str().unwrap().contains("written back"));
-    assert!(!health.to_string().contains("rt_rotated"), "no token in health");
+    assert!(
+        credentials["warning"]
+            .as_str()
+            .unwrap()
+            .contains("written back")
+    );
+    assert!(
+        !health.to_string().contains("rt_rotated"),
+        "no token in health"
+    );
 }
 
 /// The Job a run becomes, and its Secret, pass the Kubernetes schemas CI checks the manifests
@@ -547,7 +655,11 @@ fn run_jobs_pass_the_schemas_and_the_hardening_policy() {
         ("HB_JOB_BRIDGE_URL", "http://10.0.0.7:8000"),
     ];
     let mut raw = RawConfig::default();
-    raw.merge_env(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string()));
+    raw.merge_env(|name| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    });
     let config = raw.build().unwrap();
     let Executor::Kubernetes(settings) = config.executor.clone() else {
         panic!("the Job executor is configured")
@@ -602,4 +714,57 @@ fn run_jobs_pass_the_schemas_and_the_hardening_policy() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test]
+async fn a_login_refreshed_in_a_job_becomes_the_working_copy_and_goes_back_to_its_secret() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = vec![
+        ("HB_LISTEN", format!("127.0.0.1:{port}")),
+        ("HB_EXECUTOR", "kubernetes".to_owned()),
+        ("HB_JOB_NAMESPACE", NS.to_owned()),
+        ("HB_JOB_IMAGE", "headless-bridge:test".to_owned()),
+        ("HB_JOB_BRIDGE_URL", format!("http://127.0.0.1:{port}")),
+        ("HB_WORKSPACE_MIN_FREE_BYTES", "1M".to_owned()),
+        (
+            "HB_SHIM_BIN",
+            env!("CARGO_BIN_EXE_headless-bridge").to_owned(),
+        ),
+    ];
+    let (_model, tokens, bridge, _codex, _data) =
+        refreshing_bridge_with(&world, LOGIN_SECRET, extra).await;
+    let client = bridge.client();
+
+    for round in 1..=2 {
+        let (status, run) = client
+            .post(
+                "/v1/runs",
+                &json!({"adapter": "codex", "prompt": "refresh please"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{run}");
+        let id = run["id"].as_str().unwrap().to_owned();
+        let pod = pod_of(&world.admin, &id).await;
+        assert_eq!(play_kubelet(&world.admin, &pod).await, 0);
+        client.sse(&format!("/v1/runs/{id}/events"), None).await;
+        let (_, finished) = client.get(&format!("/v1/runs/{id}")).await;
+        assert_eq!(
+            finished["outcome"], "succeeded",
+            "round {round}: {finished}"
+        );
+        assert_eq!(
+            tokens.seen(),
+            (1, 0),
+            "round {round}: one refresh in all, and the second Job got the rotated token"
+        );
+    }
+    let written: Value =
+        serde_json::from_str(&world.secret_value(LOGIN_SECRET, "auth.json").await).unwrap();
+    assert_eq!(written["tokens"]["refresh_token"], "rt_rotated_1");
 }

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages the bridge and its tests need, from Debian, when missing:
 # git (clones), Node.js and npm (the Codex, Claude Code, Gemini and Vercel CLIs ship through
-# npm), curl (the demo), gh (the GitHub CLI example profile's tests), and OpenSSH's client and
-# server (`ssh://` repositories are tested against a real sshd on loopback).
+# npm), curl (the demo), gh (the GitHub CLI example profile's tests), OpenSSH's client and
+# server (`ssh://` repositories are tested against a real sshd on loopback), Chromium (the
+# runs page is tested in it, headless, driven by playwright-core from install-playwright.sh),
+# and python3 and dialog (interactive sessions are tested with a script that asks questions
+# and a curses program).
 set -euo pipefail
 
 missing=()
@@ -14,6 +17,10 @@ command -v gh >/dev/null || missing+=(gh)
 { command -v ssh && command -v ssh-keygen; } >/dev/null || missing+=(openssh-client)
 # sshd lives in /usr/sbin, which a non-root PATH may not hold.
 [[ -x /usr/sbin/sshd ]] || command -v sshd >/dev/null || missing+=(openssh-server)
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+# Debian's own python3: a version manager's shim on PATH needs a HOME that sessions replace.
+[[ -x /usr/bin/python3 ]] || missing+=(python3)
+command -v dialog >/dev/null || missing+=(dialog)
 command -v cargo >/dev/null || { echo "install-deps: a Rust toolchain (cargo) is required: https://rustup.rs" >&2; exit 1; }
 
 if ((${#missing[@]})); then

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: installs what the tests need (git, Node.js, gh, the
-# pinned Codex, Claude Code and Gemini CLIs, a kube-apiserver built once and cached outside the
-# checkout, the manifest validators), then checks formatting,
-# lints, docs, the Kubernetes manifests and the Containerfile, and runs every test.
+# The whole test suite, as CI runs it: installs what the tests need (git, Node.js, gh,
+# Chromium, the pinned Codex, Claude Code and Gemini CLIs, playwright-core, the manifest
+# validators), then checks formatting, lints, docs, the Kubernetes manifests and the
+# Containerfile, and runs every test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/install-deps.sh
 scripts/install-codex.sh >/dev/null
 scripts/install-clis.sh >/dev/null
+scripts/install-playwright.sh >/dev/null
 scripts/install-kube-apiserver.sh
 
 echo "== cargo fmt --check"

@@ -24,6 +24,8 @@ const DEFAULT_MAX_RUN_TIMEOUT_S: u64 = 3600;
 const DEFAULT_FETCH_TIMEOUT_S: u64 = 300;
 /// A CLI silent this long is most likely waiting for something that will not come.
 const DEFAULT_IDLE_TIMEOUT_S: u64 = 300;
+/// A day's notice that a login will die is enough for a person to act on.
+const DEFAULT_CREDENTIAL_WARN_WINDOW_S: u64 = 24 * 3600;
 /// Runs mostly wait on a model provider, so a few at once fit even a small pod.
 const DEFAULT_MAX_CONCURRENT: usize = 8;
 const DEFAULT_MAX_QUEUED: usize = 64;
@@ -78,6 +80,8 @@ const SETTINGS: &[Setting] = &[
     Setting::new("webhook_secret", "HB_WEBHOOK_SECRET", None),
     Setting::new("adapters_dir", "HB_ADAPTERS_DIR", Some("--adapters-dir")),
     Setting::new("shim_bin", "HB_SHIM_BIN", None),
+    Setting::new("codex_login_issuer", "HB_CODEX_LOGIN_ISSUER", None),
+    Setting::new("credential_warn_window", "HB_CREDENTIAL_WARN_WINDOW", None),
     Setting::new("claude_bin", "HB_CLAUDE_BIN", None),
     Setting::new("claude_dir", "HB_CLAUDE_DIR", None),
     Setting::new("claude_base_url", "HB_CLAUDE_BASE_URL", None),
@@ -115,6 +119,15 @@ const SETTINGS: &[Setting] = &[
     Setting::new("kube_api_url", "HB_KUBE_API_URL", None),
     Setting::new("kube_token_file", "HB_KUBE_TOKEN_FILE", None),
     Setting::new("kube_ca_file", "HB_KUBE_CA_FILE", None),
+    Setting::new("max_sessions", "HB_MAX_SESSIONS", None),
+    Setting::new("session_idle_timeout", "HB_SESSION_IDLE_TIMEOUT", None),
+    Setting::new("session_max_lifetime", "HB_SESSION_MAX_LIFETIME", None),
+    Setting::new(
+        "session_max_output_rate",
+        "HB_SESSION_MAX_OUTPUT_RATE",
+        None,
+    ),
+    Setting::new("session_quiet_ms", "HB_SESSION_QUIET_MS", None),
 ];
 
 /// Where a pod finds its ServiceAccount's token, CA and namespace (the kubelet mounts them).
@@ -166,6 +179,12 @@ pub struct Config {
     /// outlives it; the `headless-bridge` binary itself unless set. Without one, runs rely on
     /// process groups and the marker sweep alone.
     pub shim_bin: Option<PathBuf>,
+    /// The ChatGPT issuer the login relay's device-code logins use instead of the CLI's own
+    /// (a test's loopback issuer, or a company's proxy in front of the real one).
+    pub codex_login_issuer: Option<url::Url>,
+    /// Deep health says `degraded` when a login will stop working within this window unless a
+    /// person acts (an access token that expires with no refresh token to renew it).
+    pub credential_warn_window: Duration,
     /// Settings of the built-in Claude Code adapter.
     pub claude: BuiltinConfig,
     /// Settings of the built-in Gemini CLI adapter.
@@ -180,6 +199,8 @@ pub struct Config {
     pub workspace: crate::workspace::WorkspaceLimits,
     /// A directory of files named after git hosts, each holding a token for that host.
     pub git_credentials_dir: Option<PathBuf>,
+    /// Limits of interactive sessions.
+    pub sessions: crate::session::SessionLimits,
     /// Where runs execute: child processes of the bridge, or Kubernetes Jobs.
     pub executor: Executor,
     /// The Secret refreshed logins are written back to, if any.
@@ -511,6 +532,9 @@ impl RawConfig {
             webhook_secret,
             adapters_dir: self.path("adapters_dir"),
             shim_bin: self.path("shim_bin"),
+            codex_login_issuer: self.http_url("codex_login_issuer")?,
+            credential_warn_window: self
+                .seconds("credential_warn_window", DEFAULT_CREDENTIAL_WARN_WINDOW_S)?,
             claude: self.builtin("claude")?,
             gemini: self.builtin("gemini")?,
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
@@ -532,6 +556,25 @@ impl RawConfig {
                     .path("kube_ca_file")
                     .unwrap_or_else(|| Path::new(SERVICE_ACCOUNT_DIR).join("ca.crt")),
             },
+            sessions: self.sessions()?,
+        })
+    }
+
+    fn sessions(&self) -> Result<crate::session::SessionLimits, ConfigError> {
+        let defaults = crate::session::SessionLimits::default();
+        let quiet_ms = self.count("session_quiet_ms", defaults.quiet.as_millis() as usize)?;
+        if quiet_ms as u64 > crate::session::spec::MAX_QUIET_MS {
+            return Err(self.error(
+                "session_quiet_ms",
+                format!("must be at most {}", crate::session::spec::MAX_QUIET_MS),
+            ));
+        }
+        Ok(crate::session::SessionLimits {
+            max_sessions: self.count("max_sessions", defaults.max_sessions)?,
+            idle_timeout: self.seconds("session_idle_timeout", defaults.idle_timeout.as_secs())?,
+            max_lifetime: self.seconds("session_max_lifetime", defaults.max_lifetime.as_secs())?,
+            max_output_rate: self.bytes("session_max_output_rate", "1M")?.max(1),
+            quiet: Duration::from_millis(quiet_ms as u64),
         })
     }
 
@@ -715,6 +758,19 @@ impl RawConfig {
                 .map(|(v, _)| v.trim().to_owned()),
             run_as,
         })
+    }
+
+    /// An http or https URL, if set.
+    fn http_url(&self, key: &str) -> Result<Option<url::Url>, ConfigError> {
+        let Some((text, _)) = self.values.get(key) else {
+            return Ok(None);
+        };
+        match url::Url::parse(text.trim()) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Ok(Some(url))
+            }
+            _ => Err(self.error(key, "expected an http:// or https:// URL")),
+        }
     }
 
     fn path(&self, key: &str) -> Option<PathBuf> {

@@ -11,6 +11,8 @@
 //! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
 //! [`redact`] keeps secrets out of what runs report; [`k8s`] runs runs as Kubernetes Jobs and
 //! writes refreshed logins back to their Secret; [`server`] ties them together.
+//! [`redact`] keeps secrets out of what runs report; [`session`] runs interactive CLIs on a
+//! pseudo-terminal; [`server`] ties them together.
 
 pub mod adapter;
 pub mod api;
@@ -27,6 +29,7 @@ pub mod reaper;
 pub mod redact;
 pub mod run;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod telemetry;
 pub mod workspace;

@@ -48,6 +48,13 @@ enum Command {
     /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
     #[command(hide = true)]
     Shim {
+        /// The CLI runs on a terminal (an interactive session): the terminal's job-control
+        /// signals are the CLI's, not the shim's, and a hangup stops the CLI.
+        #[arg(long)]
+        tty: bool,
+        /// Start the CLI as this `uid:gid` (the shim must run as root).
+        #[arg(long, value_name = "UID:GID", value_parser = parse_run_as)]
+        run_as: Option<(u32, u32)>,
         /// The CLI and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         command: Vec<std::ffi::OsString>,
@@ -169,12 +176,25 @@ fn main() -> ExitCode {
             }
         }
         Command::Worker { run } => worker(&run),
-        Command::Shim { mut command } => {
+        Command::Shim {
+            tty,
+            run_as,
+            mut command,
+        } => {
             let program = command.remove(0);
-            let code = headless_bridge::run::shim::main(program, command);
+            let options = headless_bridge::run::shim::Options { tty, run_as };
+            let code = headless_bridge::run::shim::main(program, command, options);
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
     }
+}
+
+/// `uid:gid`, both numeric.
+fn parse_run_as(text: &str) -> Result<(u32, u32), String> {
+    let parsed = text
+        .split_once(':')
+        .and_then(|(uid, gid)| Some((uid.parse().ok()?, gid.parse().ok()?)));
+    parsed.ok_or_else(|| format!("expected numeric UID:GID, got `{text}`"))
 }
 
 fn doctor(args: ServeArgs) -> ExitCode {

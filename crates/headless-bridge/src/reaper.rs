@@ -26,11 +26,19 @@ static OURS: LazyLock<Mutex<HashSet<i32>>> = LazyLock::new(Default::default);
 
 /// Spawns a child through `command` and registers it as the bridge's own.
 pub fn spawn(command: &mut tokio::process::Command) -> io::Result<tokio::process::Child> {
+    spawn_with(|| command.spawn(), tokio::process::Child::id)
+}
+
+/// Spawns a child with `spawn` (a pseudo-terminal's, say) and registers the pid `pid` finds.
+pub fn spawn_with<T>(
+    spawn: impl FnOnce() -> io::Result<T>,
+    pid: impl FnOnce(&T) -> Option<u32>,
+) -> io::Result<T> {
     let _guard = SPAWN_LOCK
         .read()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let child = command.spawn()?;
-    if let Some(pid) = child.id() {
+    let child = spawn()?;
+    if let Some(pid) = pid(&child) {
         lock_ours().insert(pid as i32);
     }
     Ok(child)

@@ -1,7 +1,7 @@
 //! Starting and stopping the bridge.
 //!
 //! Start-up opens the store, records runs a previous process left unfinished as interrupted,
-//! removes their workspaces, and starts the retention sweep. Shutdown drains: the listener
+//! removes their workspaces, and starts the retention sweep. Shutdown ends interactive sessions and drains: the listener
 //! stops accepting, new runs are refused, runs in progress get the grace period to finish,
 //! then the rest are cancelled and recorded as interrupted before the process exits.
 
@@ -22,6 +22,7 @@ use crate::config::{Config, Executor};
 use crate::k8s::executor::JobExecutor;
 use crate::run::engine::Engine;
 use crate::run::supervisor::{self, RUN_MARKER};
+use crate::session::Sessions;
 use crate::store::{Store, StoreError};
 
 /// How often finished runs past their retention are deleted.
@@ -101,9 +102,10 @@ impl Bridge {
                 Some(JobExecutor::new(client, settings.clone()))
             }
         };
-        let engine = Engine::new(config.clone(), store, adapters, jobs);
+        let engine = Engine::new(config.clone(), store, adapters.clone(), jobs);
+        let sessions = Sessions::new(config.clone(), adapters, engine.shared_login()).await;
         Ok(Self {
-            state: AppState::new(config, engine),
+            state: AppState::new(config, engine, sessions),
             _lock: lock,
         })
     }
@@ -123,9 +125,12 @@ impl Bridge {
         let signalled = CancellationToken::new();
         let drain = {
             let (engine, signalled) = (engine.clone(), signalled.clone());
+            let sessions = self.state.sessions.clone();
             tokio::spawn(async move {
                 signalled.cancelled().await;
-                engine.drain(grace).await;
+                // A session has no natural end to wait for: end them at once, with the runs'
+                // drain.
+                let (_, ()) = tokio::join!(sessions.shutdown(), engine.drain(grace));
                 engine.shutdown().await;
             })
         };

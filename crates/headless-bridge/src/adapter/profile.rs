@@ -78,6 +78,8 @@ pub struct Profile {
     #[serde(default)]
     pub output: OutputSpec,
     pub health: Option<HealthSpec>,
+    /// How the CLI runs in an interactive session (see [`crate::session::spec`]).
+    pub session: Option<crate::session::spec::SessionSpec>,
 }
 
 /// A secret read from a file: relative to the profile's `secrets_dir`, or absolute.
@@ -361,7 +363,13 @@ impl Profile {
         self.check_secrets()?;
         self.check_files()?;
         self.check_output()?;
-        self.check_health()
+        self.check_health()?;
+        if let Some(session) = &self.session {
+            session
+                .check()
+                .map_err(|message| Problem::new(message, "[session".to_owned()))?;
+        }
+        Ok(())
     }
 
     fn check_secrets(&self) -> Result<(), Problem> {

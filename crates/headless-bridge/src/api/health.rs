@@ -40,7 +40,7 @@ pub(super) async fn codex_adapter_health(state: &AppState) -> Value {
             check_binary(&state.config.codex, &codex_home),
         )
         .await;
-    let credentials = check_credentials(state.engine.login());
+    let credentials = check_credentials(state.engine.login(), state.config.credential_warn_window);
     let ok = binary["ok"] == true && credentials["ok"] == true;
     json!({ "ok": ok, "binary": binary, "credentials": credentials })
 }
@@ -75,12 +75,17 @@ pub async fn health(
 pub async fn deep_report(config: &Config, login: &WorkingCopy) -> (bool, Value) {
     let codex_home = config.data_dir.join("health").join("codex-home");
     let (binary, git) = cached_program_checks(&config.codex, &codex_home).await;
-    let credentials = check_credentials(login);
+    let credentials = check_credentials(login, config.credential_warn_window);
     let config_toml = check_config_toml(&config.codex);
     let codex_ok = binary["ok"] == true && credentials["ok"] == true && config_toml["ok"] == true;
     let ok = codex_ok && git["ok"] == true;
+    let status = match (ok, credentials["state"].as_str()) {
+        (false, _) => "unhealthy",
+        (true, Some("degraded")) => "degraded",
+        (true, _) => "ok",
+    };
     let body = json!({
-        "status": if ok { "ok" } else { "unhealthy" },
+        "status": status,
         "git": git,
         "adapters": { "codex": {
             "ok": codex_ok, "binary": binary, "credentials": credentials, "config_toml": config_toml,
@@ -205,8 +210,20 @@ pub(super) async fn check_binary(config: &CodexConfig, codex_home: &std::path::P
 
 /// Judges the login as the next run would get it (the working copy while it is current with
 /// the Secret), and what the latest run found: a login a run found dead is reported until the
-/// Secret changes.
-pub(super) fn check_credentials(login: &WorkingCopy) -> Value {
+/// Secret changes. `state` is `ok`, `degraded` (it works, but will stop within `warn_window`
+/// unless a person acts) or `unhealthy`.
+pub(super) fn check_credentials(login: &WorkingCopy, warn_window: Duration) -> Value {
+    let mut body = judge_credentials(login, warn_window);
+    let state = match (body["ok"] == true, body.get("warning").is_some()) {
+        (false, _) => "unhealthy",
+        (true, true) => "degraded",
+        (true, false) => "ok",
+    };
+    body["state"] = json!(state);
+    body
+}
+
+fn judge_credentials(login: &WorkingCopy, warn_window: Duration) -> Value {
     let auth = match login.current() {
         Ok(auth) => auth,
         Err(e) => return json!({ "ok": false, "reason": e.reason(), "problem": e.to_string() }),
@@ -242,10 +259,25 @@ pub(super) fn check_credentials(login: &WorkingCopy) -> Value {
     } else if facts.auth_mode == AuthMode::Chatgpt && expired {
         body["note"] =
             json!("the access token has expired; the CLI will refresh it on the next run");
+    } else if facts.auth_mode == AuthMode::Chatgpt
+        && !facts.refresh_token_present
+        && let Some(expires_at) = facts.access_token_expires_at
+        && expires_at - now <= warn_window
+    {
+        let left = (expires_at - now).whole_seconds();
+        body["expires_in_s"] = json!(left);
+        body["warning"] = json!(format!(
+            "the access token expires in {left} s and there is no refresh token to renew it"
+        ));
+        body["remedy"] = json!(RELOGIN_BEFORE);
     }
     body
 }
 
+/// What a person should do before a login dies.
+const RELOGIN_BEFORE: &str = "log in again before then: `codex login` on a workstation and \
+     update the Secret, or POST /v1/credentials/codex/login";
+
 /// What a person must do when a login is dead.
-const RELOGIN: &str =
-    "log in again with `codex login` on a workstation and update the Secret with the new auth.json";
+const RELOGIN: &str = "log in again: `codex login` on a workstation and update the Secret with \
+     the new auth.json, or POST /v1/credentials/codex/login to log in through the bridge";

@@ -3,16 +3,21 @@
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
 //! socket. Everything but `/health` and the Job workers' report route sits behind bearer-token
 //! authentication; the report route takes the run's own token instead.
+//! socket. Everything but `/health` and the runs page's static files sits behind bearer-token
+//! authentication; the page itself reads its data through the authenticated routes.
 
 mod artifacts;
 mod auth;
 mod body;
+mod credentials;
 mod error;
 mod events;
 pub mod health;
 mod internal;
 mod legacy;
+mod page;
 mod runs;
+mod sessions;
 
 use std::sync::Arc;
 
@@ -27,22 +32,25 @@ pub use error::ApiError;
 
 use crate::config::Config;
 use crate::run::engine::Engine;
+use crate::session::Sessions;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
     pub engine: Engine,
+    pub sessions: Sessions,
     token_digests: Arc<Vec<[u8; 32]>>,
 }
 
 impl AppState {
-    /// State for a bridge with this configuration and engine.
-    pub fn new(config: Arc<Config>, engine: Engine) -> Self {
+    /// State for a bridge with this configuration, engine and sessions.
+    pub fn new(config: Arc<Config>, engine: Engine, sessions: Sessions) -> Self {
         let token_digests = Arc::new(auth::digests(config.api_tokens.values()));
         Self {
             config,
             engine,
+            sessions,
             token_digests,
         }
     }
@@ -59,6 +67,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/events", get(events::events))
         .route("/v1/runs/{id}/logs", get(runs::logs))
         .route("/v1/runs/{id}/artifacts/{*path}", get(artifacts::download))
+        .route(
+            "/v1/credentials/codex/login",
+            post(credentials::start_login)
+                .get(credentials::get_login)
+                .delete(credentials::cancel_login),
+        )
+        .route("/v1/sessions", post(sessions::start).get(sessions::list))
+        .route(
+            "/v1/sessions/{id}",
+            get(sessions::get).delete(sessions::delete),
+        )
+        .route("/v1/sessions/{id}/screen", get(sessions::screen))
+        .route("/v1/sessions/{id}/input", post(sessions::input))
+        .route("/v1/sessions/{id}/resize", post(sessions::resize))
+        .route("/v1/sessions/{id}/events", get(sessions::events))
+        .route("/v1/sessions/{id}/recording", get(sessions::recording))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -71,6 +95,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .merge(internal)
+        .route("/", get(page::index))
+        .route("/assets/page.css", get(page::stylesheet))
+        .route("/assets/page.js", get(page::script))
+        .route("/assets/favicon.svg", get(page::favicon))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

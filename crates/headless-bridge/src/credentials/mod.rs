@@ -9,9 +9,11 @@
 //! Between the source and the runs sits a [`WorkingCopy`]: the bridge's own private copy of
 //! the login, which keeps the tokens the CLI refreshes during a run.
 
+pub mod relay;
 mod working_copy;
 pub mod write_back;
 
+pub use relay::LoginRelay;
 pub use working_copy::{WorkingCopy, WriterGuard};
 
 use std::fs;

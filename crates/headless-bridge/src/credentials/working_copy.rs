@@ -12,15 +12,20 @@
 //! - one writer: runs of a ChatGPT login never overlap, so two runs can never refresh the same
 //!   token. Runs of an API-key login, which never refreshes, run side by side.
 //!
-//! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600),
-//! `source.sha256`, the digest of the source content last imported, and `written.sha256`, the
-//! digests of the logins the bridge itself wrote back into the Secret.
+//! A login a person completes through the bridge (the login relay) is adopted the same way:
+//! it becomes the working copy and stays in use until the source changes, even when there is
+//! no source at all.
 //!
 //! With a [`WriteBack`], a refresh is also written into the Secret. When the kubelet then
 //! swaps in that new content, the source has changed, but to a login the working copy has
 //! already had (and may have refreshed again since): importing it would roll the working
 //! copy back to a spent refresh token. So a source whose digest is one the bridge wrote is
 //! taken as already imported.
+//!
+//! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600),
+//! `source.sha256`, the digest of the source content last imported or present at adoption
+//! (`none` when a login was adopted without a source), and `written.sha256`, the digests of
+//! the logins the bridge itself wrote back into the Secret.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -43,6 +48,14 @@ const DIGEST_PREFIX: usize = 12;
 /// How many written-back digests are remembered: the kubelet shows a Secret's newest content
 /// within a minute or two, long before this many refreshes happen.
 const WRITTEN_KEPT: usize = 16;
+/// What `source.sha256` holds for a login adopted while there was no source.
+const NO_SOURCE: &str = "none";
+
+/// The source auth.json as read.
+struct Source {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
 
 /// A login's private working copy and what happened to it.
 pub struct WorkingCopy {
@@ -90,25 +103,23 @@ impl WorkingCopy {
 
     /// The login a run should use: the working copy, after importing the source if it changed.
     pub fn checkout(&self) -> Result<LoadedAuth, CredentialError> {
-        let source_path = self
-            .config
-            .auth_path()
-            .ok_or(CredentialError::NotConfigured)?;
-        let source = super::read_source(&source_path)?;
-        // Judge the source first: a broken Secret must say so, not hide behind an old copy.
-        super::parse(source_path.clone(), source.clone())?;
-
-        let digest = Sha256Digest::of(&source);
         let working = self.dir.join("auth.json");
         let _files = self.lock_files();
-        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
-        if imported.as_deref().map(str::trim) != Some(digest.hex()) || !working.exists() {
+        let source = match self.read_source() {
+            Ok(source) => source,
+            Err(e) => return self.adopted_without_source(e),
+        };
+        // Judge the source first: a broken Secret must say so, not hide behind an old copy.
+        super::parse(source.path.clone(), source.bytes.clone())?;
+
+        let digest = Sha256Digest::of(&source.bytes);
+        if self.recorded_source().as_deref() != Some(digest.hex()) || !working.exists() {
             if working.exists() && self.wrote(&digest) {
                 // The Secret now shows a login this bridge wrote back: nothing new to import.
                 write_private_atomically(&self.dir.join("source.sha256"), digest.hex().as_bytes())
                     .map_err(|e| self.unwritable(e))?;
             } else {
-                self.import(&source, &digest)
+                self.import(&source.bytes, &digest)
                     .map_err(|e| self.unwritable(e))?;
             }
         }
@@ -119,20 +130,72 @@ impl WorkingCopy {
     /// The login as a run would get it now, without importing or writing anything: the working
     /// copy while it is current with the source, else the source.
     pub fn current(&self) -> Result<LoadedAuth, CredentialError> {
-        let source_path = self
-            .config
-            .auth_path()
-            .ok_or(CredentialError::NotConfigured)?;
-        let source = super::read_source(&source_path)?;
-        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok();
         let working = self.dir.join("auth.json");
-        let digest = Sha256Digest::of(&source);
-        if (imported.as_deref().map(str::trim) == Some(digest.hex()) || self.wrote(&digest))
+        let source = match self.read_source() {
+            Ok(source) => source,
+            Err(e) => return self.adopted_without_source(e),
+        };
+        let digest = Sha256Digest::of(&source.bytes);
+        if (self.recorded_source().as_deref() == Some(digest.hex()) || self.wrote(&digest))
             && let Ok(bytes) = fs::read(&working)
         {
             return super::parse(working, bytes);
         }
-        super::parse(source_path, source)
+        super::parse(source.path, source.bytes)
+    }
+
+    /// Makes `bytes`, a login a person has just completed through the bridge, the working
+    /// copy. It is used until the source changes; with no source configured or mounted, until
+    /// a source appears.
+    pub fn adopt(&self, bytes: &[u8]) -> io::Result<()> {
+        let _files = self.lock_files();
+        let marker = match self.read_source() {
+            Ok(source) => Sha256Digest::of(&source.bytes).hex().to_owned(),
+            Err(_) => NO_SOURCE.to_owned(),
+        };
+        fs::create_dir_all(&self.dir)?;
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))?;
+        write_private_atomically(&self.dir.join("auth.json"), bytes)?;
+        write_private_atomically(&self.dir.join("source.sha256"), marker.as_bytes())?;
+        let mut history = self.lock_history();
+        history.last_import = Some(OffsetDateTime::now_utc());
+        history.last_run = None;
+        tracing::info!("adopted a login completed through the bridge as the working copy");
+        Ok(())
+    }
+
+    /// The source as it is now.
+    fn read_source(&self) -> Result<Source, CredentialError> {
+        let path = self
+            .config
+            .auth_path()
+            .ok_or(CredentialError::NotConfigured)?;
+        let bytes = super::read_source(&path)?;
+        Ok(Source { path, bytes })
+    }
+
+    /// What `source.sha256` holds, if anything.
+    fn recorded_source(&self) -> Option<String> {
+        fs::read_to_string(self.dir.join("source.sha256"))
+            .ok()
+            .map(|text| text.trim().to_owned())
+    }
+
+    /// The working copy when the source is absent (`err` says how) and the working copy was
+    /// adopted without one; else `err`.
+    fn adopted_without_source(&self, err: CredentialError) -> Result<LoadedAuth, CredentialError> {
+        let absent = matches!(
+            err,
+            CredentialError::NotConfigured | CredentialError::Missing { .. }
+        );
+        let working = self.dir.join("auth.json");
+        if absent
+            && self.recorded_source().as_deref() == Some(NO_SOURCE)
+            && let Ok(bytes) = fs::read(&working)
+        {
+            return super::parse(working, bytes);
+        }
+        Err(err)
     }
 
     /// Waits until this run may use `auth`: at once for an API key, after any other run of a
@@ -231,10 +294,11 @@ impl WorkingCopy {
             .last_run
             .and_then(|(_, reason)| reason)?;
         // A changed Secret is a new login that no run has judged yet.
-        let source = self.config.auth_path().and_then(|p| fs::read(p).ok())?;
-        let imported = fs::read_to_string(self.dir.join("source.sha256")).ok()?;
-        let digest = Sha256Digest::of(&source);
-        (imported.trim() == digest.hex() || self.wrote(&digest)).then_some(reason)
+        let now = match self.config.auth_path().and_then(|p| fs::read(p).ok()) {
+            Some(source) => Sha256Digest::of(&source),
+            None => return (self.recorded_source()? == NO_SOURCE).then_some(reason),
+        };
+        (self.recorded_source()? == now.hex() || self.wrote(&now)).then_some(reason)
     }
 
     /// Whether `digest` is that of a login this bridge wrote back into the Secret.

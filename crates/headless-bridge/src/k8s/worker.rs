@@ -124,8 +124,11 @@ pub async fn run(config: Config, run_file: &Path) -> Result<(), WorkerError> {
     let forwarder = tokio::spawn(forward(reporter.clone(), rx));
     let mut sink = EventSink::relay(tx);
     let given = std::fs::read(pipeline.config.codex.auth_path().unwrap_or_default()).ok();
-    let mut finished = pipeline.execute(record, &mut sink).await;
+    let (mut finished, workspace) = pipeline.execute(record, &mut sink).await;
     drop(sink);
+    if let Some(workspace) = workspace {
+        let _ = tokio::task::spawn_blocking(move || workspace.remove()).await;
+    }
     let forwarded = forwarder.await.unwrap_or(Ok(()));
 
     finished.state = RunState::Finished;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
@@ -27,13 +27,15 @@ use super::pipeline::Pipeline;
 use super::webhook::Webhooks;
 use crate::adapter::Adapters;
 use crate::config::Config;
-use crate::credentials::WorkingCopy;
+use crate::credentials::relay::{LoginView, StartError};
 use crate::credentials::write_back::WriteBack;
+use crate::credentials::{LoginRelay, WorkingCopy};
 use crate::fetch::Fetcher;
 use crate::k8s::executor::JobExecutor;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Claim, Store, StoreError};
+use crate::workspace::Workspace;
 
 /// How long a client is told to wait before retrying a refused submission.
 const RETRY_AFTER_S: u64 = 5;
@@ -89,6 +91,7 @@ struct Inner {
     store: Store,
     adapters: Adapters,
     login: Arc<WorkingCopy>,
+    relay: LoginRelay,
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
@@ -131,8 +134,19 @@ impl Engine {
         if let Some(secret) = &config.credential_secret {
             login = login.with_write_back(WriteBack::new(secret.clone(), &config.kube));
         }
+        let login = Arc::new(login);
+        let relay = LoginRelay::new(
+            &config.data_dir,
+            config.codex.clone(),
+            config
+                .codex_login_issuer
+                .as_ref()
+                .map(|url| url.to_string()),
+            config.shim_bin.clone(),
+        );
         let inner = Inner {
-            login: Arc::new(login),
+            login,
+            relay,
             jobs: jobs.map(Arc::new),
             fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
             webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
@@ -170,6 +184,26 @@ impl Engine {
     /// The Job executor, when runs execute as Kubernetes Jobs.
     pub fn jobs(&self) -> Option<&JobExecutor> {
         self.inner.jobs.as_deref()
+    }
+
+    /// Starts a device-code login of the Codex login, or returns the pending one (then
+    /// `false`).
+    pub async fn start_login(&self) -> Result<(LoginView, bool), StartError> {
+        let inner = &self.inner;
+        inner
+            .relay
+            .start(inner.login.clone(), &inner.shutdown, &inner.tasks)
+            .await
+    }
+
+    /// The device-code login relay of the Codex login.
+    pub fn relay(&self) -> &LoginRelay {
+        &self.inner.relay
+    }
+
+    /// The Codex login's working copy, shared, for sessions that outlive a request.
+    pub fn shared_login(&self) -> Arc<WorkingCopy> {
+        self.inner.login.clone()
     }
 
     /// The store runs are recorded in.
@@ -367,7 +401,7 @@ impl Engine {
         self.inner.tasks.spawn(
             async move {
                 let id = record.id;
-                let finished = engine
+                let (finished, leftover) = engine
                     .run_when_a_slot_is_free(&pipeline, record, &mut sink)
                     .await;
                 sink.finish(json!({
@@ -382,28 +416,36 @@ impl Engine {
                     .inner
                     .webhooks
                     .deliver(&finished, &engine.inner.tasks);
+                if let Some((workspace, _slot)) = leftover {
+                    remove_workspace(workspace).await;
+                }
             }
             .instrument(span),
         );
     }
 
+    /// Waits for a slot, runs the pipeline and stores the finished record. Returns the record
+    /// and, when there is one, the workspace to remove with the slot it still holds: the slot
+    /// is given back only once the workspace is gone, so removals cannot pile up on disk.
     async fn run_when_a_slot_is_free(
         &self,
         pipeline: &Pipeline,
         record: RunRecord,
         sink: &mut EventSink,
-    ) -> RunRecord {
+    ) -> (RunRecord, Option<(Workspace, OwnedSemaphorePermit)>) {
         let slot = tokio::select! {
             permit = self.inner.slots.clone().acquire_owned() => permit.ok(),
             () = pipeline.stop.cancelled() => None,
         };
         self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
-        let mut record = match slot {
-            Some(_slot) => match &self.inner.jobs {
-                Some(jobs) => jobs.execute(pipeline, record, sink).await,
-                None => pipeline.execute(record, sink).await,
-            },
-            None => pipeline.cancelled_in_queue(record),
+        let (mut record, leftover) = match (slot, &self.inner.jobs) {
+            // A run in a Job leaves nothing here: its workspace was the pod's.
+            (Some(_slot), Some(jobs)) => (jobs.execute(pipeline, record, sink).await, None),
+            (Some(slot), None) => {
+                let (record, workspace) = pipeline.execute(record, sink).await;
+                (record, workspace.map(|workspace| (workspace, slot)))
+            }
+            (None, _) => (pipeline.cancelled_in_queue(record), None),
         };
 
         record.state = RunState::Finished;
@@ -412,7 +454,17 @@ impl Engine {
             tracing::error!(error = %crate::error_chain(&e), "failed to store a finished run");
         }
         tracing::info!(outcome = ?record.outcome, reason = ?record.reason, "run finished");
-        record
+        (record, leftover)
+    }
+}
+
+/// Removes a finished run's workspace on the blocking pool. One left behind by a crash is
+/// removed at the next start.
+async fn remove_workspace(workspace: Workspace) {
+    let root = workspace.root().to_owned();
+    let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
+    if let Ok(Err(e)) = removed {
+        tracing::warn!(error = %e, path = %root.display(), "failed to remove a workspace");
     }
 }
 

@@ -69,7 +69,14 @@ pub(crate) struct Pipeline {
 
 impl Pipeline {
     /// Drives `record` to its end, recording each state in the store and the event log.
-    pub async fn execute(&self, mut record: RunRecord, sink: &mut EventSink) -> RunRecord {
+    /// Runs the whole pipeline. Returns the finished record and, unless workspaces are kept,
+    /// the workspace still to be removed: removing a CLI's home takes long enough (Codex leaves
+    /// hundreds of files) that the caller publishes the outcome first.
+    pub async fn execute(
+        &self,
+        mut record: RunRecord,
+        sink: &mut EventSink,
+    ) -> (RunRecord, Option<Workspace>) {
         tracing::info!("run started");
         self.enter(&mut record, RunState::Preparing, sink).await;
         record.started_at = Some(OffsetDateTime::now_utc());
@@ -83,13 +90,8 @@ impl Pipeline {
         match created {
             Ok(workspace) => {
                 self.run_in(&mut record, &workspace, sink).await;
-                if !self.config.keep_workspaces {
-                    let root = workspace.root().to_owned();
-                    let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
-                    if let Ok(Err(e)) = removed {
-                        tracing::warn!(error = %e, path = %root.display(), "failed to remove a workspace");
-                    }
-                }
+                let leftover = (!self.config.keep_workspaces).then_some(workspace);
+                (record, leftover)
             }
             Err(e) => {
                 let message = format!(
@@ -101,9 +103,9 @@ impl Pipeline {
                     &mut record,
                     Failure::failed(ReasonCode::WorkspaceError, message),
                 );
+                (record, None)
             }
         }
-        record
     }
 
     /// The record of a run cancelled before it started.

@@ -22,8 +22,20 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long the shim keeps killing stragglers before it gives up on them.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(5);
 
+/// How the shim runs its CLI.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The CLI runs on a terminal: the shim is then in the terminal's foreground process group
+    /// with the CLI, so the keys that send SIGINT, SIGQUIT and SIGTSTP (Ctrl-C, Ctrl-\,
+    /// Ctrl-Z) reach the shim too. They are meant for the CLI, so the shim ignores them; a
+    /// hangup (SIGHUP, the terminal closed) stops the CLI like SIGTERM does.
+    pub tty: bool,
+    /// The user and group to start the CLI as.
+    pub run_as: Option<(u32, u32)>,
+}
+
 /// Runs `program` under the shim and returns the exit code the shim should exit with.
-pub fn main(program: OsString, args: Vec<OsString>) -> i32 {
+pub fn main(program: OsString, args: Vec<OsString>, options: Options) -> i32 {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("headless-bridge shim: failed to become a subreaper: {e}");
     }
@@ -32,13 +44,30 @@ pub fn main(program: OsString, args: Vec<OsString>) -> i32 {
         .enable_all()
         .build()
         .expect("a runtime starts");
-    let code = runtime.block_on(supervise(program, args));
+    let code = runtime.block_on(supervise(program, args, options));
     kill_descendants();
     code
 }
 
-async fn supervise(program: OsString, args: Vec<OsString>) -> i32 {
-    let mut child = match tokio::process::Command::new(&program).args(&args).spawn() {
+async fn supervise(program: OsString, args: Vec<OsString>, options: Options) -> i32 {
+    let mut command = tokio::process::Command::new(&program);
+    command.args(&args);
+    if let Some((uid, gid)) = options.run_as {
+        // The standard library sets the group before the user and drops root's supplementary
+        // groups when it switches users.
+        command.gid(gid).uid(uid);
+    }
+    // Handlers are installed before the CLI starts, so no signal finds the default action.
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler installs");
+    let mut hangup = signal(SignalKind::hangup()).expect("a SIGHUP handler installs");
+    if options.tty {
+        // A handler that nobody reads swallows the signal; tokio keeps it for the process's life.
+        for kind in [SignalKind::quit(), SignalKind::from_raw(libc::SIGTSTP)] {
+            drop(signal(kind).expect("a job-control handler installs"));
+        }
+    }
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             eprintln!(
@@ -49,13 +78,12 @@ async fn supervise(program: OsString, args: Vec<OsString>) -> i32 {
             return 127;
         }
     };
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler installs");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("a SIGINT handler installs");
 
     let status = tokio::select! {
         status = child.wait() => status,
         _ = term.recv() => stop(&mut child).await,
-        _ = interrupt.recv() => stop(&mut child).await,
+        _ = interrupt.recv(), if !options.tty => stop(&mut child).await,
+        _ = hangup.recv() => stop(&mut child).await,
     };
     match status {
         Ok(status) => exit_code(status),

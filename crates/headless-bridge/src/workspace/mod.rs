@@ -26,7 +26,6 @@ use std::time::Duration;
 pub mod prepare;
 
 use crate::adapter::codex::RunDirs;
-use crate::run::RunId;
 
 /// How often a [`SizeWatch`] measures. A clone writes at most a few hundred MB/s, so a limit
 /// is overshot by at most that much in this time.
@@ -61,8 +60,8 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Creates the tree for `id` under `workspaces_dir`.
-    pub fn create(workspaces_dir: &Path, id: RunId) -> io::Result<Self> {
+    /// Creates the tree for `id` (a run's or a session's) under `workspaces_dir`.
+    pub fn create(workspaces_dir: &Path, id: impl std::fmt::Display) -> io::Result<Self> {
         let root = workspaces_dir.join(id.to_string());
         fs::create_dir_all(workspaces_dir)?;
         fs::create_dir(&root)?;

@@ -98,6 +98,64 @@ async fn deep_health_is_503_when_the_login_has_expired_for_good() {
     );
 }
 
+/// A ChatGPT login without a refresh token whose access token expires in an hour.
+fn login_expiring_in_an_hour(dir: &std::path::Path) {
+    let jwt = |claims: &str| {
+        use base64::Engine as _;
+        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!("{}.{}.sig", enc(r#"{"alg":"none"}"#), enc(claims))
+    };
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    let auth = serde_json::json!({
+        "auth_mode": "chatgpt",
+        "tokens": {"id_token": jwt(r#"{"email":"a@b.c"}"#),
+            "access_token": jwt(&format!(r#"{{"exp":{exp}}}"#)), "account_id": "acct"},
+    });
+    std::fs::write(dir.join("auth.json"), auth.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn deep_health_is_degraded_but_200_when_a_login_will_die_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    login_expiring_in_an_hour(dir.path());
+    let bridge = BridgeBuilder::new().codex_dir(dir.path()).start().await;
+
+    let (status, body) = health(&bridge, "?deep=1").await;
+
+    assert_eq!(status, 200, "it still works: {body}");
+    assert_eq!(body["status"], "degraded", "{body}");
+    let credentials = &body["adapters"]["codex"]["credentials"];
+    assert_eq!(credentials["state"], "degraded");
+    let left = credentials["expires_in_s"].as_i64().expect("seconds left");
+    assert!((3500..=3600).contains(&left), "{left}");
+    assert!(
+        credentials["remedy"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/credentials/codex/login")
+    );
+}
+
+#[tokio::test]
+async fn the_warning_window_is_the_operators_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    login_expiring_in_an_hour(dir.path());
+    let bridge = BridgeBuilder::new()
+        .codex_dir(dir.path())
+        .var("HB_CREDENTIAL_WARN_WINDOW", "30m")
+        .start()
+        .await;
+
+    let (status, body) = health(&bridge, "?deep=1").await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["status"], "ok",
+        "an hour is outside 30 minutes: {body}"
+    );
+    assert_eq!(body["adapters"]["codex"]["credentials"]["state"], "ok");
+}
+
 #[tokio::test]
 async fn deep_health_is_503_when_the_binary_is_missing() {
     let model = Model::start(Behavior::Reply("unused".into())).await;

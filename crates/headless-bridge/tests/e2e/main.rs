@@ -2,7 +2,8 @@
 //! Claude Code, Gemini and Vercel pinned from npm by `scripts/install-codex.sh` and
 //! `scripts/install-clis.sh`, gh from Debian) against loopback stand-ins from `testkit`: fakes
 //! of the Responses, Anthropic Messages, Gemini and GitHub APIs, real git over smart HTTP and
-//! over ssh to a real OpenSSH server, and a static file server.
+//! over ssh to a real OpenSSH server, and a static file server. The runs page is tested in
+//! headless Chromium (Debian's) driven by playwright-core.
 
 mod support;
 
@@ -15,7 +16,10 @@ mod fetch;
 mod health;
 mod kube;
 mod login;
+mod login_relay;
 mod restart;
+mod runs_page;
 mod service;
+mod sessions;
 mod ssh_repos;
 mod workspaces;

@@ -278,7 +278,7 @@ async fn a_submodule_url_the_policy_refuses_stops_the_clone() {
     );
 }
 
-/// 2 MiB that git cannot compress away.
+/// Text that git cannot compress much.
 fn incompressible(len: usize) -> String {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     (0..len)
@@ -294,12 +294,14 @@ fn incompressible(len: usize) -> String {
 #[tokio::test]
 async fn a_clone_over_the_workspace_limit_ends_as_disk_full_and_the_bridge_stays_healthy() {
     let git = GitServer::start().await;
-    let big = incompressible(2 << 20);
+    // Far over the limit, which in turn is far over what a Codex run's own files take (its
+    // home reached 1.3 MiB on a loaded machine).
+    let big = incompressible(12 << 20);
     let repo_url = git.create_repo("big", &[("blob.txt", &big)]);
     let model = Model::start(Behavior::Reply("still fine".into())).await;
     // Workspaces are kept, so what is removed is what the disk-full path removed itself.
     let vars = [
-        ("HB_WORKSPACE_MAX_BYTES", "1M".into()),
+        ("HB_WORKSPACE_MAX_BYTES", "6M".into()),
         ("HB_KEEP_WORKSPACES", "true".into()),
     ];
     let bridge = bridge_with(&model, &vars).await;

@@ -249,9 +249,12 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
     path
 }
 
+/// sshd's log lines, filled by a thread as sshd writes them.
+type SharedLog = Arc<Mutex<Vec<String>>>;
+
 /// Starts sshd in the foreground with its log on stderr, and waits until it says it listens
 /// or exits.
-fn spawn_sshd(config: &Path) -> Result<(Child, Arc<Mutex<Vec<String>>>), StartFailure> {
+fn spawn_sshd(config: &Path) -> Result<(Child, SharedLog), StartFailure> {
     assert!(
         Path::new(SSHD).exists(),
         "{SSHD} is missing: scripts/install-deps.sh installs Debian's openssh-server"

@@ -3,6 +3,8 @@
 //! [`FakeModel`] owns the server side: it answers `POST /v1/responses` with a Server-Sent
 //! Events stream chosen by a [`Behavior`], answers Codex's model-list side request
 //! `GET /v1/models`, rejects any bearer but its API key with `401` and records every request.
+//! A test can hold its answers back and release them when it has seen what it wants to see of
+//! a run in progress ([`FakeModel::hold_answers`]).
 //! It also owns the Codex side of the handshake, the `config.toml` and `auth.json` that point
 //! a Codex home at it. What Codex does with the answers is the business of the tests.
 
@@ -60,6 +62,8 @@ struct Shared {
     api_key: String,
     shutdown: CancellationToken,
     log: watch::Sender<Vec<RecordedRequest>>,
+    /// Whether `POST /responses` is answered (true) or held until released (false).
+    answering: watch::Sender<bool>,
 }
 
 impl FakeModel {
@@ -77,6 +81,7 @@ impl FakeModel {
             api_key: api_key.to_owned(),
             shutdown: shutdown.clone(),
             log: watch::Sender::new(Vec::new()),
+            answering: watch::Sender::new(true),
         });
 
         let router = Router::new()
@@ -103,6 +108,18 @@ impl FakeModel {
         arrived
             .expect("the sender lives in `shared`, which `self` keeps alive")
             .clone()
+    }
+
+    /// Holds every `POST /responses` from now on (recorded, but unanswered) until
+    /// [`FakeModel::release_answers`], so a test can look at a run while its CLI waits for the
+    /// model, with no timing involved.
+    pub fn hold_answers(&self) {
+        self.shared.answering.send_replace(false);
+    }
+
+    /// Answers the held requests, and every later one at once.
+    pub fn release_answers(&self) {
+        self.shared.answering.send_replace(true);
     }
 }
 
@@ -149,6 +166,13 @@ async fn handle(
     let route = request.path.strip_prefix(API_PREFIX).unwrap_or_default();
     match (method, route) {
         (Method::POST, "/responses") => {
+            let mut answering = shared.answering.subscribe();
+            tokio::select! {
+                _ = answering.wait_for(|open| *open) => {}
+                () = shared.shutdown.cancelled() => {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+            }
             let answer = shared.behavior.answer(&request.body, seq);
             respond(answer, &shared.shutdown).await
         }

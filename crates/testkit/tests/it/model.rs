@@ -54,6 +54,25 @@ async fn hang_before_headers_sends_nothing() {
 }
 
 #[tokio::test]
+async fn held_answers_wait_for_the_release() {
+    let model = FakeModel::start(Behavior::Reply("hi".into()), KEY).await;
+    model.hold_answers();
+    let mut answer = tokio::spawn(post_responses(&model, KEY).send());
+    model.wait_for_requests(1).await;
+    let early = tokio::time::timeout(SILENCE, &mut answer).await;
+    assert!(early.is_err(), "no answer while held, got {early:?}");
+
+    model.release_answers();
+    let response = answer
+        .await
+        .expect("joined")
+        .expect("answered after release");
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("response.completed"), "{body}");
+}
+
+#[tokio::test]
 async fn wrong_bearer_gets_401_and_is_still_recorded() {
     let model = FakeModel::start(Behavior::Reply("hi".into()), KEY).await;
     let response = post_responses(&model, "sk-wrong")

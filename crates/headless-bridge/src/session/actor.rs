@@ -1,0 +1,368 @@
+//! The task that owns a session's program: it reads the output into the emulator, applies the
+//! expect rules, decides the state, serves input and resizes, enforces the limits, and ends
+//! the session the one way every end takes.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+
+use super::recording::Recording;
+use super::screen;
+use super::spec::Rules;
+use super::terminal::{Spawned, Terminal};
+use super::{Command, Emulator, EndReason, Session, SessionState, View, lock, start};
+use crate::redact::Redactor;
+use crate::run::supervisor::{self, ExitKind, RUN_MARKER};
+
+/// How long a session's processes have between SIGTERM and SIGKILL. The shim gives the
+/// program two seconds of its own, so this leaves it time to clean up after it.
+const TERM_GRACE: Duration = Duration::from_secs(4);
+/// With a ready pattern, output must pause this long before the screen is judged, so a
+/// prompt drawn in pieces is judged whole.
+const READY_SETTLE: Duration = Duration::from_millis(100);
+/// How long to keep reading output after the program exited: its last words.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// The output rate limit allows a burst of this many seconds' worth.
+const BURST_SECONDS: u64 = 4;
+/// How often the idle timeout is checked.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// A session's limits and idle window, resolved.
+pub(super) struct ActorSettings {
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub max_output_rate: u64,
+    pub quiet: Duration,
+    pub max_recording_bytes: u64,
+}
+
+pub(super) struct Actor {
+    pub session: Arc<Session>,
+    pub emulator: Arc<Mutex<Emulator>>,
+    pub view: watch::Sender<View>,
+    pub commands: mpsc::Receiver<Command>,
+    pub activity: Arc<Mutex<Instant>>,
+    pub redactor: Arc<Redactor>,
+    pub rules: Rules,
+    pub settings: ActorSettings,
+    /// The session's directory: its record and recording.
+    pub dir: PathBuf,
+}
+
+/// What the loop tracks between events.
+struct Progress {
+    /// The last output, input or automatic answer.
+    last_change: Instant,
+    /// Output came since the last input (a ready pattern counts only then).
+    output_since_input: bool,
+    /// The screen changed since the state was last judged.
+    unjudged: bool,
+    /// Output allowance left, in bytes.
+    allowance: f64,
+    allowance_at: Instant,
+}
+
+impl Actor {
+    /// Runs the session to its end and stores its record.
+    pub async fn run(mut self, spawned: Spawned) {
+        let Spawned {
+            terminal,
+            mut output,
+            mut exit,
+        } = spawned;
+        let mut recording = self.recording();
+        let now = Instant::now();
+        let mut progress = Progress {
+            last_change: now,
+            output_since_input: false,
+            unjudged: true,
+            allowance: (self.settings.max_output_rate * BURST_SECONDS) as f64,
+            allowance_at: now,
+        };
+        let lifetime_end = now + self.settings.lifetime;
+        let mut idle_check = tokio::time::interval(IDLE_CHECK);
+        let mut output_open = true;
+        let mut stop_replies = Vec::new();
+
+        let (reason, status) = loop {
+            let judge_at = progress
+                .unjudged
+                .then(|| progress.last_change + self.window());
+            tokio::select! {
+                chunk = output.recv(), if output_open => match chunk {
+                    Some(bytes) => {
+                        if !self.take_allowance(&mut progress, bytes.len()) {
+                            break (EndReason::OutputRateExceeded, stop(&terminal, &mut exit).await);
+                        }
+                        self.on_output(&bytes, &terminal, &mut recording, &mut progress);
+                    }
+                    None => output_open = false,
+                },
+                status = &mut exit => {
+                    break (EndReason::ProcessExited, status.unwrap_or(ExitKind::Code(-1)));
+                }
+                Some(command) = self.commands.recv() => match command {
+                    Command::Input { bytes, reply } => {
+                        self.type_bytes(bytes, &terminal, &mut recording, &mut progress);
+                        self.rules.rearm();
+                        let _ = reply.send(Ok(()));
+                    }
+                    Command::Resize { rows, cols, reply } => {
+                        self.resize(rows, cols, &terminal, &mut recording);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Command::Stop { reason, reply } => {
+                        stop_replies.push(reply);
+                        break (reason, stop(&terminal, &mut exit).await);
+                    }
+                },
+                () = sleep_until(judge_at), if judge_at.is_some() => {
+                    progress.unjudged = false;
+                    self.judge(&progress, true);
+                    // A pause in the output is when a download of the cast sees it all.
+                    if let Some(recording) = &mut recording {
+                        recording.flush();
+                    }
+                }
+                () = tokio::time::sleep_until(lifetime_end.into()) => {
+                    break (EndReason::MaxLifetime, stop(&terminal, &mut exit).await);
+                }
+                _ = idle_check.tick() => {
+                    if self.abandoned() {
+                        break (EndReason::IdleTimeout, stop(&terminal, &mut exit).await);
+                    }
+                }
+            }
+        };
+
+        // Whatever ended it, nothing of the session may stay: the group and every marked
+        // process go, then the last output is read.
+        let _ = killpg(terminal.pid, Signal::SIGKILL);
+        let id = self.session.id.to_string();
+        let stragglers = supervisor::kill_marked(RUN_MARKER, &id).await;
+        if stragglers > 0 {
+            tracing::info!(session_id = %id, stragglers, "killed processes a session left behind");
+        }
+        let drain = async {
+            while let Some(bytes) = output.recv().await {
+                self.on_output(&bytes, &terminal, &mut recording, &mut progress);
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
+        if let Some(recording) = &mut recording {
+            recording.flush();
+        }
+        self.finish(reason, status);
+        for reply in stop_replies {
+            let _ = reply.send(());
+        }
+        // Stops asked for while the session ended are answered too.
+        self.commands.close();
+        while let Ok(command) = self.commands.try_recv() {
+            if let Command::Stop { reply, .. } = command {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn recording(&self) -> Option<Recording> {
+        let (rows, cols) = lock(&self.emulator).screen().size();
+        let path = self.session.recording.clone();
+        match Recording::create(
+            &path,
+            cols.get(),
+            rows.get(),
+            self.settings.max_recording_bytes,
+        ) {
+            Ok(recording) => Some(recording),
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "failed to create a session recording");
+                None
+            }
+        }
+    }
+
+    /// How long output must pause before the state is judged.
+    fn window(&self) -> Duration {
+        match self.rules.ready {
+            Some(_) => READY_SETTLE.min(self.settings.quiet),
+            None => self.settings.quiet,
+        }
+    }
+
+    /// Takes `bytes` from the output allowance; false once the rate limit is passed.
+    fn take_allowance(&self, progress: &mut Progress, bytes: usize) -> bool {
+        let rate = self.settings.max_output_rate as f64;
+        let now = Instant::now();
+        let refill = now.duration_since(progress.allowance_at).as_secs_f64() * rate;
+        progress.allowance = (progress.allowance + refill).min(rate * BURST_SECONDS as f64);
+        progress.allowance_at = now;
+        progress.allowance -= bytes as f64;
+        progress.allowance >= 0.0
+    }
+
+    fn on_output(
+        &mut self,
+        bytes: &[u8],
+        terminal: &Terminal,
+        recording: &mut Option<Recording>,
+        progress: &mut Progress,
+    ) {
+        if let Some(recording) = recording {
+            recording.output(bytes, |text| self.redactor.redact(text));
+        }
+        let replies = {
+            let mut emulator = lock(&self.emulator);
+            emulator.process(bytes);
+            std::mem::take(&mut emulator.callbacks_mut().pending)
+        };
+        if !replies.is_empty() {
+            terminal.write(replies);
+        }
+        progress.last_change = Instant::now();
+        progress.output_since_input = true;
+        progress.unjudged = true;
+
+        // Automatic answers go out at once; the state is judged without waiting for quiet
+        // only to show a question or that the tool is working.
+        let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
+        let found = self.rules.evaluate(&screen_text, &cursor_line);
+        for (pattern, answer) in found.answers {
+            tracing::info!(session_id = %self.session.id, pattern, "answered a prompt by an expect rule");
+            self.type_bytes(answer, terminal, recording, progress);
+        }
+        self.judge(progress, false);
+    }
+
+    fn type_bytes(
+        &mut self,
+        bytes: Vec<u8>,
+        terminal: &Terminal,
+        recording: &mut Option<Recording>,
+        progress: &mut Progress,
+    ) {
+        if let Some(recording) = recording {
+            recording.input(&bytes);
+        }
+        terminal.write(bytes);
+        progress.last_change = Instant::now();
+        progress.output_since_input = false;
+        progress.unjudged = true;
+        self.publish(SessionState::Busy);
+    }
+
+    fn resize(
+        &mut self,
+        rows: u16,
+        cols: u16,
+        terminal: &Terminal,
+        recording: &mut Option<Recording>,
+    ) {
+        let size = |n: u16| std::num::NonZeroU16::new(n).expect("sizes are checked by the API");
+        lock(&self.emulator)
+            .screen_mut()
+            .set_size(size(rows), size(cols));
+        if let Err(e) = terminal.resize(rows, cols) {
+            tracing::warn!(error = %e, "failed to resize a session's terminal");
+        }
+        if let Some(recording) = recording {
+            recording.resize(cols, rows);
+        }
+        let state = self.view.borrow().state.clone();
+        self.publish(state);
+    }
+
+    /// Decides the state from the screen. `settled`: output has paused for the window.
+    fn judge(&mut self, progress: &Progress, settled: bool) {
+        let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
+        let found = self.rules.evaluate(&screen_text, &cursor_line);
+        let state = if let Some((pattern, question)) = found.question {
+            SessionState::WaitingForInput {
+                question: self.redactor.redact(&question),
+                pattern,
+            }
+        } else if !settled {
+            SessionState::Busy
+        } else {
+            match self.rules.is_ready(&screen_text) {
+                Some(true) if progress.output_since_input => SessionState::Idle,
+                Some(_) => SessionState::Busy,
+                None => SessionState::Idle,
+            }
+        };
+        self.publish(state);
+    }
+
+    /// Nobody typed, looked or listened for the idle timeout.
+    fn abandoned(&self) -> bool {
+        let listening = self.view.receiver_count() > 1;
+        let last = *lock(&self.activity);
+        !listening && last.elapsed() >= self.settings.idle_timeout
+    }
+
+    fn publish(&self, state: SessionState) {
+        if self.view.borrow().state != state {
+            let _ = self.session.states.send(state.clone());
+        }
+        self.view.send_modify(|view| {
+            view.state = state;
+            view.revision += 1;
+        });
+    }
+
+    fn finish(&self, reason: EndReason, status: ExitKind) {
+        let (exit_code, signal) = match status {
+            ExitKind::Code(code) => (Some(code), None),
+            ExitKind::Signal(signal) => (None, Some(signal)),
+        };
+        let message = match (reason, status) {
+            (EndReason::ProcessExited, ExitKind::Code(code)) => {
+                format!("the program exited with code {code}")
+            }
+            (EndReason::ProcessExited, ExitKind::Signal(signal)) => {
+                format!("the program was killed by signal {signal}")
+            }
+            (reason, _) => reason.message().to_owned(),
+        };
+        tracing::info!(session_id = %self.session.id, reason = ?reason, "session ended");
+        let state = SessionState::Exited {
+            exit_code,
+            signal,
+            reason,
+            message,
+        };
+        self.view.send_modify(|view| {
+            view.state = state.clone();
+            view.revision += 1;
+            view.ended_at = Some(OffsetDateTime::now_utc());
+        });
+        let _ = self.session.states.send(state);
+        start::write_record(&self.dir, &self.session.record());
+    }
+}
+
+/// Stops the session's process group: SIGTERM, the grace period, SIGKILL. Returns how the
+/// session's leader ended.
+async fn stop(
+    terminal: &Terminal,
+    exit: &mut tokio::sync::oneshot::Receiver<ExitKind>,
+) -> ExitKind {
+    let _ = killpg(terminal.pid, Signal::SIGTERM);
+    if let Ok(status) = tokio::time::timeout(TERM_GRACE, &mut *exit).await {
+        return status.unwrap_or(ExitKind::Code(-1));
+    }
+    let _ = killpg(terminal.pid, Signal::SIGKILL);
+    exit.await.unwrap_or(ExitKind::Code(-1))
+}
+
+/// Sleeps until `at`, or forever without one (the branch is disabled then anyway).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,152 @@
+//! A session's recording as an asciinema v2 cast: a JSON header line, then one JSON array per
+//! event, `[seconds, "o", text]` for output, `"i"` for input and `"r"` for a resize
+//! (<https://docs.asciinema.org/manual/asciicast/v2/>). `asciinema play` replays it.
+//!
+//! Output arrives in chunks that may split a UTF-8 character, so an incomplete tail is held
+//! for the next chunk. The file is capped; past the cap one marker event says so and the rest
+//! is dropped, so a session that floods its terminal cannot fill the disk.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write as _};
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::json;
+
+/// The last output of a cast cut at its size limit.
+const CUT_MARKER: &str = "\r\n[headless-bridge: recording cut at its size limit]\r\n";
+
+/// Writes one cast file.
+pub struct Recording {
+    file: Option<BufWriter<File>>,
+    started: Instant,
+    written: u64,
+    max_bytes: u64,
+    /// Bytes of output that end in the middle of a UTF-8 character.
+    carry: Vec<u8>,
+}
+
+impl Recording {
+    /// Creates the cast at `path` for a terminal of `cols` x `rows`.
+    pub fn create(path: &Path, cols: u16, rows: u16, max_bytes: u64) -> io::Result<Self> {
+        let mut file = BufWriter::new(File::create(path)?);
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let header = json!({
+            "version": 2, "width": cols, "height": rows, "timestamp": timestamp,
+            "env": { "TERM": super::TERM },
+        });
+        let line = format!("{header}\n");
+        file.write_all(line.as_bytes())?;
+        Ok(Self {
+            file: Some(file),
+            started: Instant::now(),
+            written: line.len() as u64,
+            max_bytes,
+            carry: Vec::new(),
+        })
+    }
+
+    /// Records output; `redact` masks secrets in it.
+    pub fn output(&mut self, bytes: &[u8], redact: impl Fn(&str) -> String) {
+        self.carry.extend_from_slice(bytes);
+        let complete = match std::str::from_utf8(&self.carry) {
+            Ok(_) => self.carry.len(),
+            // An error with no length is a character cut short at the end: keep it for later.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.carry.len(),
+        };
+        let text = String::from_utf8_lossy(&self.carry[..complete]).into_owned();
+        self.carry.drain(..complete);
+        if !text.is_empty() {
+            self.event("o", &redact(&text));
+        }
+    }
+
+    /// Records input typed by a client or an expect rule.
+    pub fn input(&mut self, bytes: &[u8]) {
+        self.event("i", &String::from_utf8_lossy(bytes));
+    }
+
+    /// Records a resize.
+    pub fn resize(&mut self, cols: u16, rows: u16) {
+        self.event("r", &format!("{cols}x{rows}"));
+    }
+
+    /// Writes what is buffered to the file.
+    pub fn flush(&mut self) {
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.flush()
+        {
+            tracing::warn!(error = %e, "failed to write a session recording; it stops here");
+            self.file = None;
+        }
+    }
+
+    fn event(&mut self, kind: &str, data: &str) {
+        let Some(file) = &mut self.file else { return };
+        let seconds = self.started.elapsed().as_secs_f64();
+        let line = format!("{}\n", json!([(seconds * 1e6).round() / 1e6, kind, data]));
+        if self.written + line.len() as u64 > self.max_bytes {
+            let marker = json!([seconds, "o", CUT_MARKER]);
+            let _ = file.write_all(format!("{marker}\n").as_bytes());
+            self.flush();
+            self.file = None;
+            return;
+        }
+        self.written += line.len() as u64;
+        if let Err(e) = file.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "failed to write a session recording; it stops here");
+            self.file = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cast_has_a_header_and_events_and_keeps_split_characters_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let mut cast = Recording::create(&path, 80, 24, 1 << 20).unwrap();
+        let euro = "€".as_bytes();
+        cast.output(&[b"a".as_slice(), &euro[..1]].concat(), str::to_owned);
+        cast.output(&euro[1..], str::to_owned);
+        cast.input(b"y\r");
+        cast.resize(100, 30);
+        cast.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["version"], 2);
+        assert_eq!(
+            (lines[0]["width"].as_u64(), lines[0]["height"].as_u64()),
+            (Some(80), Some(24))
+        );
+        assert_eq!(lines[1][1], "o");
+        assert_eq!(lines[1][2], "a");
+        assert_eq!(lines[2][2], "€");
+        assert_eq!(
+            (lines[3][1].as_str(), lines[3][2].as_str()),
+            (Some("i"), Some("y\r"))
+        );
+        assert_eq!(lines[4][2], "100x30");
+    }
+
+    #[test]
+    fn a_cast_stops_at_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let mut cast = Recording::create(&path, 80, 24, 400).unwrap();
+        for _ in 0..100 {
+            cast.output(b"0123456789", str::to_owned);
+        }
+        cast.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.len() < 600, "{}", text.len());
+        assert!(text.contains("recording cut"));
+    }
+}

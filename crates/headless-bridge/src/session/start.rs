@@ -1,0 +1,360 @@
+//! Starting a session: its workspace, private HOME and credentials, prepared as a run's are,
+//! its command built from the adapter, and its actor started; and the stored records of
+//! sessions.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::actor::{Actor, ActorSettings};
+use super::spec::{Rules, SessionSpec};
+use super::terminal::{self, TerminalCommand};
+use super::{EndReason, Session, SessionId, SessionRecord, SessionState, TERM, View};
+use crate::adapter::codex::{self, RunDirs};
+use crate::adapter::{self, Adapter, Adapters, prepare as adapter_prepare};
+use crate::config::Config;
+use crate::credentials::{self, WorkingCopy};
+use crate::redact::{self, Redactor};
+use crate::run::ReasonCode;
+use crate::run::supervisor::{self, RUN_MARKER};
+use crate::workspace::Workspace;
+
+/// What a client asks for.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    pub adapter: String,
+    pub rows: u16,
+    pub cols: u16,
+    /// A first prompt, for adapters whose interactive command line takes one.
+    pub prompt: Option<String>,
+    /// A shorter lifetime than the bridge's maximum.
+    pub lifetime: Option<Duration>,
+    /// A shorter idle timeout than the bridge's.
+    pub idle_timeout: Option<Duration>,
+    /// The quiet window that means idle, instead of the adapter's or the bridge's.
+    pub quiet: Option<Duration>,
+}
+
+/// Why a session did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("adapter `{0}` is not known")]
+    UnknownAdapter(String),
+    #[error("{limit} sessions are running, the most this bridge allows (HB_MAX_SESSIONS)")]
+    TooMany { limit: usize },
+    #[error("the bridge is shutting down")]
+    ShuttingDown,
+    #[error("{message}")]
+    Credentials { reason: ReasonCode, message: String },
+    #[error("failed to prepare the session: {0}")]
+    Prepare(String),
+    #[error(transparent)]
+    Spawn(#[from] terminal::SpawnError),
+}
+
+/// `<data_dir>/sessions/<id>`: the record and the recording.
+pub fn session_dir(data_dir: &Path, id: SessionId) -> PathBuf {
+    data_dir.join("sessions").join(id.to_string())
+}
+
+/// The stored record in `dir`, if it is there and readable.
+pub fn read_record(dir: &Path) -> Option<SessionRecord> {
+    let text = std::fs::read(dir.join("session.json")).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes a record beside the recording (through a temporary file, so a reader never sees
+/// half of it).
+pub fn write_record(dir: &Path, record: &SessionRecord) {
+    let path = dir.join("session.json");
+    let temp = dir.join("session.json.tmp");
+    let json = serde_json::to_vec_pretty(record).expect("a record serializes");
+    if let Err(e) = std::fs::write(&temp, json).and_then(|()| std::fs::rename(&temp, &path)) {
+        tracing::error!(error = %e, path = %path.display(), "failed to store a session record");
+    }
+}
+
+/// Marks the sessions a previous process left running as interrupted, and kills what is
+/// left of them.
+pub async fn interrupt_leftovers(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("sessions")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(mut record) = read_record(&entry.path()) else {
+            continue;
+        };
+        if record.state.is_exited() {
+            continue;
+        }
+        let killed = supervisor::kill_marked(RUN_MARKER, &record.id.to_string()).await;
+        record.state = SessionState::Exited {
+            exit_code: None,
+            signal: None,
+            reason: EndReason::Interrupted,
+            message: EndReason::Interrupted.message().to_owned(),
+        };
+        record.ended_at = Some(OffsetDateTime::now_utc());
+        write_record(&entry.path(), &record);
+        tracing::warn!(session_id = %record.id, killed, "a session left running by a previous process was marked interrupted");
+    }
+}
+
+/// The command, rules and secrets of a session of `adapter`.
+struct Launch {
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    run_as: Option<(u32, u32)>,
+    spec: SessionSpec,
+    secrets: Vec<String>,
+    /// Codex sessions get the login's working copy.
+    codex_login: bool,
+}
+
+/// Starts session `id`: prepares it, starts its program, and hands it to its actor.
+pub async fn start(
+    id: SessionId,
+    request: StartRequest,
+    config: &Arc<Config>,
+    adapters: &Adapters,
+    login: Arc<WorkingCopy>,
+) -> Result<Arc<Session>, StartError> {
+    let adapter = adapters
+        .get(&request.adapter)
+        .ok_or_else(|| StartError::UnknownAdapter(request.adapter.clone()))?;
+    let dir = session_dir(&config.data_dir, id);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| StartError::Prepare(format!("failed to create {}: {e}", dir.display())))?;
+    let workspace = Workspace::create(&config.data_dir.join("workspaces"), id)
+        .map_err(|e| StartError::Prepare(format!("failed to create the workspace: {e}")))?;
+    let prepared = launch(&adapter, config, &workspace.dirs, request.prompt.as_deref());
+    let launch = match prepared {
+        Ok(launch) => launch,
+        Err(e) => {
+            let _ = workspace.remove();
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+
+    let mut redactor = Redactor::new(config.api_tokens.values().iter().cloned());
+    redactor.extend(redact::proxy_secrets());
+    redactor.extend(launch.secrets.iter().cloned());
+    let auth = if launch.codex_login {
+        let auth = login.checkout().map_err(|e| StartError::Credentials {
+            reason: e.reason(),
+            message: e.to_string(),
+        })?;
+        redactor.extend(auth.secrets().iter().cloned());
+        credentials::install(&auth, &config.codex, &workspace.dirs.codex_home)
+            .map_err(|e| StartError::Prepare(format!("failed to copy the login: {e}")))?;
+        Some(auth)
+    } else {
+        None
+    };
+    let rules = Rules::compile(&launch.spec).map_err(StartError::Prepare)?;
+    let quiet = request
+        .quiet
+        .or(launch.spec.quiet_ms.map(Duration::from_millis))
+        .unwrap_or(config.sessions.quiet);
+
+    let command = TerminalCommand {
+        program: launch.program,
+        args: launch.args,
+        env: launch.env,
+        cwd: workspace.dirs.work.clone(),
+        marker: (RUN_MARKER.to_owned(), id.to_string()),
+        shim: config.shim_bin.clone(),
+        run_as: launch.run_as,
+    };
+    let size = |n: u16| std::num::NonZeroU16::new(n).expect("sizes are checked by the API");
+    let emulator = Arc::new(Mutex::new(vt100::Parser::new_with_callbacks(
+        size(request.rows),
+        size(request.cols),
+        0,
+        Default::default(),
+    )));
+    let (view_tx, view) = watch::channel(View {
+        state: SessionState::Starting,
+        revision: 0,
+        ended_at: None,
+    });
+    let (commands_tx, commands) = mpsc::channel(32);
+    let activity = Arc::new(Mutex::new(Instant::now()));
+    let redactor = Arc::new(redactor);
+    let session = Arc::new(Session {
+        id,
+        adapter: request.adapter.clone(),
+        created_at: OffsetDateTime::now_utc(),
+        emulator: emulator.clone(),
+        view,
+        states: tokio::sync::broadcast::channel(super::STATE_BACKLOG).0,
+        commands: commands_tx,
+        activity: activity.clone(),
+        redactor: redactor.clone(),
+        recording: dir.join("recording.cast"),
+    });
+    write_record(&dir, &session.record());
+
+    let limits = &config.sessions;
+    let settings = ActorSettings {
+        lifetime: request
+            .lifetime
+            .map_or(limits.max_lifetime, |l| l.min(limits.max_lifetime)),
+        idle_timeout: request
+            .idle_timeout
+            .map_or(limits.idle_timeout, |l| l.min(limits.idle_timeout)),
+        max_output_rate: limits.max_output_rate,
+        quiet,
+        max_recording_bytes: config.max_log_bytes,
+    };
+    let actor = Actor {
+        session: session.clone(),
+        emulator,
+        view: view_tx,
+        commands,
+        activity,
+        redactor,
+        rules,
+        settings,
+        dir,
+    };
+
+    // The task owns everything that must live as long as the session: the login's writer
+    // lock (a ChatGPT login refreshes single-use tokens, so nothing else may use it
+    // meanwhile), and the workspace, removed when the session ends.
+    let (started_tx, started) = oneshot::channel();
+    let keep = config.keep_workspaces;
+    tokio::spawn(async move {
+        let _writer = match &auth {
+            Some(auth) => Some(login.writer(auth).await),
+            None => None,
+        };
+        let spawned = terminal::spawn(&command, request.rows, request.cols);
+        let spawned = match spawned {
+            Ok(spawned) => {
+                let _ = started_tx.send(Ok(()));
+                spawned
+            }
+            Err(e) => {
+                let _ = started_tx.send(Err(e));
+                let _ = std::fs::remove_dir_all(&actor.dir);
+                let _ = workspace.remove();
+                return;
+            }
+        };
+        actor.run(spawned).await;
+        if let Some(given) = &auth
+            && let Err(e) = login.check_in(&workspace.dirs.codex_home.join("auth.json"), given)
+        {
+            tracing::error!(error = %e, "failed to keep the login a session refreshed");
+        }
+        if !keep {
+            let root = workspace.root().to_owned();
+            if let Err(e) = workspace.remove() {
+                tracing::warn!(error = %e, path = %root.display(), "failed to remove a session's workspace");
+            }
+        }
+    });
+    match started.await {
+        Ok(Ok(())) => Ok(session),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(StartError::Prepare("the session's task ended early".into())),
+    }
+}
+
+/// The command of a session of `adapter`.
+fn launch(
+    adapter: &Adapter,
+    config: &Config,
+    dirs: &RunDirs,
+    prompt: Option<&str>,
+) -> Result<Launch, StartError> {
+    let launch = match adapter {
+        Adapter::Codex => {
+            let mut env = terminal_environment(dirs);
+            env.push(("CODEX_HOME".into(), dirs.codex_home.clone().into()));
+            Launch {
+                program: config.codex.bin.clone(),
+                args: codex_args(config, dirs, prompt),
+                env,
+                run_as: None,
+                spec: codex_spec(),
+                secrets: Vec::new(),
+                codex_login: true,
+            }
+        }
+        Adapter::Profile(profile) => {
+            let spec = profile.session.clone().unwrap_or_default();
+            let mut interactive = (**profile).clone();
+            interactive.args = spec
+                .args
+                .iter()
+                .filter(|arg| prompt.is_some() || !arg.contains("{prompt}"))
+                .cloned()
+                .collect();
+            let prepared = adapter_prepare::prepare(&interactive, dirs, prompt.unwrap_or_default())
+                .map_err(|e| StartError::Credentials {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                })?;
+            let mut env = terminal_environment(dirs);
+            env.extend(prepared.env);
+            Launch {
+                program: prepared.program,
+                args: prepared.args,
+                env,
+                run_as: prepared.run_as.map(|user| (user.uid, user.gid)),
+                spec,
+                secrets: prepared.secrets,
+                codex_login: false,
+            }
+        }
+    };
+    let profile = codex::shell_profile(&dirs.bin);
+    for name in [".bash_profile", ".profile"] {
+        std::fs::write(dirs.home.join(name), &profile)
+            .map_err(|e| StartError::Prepare(format!("failed to write {name}: {e}")))?;
+    }
+    std::fs::create_dir_all(&dirs.work)
+        .map_err(|e| StartError::Prepare(format!("failed to create the work directory: {e}")))?;
+    Ok(launch)
+}
+
+/// A run's environment, changed for a terminal: a terminal type the emulator understands, and
+/// without the variables that tell tools nobody is there (`CI` makes some refuse to prompt).
+fn terminal_environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
+    let mut env = adapter::run_environment(dirs);
+    env.retain(|(name, _)| name != "CI" && name != "NO_COLOR" && name != "TERM");
+    env.push(("TERM".into(), TERM.into()));
+    env
+}
+
+/// The Codex TUI (`codex` without `exec`) with the run's flags: its directory, the sandbox
+/// setting, analytics and plugin sync off, bounded retries.
+fn codex_args(config: &Config, dirs: &RunDirs, prompt: Option<&str>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--cd".into(), dirs.work.clone().into()];
+    if config.codex.bypass_sandbox {
+        args.push("--dangerously-bypass-approvals-and-sandbox".into());
+    } else {
+        args.extend(["--sandbox".into(), "workspace-write".into()]);
+    }
+    args.extend(["--config".into(), "analytics.enabled=false".into()]);
+    for feature in ["plugins", "unbounded_connection_retries"] {
+        args.extend(["--disable".into(), feature.into()]);
+    }
+    if let Some(prompt) = prompt {
+        args.extend(["--".into(), prompt.into()]);
+    }
+    args
+}
+
+/// How the Codex TUI behaves on a terminal (codex-cli 0.171.0).
+fn codex_spec() -> SessionSpec {
+    SessionSpec::default()
+}

@@ -1,6 +1,6 @@
 //! The Job executor: the bridge's side of a run that executes in a Kubernetes Job.
 //!
-//! Theory of operation. The engine hands a run to [`JobExecutor::execute`] once it has a slot,
+//! Theory of operation. The engine hands a run to `JobExecutor::execute` once it has a slot,
 //! as it would hand it to the local pipeline. The executor takes the login as a local run does
 //! (a ChatGPT login's writer lock is held until the run ends, so runs of one login still never
 //! refresh at once), makes a random report token, creates the Job, then the run's Secret

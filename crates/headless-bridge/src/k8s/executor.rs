@@ -180,26 +180,8 @@ impl JobExecutor {
     ) -> Result<(), Failure> {
         let name = job::name(record.id);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        let spec = job::job(&pipeline.config, &self.settings, record);
-        let created = jobs
-            .create(&PostParams::default(), &spec)
-            .await
-            .map_err(|e| executor_error("create the run's Job", &e))?;
-        let uid = created.metadata.uid.unwrap_or_default();
-        let config_toml = config_toml(&pipeline.config);
-        let secret = job::run_secret(
-            &self.settings.namespace,
-            record,
-            token,
-            Some((given.bytes(), config_toml)),
-            &uid,
-        );
-        if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
-            self.delete(&jobs, &name, DeleteParams::foreground()).await;
-            return Err(executor_error("create the run's Secret", &e));
-        }
-        tracing::info!(job = %name, namespace = %self.settings.namespace, "run Job created");
+        self.start_job(pipeline, record, given, token, &jobs)
+            .await?;
         sink.notice(format!(
             "running as Kubernetes Job {}/{name}",
             self.settings.namespace
@@ -214,10 +196,8 @@ impl JobExecutor {
             tokio::select! {
                 biased;
                 Some(report) = reports.recv() => {
-                    let Report { calls, finished, login } = report;
-                    self.apply(pipeline, record, sink, calls).await;
-                    if finished.is_some() {
-                        break End::Reported(Report { calls: Vec::new(), finished, login });
+                    if let Some(last) = self.take(pipeline, record, sink, report).await {
+                        break End::Reported(last);
                     }
                 }
                 () = pipeline.stop.cancelled() => break End::Stopped,
@@ -243,28 +223,65 @@ impl JobExecutor {
                 Err(timed_out(record.spec.timeout_s))
             }
             End::JobEnded(job) => {
-                // A report sent before the pod ended is already queued: take it first.
-                if let Ok(report) = reports.try_recv() {
-                    let Report {
-                        calls,
-                        finished,
-                        login,
-                    } = report;
-                    self.apply(pipeline, record, sink, calls).await;
-                    if finished.is_some() {
+                // Reports sent before the pod ended are already queued: take them first.
+                while let Ok(report) = reports.try_recv() {
+                    if let Some(last) = self.take(pipeline, record, sink, report).await {
                         self.delete(&jobs, &name, DeleteParams::background()).await;
-                        let report = Report {
-                            calls: Vec::new(),
-                            finished,
-                            login,
-                        };
-                        return self.finish(pipeline, record, given, report).await;
+                        return self.finish(pipeline, record, given, last).await;
                     }
                 }
                 self.delete(&jobs, &name, DeleteParams::background()).await;
                 Err(ended_without_report(*job, record.spec.timeout_s))
             }
         }
+    }
+
+    /// Creates the run's Job, then its Secret owned by the Job.
+    async fn start_job(
+        &self,
+        pipeline: &Pipeline,
+        record: &RunRecord,
+        given: &LoadedAuth,
+        token: &str,
+        jobs: &Api<Job>,
+    ) -> Result<(), Failure> {
+        let name = job::name(record.id);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let spec = job::job(&pipeline.config, &self.settings, record);
+        let created = jobs
+            .create(&PostParams::default(), &spec)
+            .await
+            .map_err(|e| executor_error("create the run's Job", &e))?;
+        let uid = created.metadata.uid.unwrap_or_default();
+        let login = (given.bytes(), config_toml(&pipeline.config));
+        let secret = job::run_secret(&self.settings.namespace, record, token, Some(login), &uid);
+        if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
+            self.delete(jobs, &name, DeleteParams::foreground()).await;
+            return Err(executor_error("create the run's Secret", &e));
+        }
+        tracing::info!(job = %name, namespace = %self.settings.namespace, "run Job created");
+        Ok(())
+    }
+
+    /// Applies a report's sink calls; hands the report back when it is the final one.
+    async fn take(
+        &self,
+        pipeline: &Pipeline,
+        record: &mut RunRecord,
+        sink: &mut EventSink,
+        report: Report,
+    ) -> Option<Report> {
+        let Report {
+            calls,
+            finished,
+            login,
+        } = report;
+        self.apply(pipeline, record, sink, calls).await;
+        finished.is_some().then(|| Report {
+            calls: Vec::new(),
+            finished,
+            login,
+        })
     }
 
     /// Applies a worker's sink calls to the run's own sink, and follows its state changes in

@@ -768,3 +768,38 @@ async fn a_login_refreshed_in_a_job_becomes_the_working_copy_and_goes_back_to_it
         serde_json::from_str(&world.secret_value(LOGIN_SECRET, "auth.json").await).unwrap();
     assert_eq!(written["tokens"]["refresh_token"], "rt_rotated_1");
 }
+
+#[tokio::test]
+async fn a_pod_that_fails_without_reporting_fails_the_run_with_executor_error() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let model = Model::start(Behavior::Reply("never asked".into())).await;
+    let bridge = job_bridge(&world, &model).await;
+
+    let (_, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "crash"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let pod = pod_of(&world.admin, &id).await;
+    // The kubelet reports the container dead before the worker could say anything.
+    Api::<Pod>::namespaced(world.admin.clone(), NS)
+        .patch_status(
+            &pod.metadata.name.unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+
+    bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(finished["outcome"], "failed", "{finished}");
+    assert_eq!(finished["reason"], "executor_error");
+    assert!(
+        finished["message"]
+            .as_str()
+            .unwrap()
+            .contains("without its worker reporting"),
+        "{finished}"
+    );
+}

@@ -99,7 +99,10 @@ impl Bridge {
             Executor::Kubernetes(settings) => {
                 let client = crate::k8s::client(&config.kube)?;
                 tracing::info!(namespace = %settings.namespace, "runs execute as Kubernetes Jobs");
-                Some(JobExecutor::new(client, settings.clone()))
+                let jobs = JobExecutor::new(client, settings.clone());
+                // A bridge killed without warning leaves its runs' Jobs behind.
+                jobs.delete_jobs_of(&interrupted).await;
+                Some(jobs)
             }
         };
         let engine = Engine::new(config.clone(), store, adapters.clone(), jobs);

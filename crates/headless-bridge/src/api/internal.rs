@@ -29,12 +29,12 @@ pub async fn report(
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(super::auth::bearer_token)
         .ok_or_else(ApiError::unauthorized)?;
     let report: Report = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid_report", format!("the report does not parse: {e}"))
     })?;
-    match jobs.deliver(id, token.trim(), report).await {
+    match jobs.deliver(id, token, report).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(DeliverError::UnknownRun) => Err(no_run()),
         Err(DeliverError::Unauthorized) => Err(ApiError::unauthorized()),

@@ -112,6 +112,16 @@ impl JobExecutor {
             .map_err(|_| DeliverError::UnknownRun)
     }
 
+    /// Deletes the Jobs of runs a previous process left unfinished (their reports would find
+    /// no run to take them).
+    pub async fn delete_jobs_of(&self, runs: &[RunId]) {
+        let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        for id in runs {
+            self.delete(&jobs, &job::name(*id), DeleteParams::foreground())
+                .await;
+        }
+    }
+
     /// Drives `record` through a Job to its end; the engine stores the finished record.
     pub(crate) async fn execute(
         &self,

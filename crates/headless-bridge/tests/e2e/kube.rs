@@ -418,6 +418,7 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
     assert_eq!(event_shape(&events), event_shape(&local_events));
 
     // The finished Job is deleted, and its Secret with it (the garbage collector).
+    let job_name = format!("hb-run-{id}");
     let gone = kube::runtime::wait::await_condition(jobs, &job_name, |j: Option<&Job>| j.is_none());
     tokio::time::timeout(Duration::from_secs(60), gone)
         .await
@@ -802,4 +803,62 @@ async fn a_pod_that_fails_without_reporting_fails_the_run_with_executor_error() 
             .contains("without its worker reporting"),
         "{finished}"
     );
+}
+
+/// Settings for a bridge process with the Job executor on a port picked now.
+fn job_process_vars(world: &World, model: &Model) -> Vec<(&'static str, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut vars = world.bridge_vars();
+    vars.extend([
+        ("HB_LISTEN", format!("127.0.0.1:{port}")),
+        ("HB_CODEX_DIR", model.codex_dir.path().display().to_string()),
+        ("HB_EXECUTOR", "kubernetes".to_owned()),
+        ("HB_JOB_NAMESPACE", NS.to_owned()),
+        ("HB_JOB_IMAGE", "headless-bridge:test".to_owned()),
+        ("HB_JOB_BRIDGE_URL", format!("http://127.0.0.1:{port}")),
+    ]);
+    vars
+}
+
+#[tokio::test]
+async fn a_bridge_killed_mid_run_deletes_the_runs_job_when_it_starts_again() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let model = Model::start(Behavior::Reply("never asked".into())).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let start = |vars: Vec<(&'static str, String)>| {
+        let data = data_dir.path().to_owned();
+        async move {
+            let vars: Vec<(&str, &Path)> = vars
+                .iter()
+                .map(|(k, v)| (*k, Path::new(v.as_str())))
+                .collect();
+            BridgeProcess::start_with(&data, &vars).await
+        }
+    };
+    let mut bridge = start(job_process_vars(&world, &model)).await;
+    let (_, run) = bridge
+        .client()
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "wait"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    pod_of(&world.admin, &id).await;
+
+    bridge.child.start_kill().unwrap();
+    bridge.child.wait().await.unwrap();
+    let restarted = start(job_process_vars(&world, &model)).await;
+
+    let jobs: Api<Job> = Api::namespaced(world.admin.clone(), NS);
+    let job_name = format!("hb-run-{id}");
+    let gone = kube::runtime::wait::await_condition(jobs, &job_name, |j: Option<&Job>| j.is_none());
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the dead run's Job is deleted")
+        .unwrap();
+    let (_, record) = restarted.client().get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(record["outcome"], "interrupted", "{record}");
 }

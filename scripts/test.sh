@@ -12,6 +12,7 @@ scripts/install-codex.sh >/dev/null
 scripts/install-clis.sh >/dev/null
 scripts/install-playwright.sh >/dev/null
 scripts/install-python-tools.sh >/dev/null
+scripts/install-kube-apiserver.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

@@ -108,6 +108,18 @@ const SETTINGS: &[Setting] = &[
     ),
     Setting::new("artifact_max_bytes", "HB_ARTIFACT_MAX_BYTES", None),
     Setting::new("git_credentials_dir", "HB_GIT_CREDENTIALS_DIR", None),
+    Setting::new("executor", "HB_EXECUTOR", None),
+    Setting::new("job_namespace", "HB_JOB_NAMESPACE", None),
+    Setting::new("job_image", "HB_JOB_IMAGE", None),
+    Setting::new("job_service_account", "HB_JOB_SERVICE_ACCOUNT", None),
+    Setting::new("job_bridge_url", "HB_JOB_BRIDGE_URL", None),
+    Setting::new("job_cpu", "HB_JOB_CPU", None),
+    Setting::new("job_memory", "HB_JOB_MEMORY", None),
+    Setting::new("job_ttl_seconds", "HB_JOB_TTL_SECONDS", None),
+    Setting::new("credential_secret", "HB_CREDENTIAL_SECRET", None),
+    Setting::new("kube_api_url", "HB_KUBE_API_URL", None),
+    Setting::new("kube_token_file", "HB_KUBE_TOKEN_FILE", None),
+    Setting::new("kube_ca_file", "HB_KUBE_CA_FILE", None),
     Setting::new("max_sessions", "HB_MAX_SESSIONS", None),
     Setting::new("session_idle_timeout", "HB_SESSION_IDLE_TIMEOUT", None),
     Setting::new("session_max_lifetime", "HB_SESSION_MAX_LIFETIME", None),
@@ -118,6 +130,16 @@ const SETTINGS: &[Setting] = &[
     ),
     Setting::new("session_quiet_ms", "HB_SESSION_QUIET_MS", None),
 ];
+
+/// Where a pod finds its ServiceAccount's token, CA and namespace (the kubelet mounts them).
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// A run pod's CPU and memory when the operator names none: one Codex turn with git and a
+/// test run fits, and the scheduler can still pack a few per node.
+const DEFAULT_JOB_CPU: &str = "1";
+const DEFAULT_JOB_MEMORY: &str = "2Gi";
+/// How long a finished Job may linger when the bridge could not delete it (API servers with
+/// the TTL controller only; the bridge deletes the Jobs it sees finish).
+const DEFAULT_JOB_TTL_S: u64 = 600;
 
 /// The validated configuration of a running bridge.
 #[derive(Debug, Clone)]
@@ -183,6 +205,66 @@ pub struct Config {
     pub git_credentials_dir: Option<PathBuf>,
     /// Limits of interactive sessions.
     pub sessions: crate::session::SessionLimits,
+    /// Where runs execute: child processes of the bridge, or Kubernetes Jobs.
+    pub executor: Executor,
+    /// The Secret refreshed logins are written back to, if any.
+    pub credential_secret: Option<SecretRef>,
+    /// How the bridge reaches the Kubernetes API (Job executor, credential write-back).
+    pub kube: KubeApi,
+}
+
+/// Where runs execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Executor {
+    /// A child process of the bridge, under its shim.
+    Local,
+    /// A Kubernetes Job per run.
+    Kubernetes(JobSettings),
+}
+
+/// How run Jobs are made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSettings {
+    /// The namespace Jobs (and their per-run Secrets) are created in.
+    pub namespace: String,
+    /// The image of run pods: the bridge's own, whose `worker` subcommand runs the run.
+    pub image: String,
+    /// The ServiceAccount of run pods (its token is never mounted).
+    pub service_account: String,
+    /// The address run pods report to: this bridge's Service or pod address.
+    pub bridge_url: String,
+    /// CPU request and limit of a run pod, as a Kubernetes quantity.
+    pub cpu: String,
+    /// Memory request and limit of a run pod, as a Kubernetes quantity.
+    pub memory: String,
+    /// `ttlSecondsAfterFinished` of run Jobs.
+    pub ttl_seconds: u64,
+}
+
+/// A namespaced object's name: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The Kubernetes API as the bridge reaches it: in a pod, its ServiceAccount's mounted token
+/// and CA and the `KUBERNETES_SERVICE_*` address; each can be set for tests or out-of-cluster
+/// use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeApi {
+    /// `https://host:port`; `None` means from `KUBERNETES_SERVICE_HOST`/`_PORT` when used.
+    pub url: Option<String>,
+    /// A file holding a bearer token, read again as the kubelet rotates it.
+    pub token_file: PathBuf,
+    /// The PEM bundle the API server's certificate must chain to.
+    pub ca_file: PathBuf,
 }
 
 /// Where the Codex CLI and its login live.
@@ -465,6 +547,20 @@ impl RawConfig {
             fetch,
             workspace,
             git_credentials_dir: self.path("git_credentials_dir"),
+            executor: self.executor()?,
+            credential_secret: self.secret_ref("credential_secret")?,
+            kube: KubeApi {
+                url: self
+                    .values
+                    .get("kube_api_url")
+                    .map(|(v, _)| v.trim().to_owned()),
+                token_file: self
+                    .path("kube_token_file")
+                    .unwrap_or_else(|| Path::new(SERVICE_ACCOUNT_DIR).join("token")),
+                ca_file: self
+                    .path("kube_ca_file")
+                    .unwrap_or_else(|| Path::new(SERVICE_ACCOUNT_DIR).join("ca.crt")),
+            },
             sessions: self.sessions()?,
         })
     }
@@ -485,6 +581,75 @@ impl RawConfig {
             max_output_rate: self.bytes("session_max_output_rate", "1M")?.max(1),
             quiet: Duration::from_millis(quiet_ms as u64),
         })
+    }
+
+    fn executor(&self) -> Result<Executor, ConfigError> {
+        match self.values.get("executor").map(|(v, _)| v.trim()) {
+            None | Some("local") => return Ok(Executor::Local),
+            Some("kubernetes") => {}
+            Some(other) => {
+                return Err(self.error(
+                    "executor",
+                    format!("cannot use `{other}`; expected `local` or `kubernetes`"),
+                ));
+            }
+        }
+        let required = |key: &str| {
+            self.values
+                .get(key)
+                .map(|(v, _)| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| self.error(key, "is required when HB_EXECUTOR=kubernetes"))
+        };
+        let namespace = match self.values.get("job_namespace") {
+            Some((v, _)) => v.trim().to_owned(),
+            // In a pod, the namespace the ServiceAccount lives in.
+            None => std::fs::read_to_string(Path::new(SERVICE_ACCOUNT_DIR).join("namespace"))
+                .map(|n| n.trim().to_owned())
+                .map_err(|_| self.error("job_namespace", "is required outside a Kubernetes pod"))?,
+        };
+        if !is_dns_label(&namespace) {
+            return Err(self.error("job_namespace", "must be a Kubernetes namespace name"));
+        }
+        let bridge_url = required("job_bridge_url")?;
+        if url::Url::parse(&bridge_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+            return Err(self.error("job_bridge_url", "must be an http(s) URL"));
+        }
+        let quantity = |key: &str, default: &str| {
+            self.parse(key, default, |v| is_quantity(v).then(|| v.to_owned()))
+                .map_err(|_| self.error(key, "expected a Kubernetes quantity such as 500m, 1, 2Gi"))
+        };
+        Ok(Executor::Kubernetes(JobSettings {
+            namespace,
+            image: required("job_image")?,
+            service_account: self.parse("job_service_account", "headless-bridge-run", |v| {
+                is_dns_subdomain(v).then(|| v.to_owned())
+            })?,
+            bridge_url: bridge_url.trim_end_matches('/').to_owned(),
+            cpu: quantity("job_cpu", DEFAULT_JOB_CPU)?,
+            memory: quantity("job_memory", DEFAULT_JOB_MEMORY)?,
+            ttl_seconds: self.parse("job_ttl_seconds", &DEFAULT_JOB_TTL_S.to_string(), |v| {
+                v.parse().ok()
+            })?,
+        }))
+    }
+
+    fn secret_ref(&self, key: &str) -> Result<Option<SecretRef>, ConfigError> {
+        let Some((text, _)) = self.values.get(key) else {
+            return Ok(None);
+        };
+        match text.trim().split_once('/') {
+            Some((namespace, name)) if is_dns_label(namespace) && is_dns_subdomain(name) => {
+                Ok(Some(SecretRef {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                }))
+            }
+            _ => Err(self.error(
+                key,
+                "expected namespace/name, such as headless-bridge/codex-login",
+            )),
+        }
     }
 
     fn api_tokens(&self) -> Result<ApiTokens, ConfigError> {
@@ -711,6 +876,36 @@ fn parse_run_as(text: &str) -> Option<RunAs> {
     })
 }
 
+/// A DNS label (RFC 1123) as Kubernetes names namespaces: lowercase alphanumerics and `-`.
+fn is_dns_label(text: &str) -> bool {
+    (1..=63).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-')
+}
+
+/// A DNS subdomain (RFC 1123), the shape of most Kubernetes object names.
+fn is_dns_subdomain(text: &str) -> bool {
+    text.len() <= 253 && text.split('.').all(is_dns_label)
+}
+
+/// A Kubernetes resource quantity in the forms an operator writes: `500m`, `2`, `1.5`, `2Gi`,
+/// `512M`.
+fn is_quantity(text: &str) -> bool {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let suffix = &text[digits.len()..];
+    let number_ok = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && digits.bytes().filter(|b| *b == b'.').count() <= 1;
+    number_ok
+        && matches!(
+            suffix,
+            "" | "m" | "k" | "M" | "G" | "T" | "Ki" | "Mi" | "Gi" | "Ti"
+        )
+}
+
 fn parse_bool(text: &str) -> Option<bool> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Some(true),
@@ -765,6 +960,48 @@ mod tests {
     #[case("2GiB", 2 << 30)]
     fn sizes_take_binary_suffixes(#[case] text: &str, #[case] bytes: u64) {
         assert_eq!(parse_bytes(text), Some(bytes));
+    }
+
+    #[test]
+    fn the_job_executor_needs_an_image_and_a_bridge_url() {
+        let base = [("HB_EXECUTOR", "kubernetes"), ("HB_JOB_NAMESPACE", "runs")];
+        let err = from_env(&base).unwrap_err().to_string();
+        assert!(err.contains("HB_JOB_BRIDGE_URL"), "{err}");
+        let err = from_env(&[base[0], base[1], ("HB_JOB_BRIDGE_URL", "http://b:8000")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HB_JOB_IMAGE"), "{err}");
+        let config = from_env(&[
+            base[0],
+            base[1],
+            ("HB_JOB_BRIDGE_URL", "http://b:8000"),
+            ("HB_JOB_IMAGE", "hb:1"),
+        ])
+        .unwrap();
+        let Executor::Kubernetes(jobs) = config.executor else {
+            panic!("kubernetes")
+        };
+        assert_eq!((jobs.cpu.as_str(), jobs.memory.as_str()), ("1", "2Gi"));
+        assert_eq!(from_env(&[]).unwrap().executor, Executor::Local);
+    }
+
+    #[rstest]
+    #[case("HB_EXECUTOR", "docker")]
+    #[case("HB_CREDENTIAL_SECRET", "just-a-name")]
+    #[case("HB_CREDENTIAL_SECRET", "Bad_NS/name")]
+    fn kubernetes_settings_are_checked(#[case] name: &str, #[case] value: &str) {
+        let err = from_env(&[(name, value)]).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+    }
+
+    #[rstest]
+    #[case("500m", true)]
+    #[case("2Gi", true)]
+    #[case("1.5", true)]
+    #[case("2 Gi", false)]
+    #[case("lots", false)]
+    fn quantities_are_checked(#[case] text: &str, #[case] ok: bool) {
+        assert_eq!(is_quantity(text), ok);
     }
 
     #[test]

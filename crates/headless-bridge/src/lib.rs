@@ -9,6 +9,8 @@
 //! verifies and caches tools; [`git`] clones repositories; [`workspace`] lays out a run's
 //! files, prepares them and watches their size; [`artifacts`] keeps the files a run declares;
 //! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
+//! [`redact`] keeps secrets out of what runs report; [`k8s`] runs runs as Kubernetes Jobs and
+//! writes refreshed logins back to their Secret; [`server`] ties them together.
 //! [`redact`] keeps secrets out of what runs report; [`session`] runs interactive CLIs on a
 //! pseudo-terminal; [`server`] ties them together.
 
@@ -21,6 +23,7 @@ pub mod credentials;
 pub mod digest;
 pub mod fetch;
 pub mod git;
+pub mod k8s;
 pub mod policy;
 pub mod reaper;
 pub mod redact;

@@ -37,6 +37,14 @@ enum Command {
     /// Kubernetes Secrets for a login.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Internal: run one run inside the pod of its Kubernetes Job and report it to the bridge
+    /// (used by the Job executor). Settings come from HB_* variables, as for `serve`.
+    #[command(hide = true)]
+    Worker {
+        /// The run, as the Job executor wrote it into the run's Secret.
+        #[arg(long, value_name = "FILE")]
+        run: PathBuf,
+    },
     /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
     #[command(hide = true)]
     Shim {
@@ -167,6 +175,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Worker { run } => worker(&run),
         Command::Shim {
             tty,
             run_as,
@@ -203,6 +212,36 @@ fn doctor(args: ServeArgs) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Exit codes of `worker`: 0 when the bridge has the run's outcome (whatever it is), 2 for
+/// invalid configuration, 1 when the run could not be started or reported.
+fn worker(run: &std::path::Path) -> ExitCode {
+    let mut raw = RawConfig::default();
+    raw.merge_env(|name| std::env::var(name).ok());
+    let config = match raw.build() {
+        Ok(mut config) => {
+            config.shim_bin = config.shim_bin.or_else(|| std::env::current_exe().ok());
+            config
+        }
+        Err(e) => {
+            eprintln!("headless-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log_format);
+    harden_process();
+    // The worker is PID 1 of its pod: it reaps what the CLI's processes leave behind.
+    headless_bridge::reaper::start_if_init();
+    let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
+    match runtime.block_on(headless_bridge::k8s::worker::run(config, run)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "the worker failed");
+            eprintln!("headless-bridge: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::adapter::profile::{Profile, ProfileError};
 use crate::adapter::{Adapters, builtin};
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, Executor};
+use crate::k8s::executor::JobExecutor;
 use crate::run::engine::Engine;
 use crate::run::supervisor::{self, RUN_MARKER};
 use crate::session::Sessions;
@@ -45,8 +46,24 @@ pub enum ServeError {
          HB_DATA_DIR (two would mark each other's runs interrupted)"
     )]
     Locked { path: std::path::PathBuf },
+    #[error("failed to set up the Kubernetes Job executor")]
+    Kube(#[from] crate::k8s::ClientError),
     #[error("failed to serve HTTP")]
     Http(#[source] std::io::Error),
+}
+
+/// The built-in adapters with the configuration's settings, and the operator's profiles.
+pub fn load_adapters(config: &Config) -> Result<Adapters, ProfileError> {
+    let mut profiles = builtin::profiles(|name| match name {
+        "claude" => config.claude.clone(),
+        "gemini" => config.gemini.clone(),
+        _ => Default::default(),
+    })?;
+    if let Some(dir) = &config.adapters_dir {
+        profiles.extend(Profile::load_dir(dir)?);
+    }
+    tracing::info!(profiles = profiles.len(), "adapters loaded");
+    Ok(Adapters::new(profiles))
 }
 
 /// The parts of a bridge, built from its configuration.
@@ -75,18 +92,20 @@ impl Bridge {
         // No run of this process exists yet, so every workspace left is a dead run's.
         remove_children(&data_dir.join("workspaces"));
 
-        let mut profiles = builtin::profiles(|name| match name {
-            "claude" => config.claude.clone(),
-            "gemini" => config.gemini.clone(),
-            _ => Default::default(),
-        })?;
-        if let Some(dir) = &config.adapters_dir {
-            profiles.extend(Profile::load_dir(dir)?);
-        }
-        tracing::info!(profiles = profiles.len(), "adapters loaded");
+        let adapters = load_adapters(&config)?;
         let config = Arc::new(config);
-        let adapters = Adapters::new(profiles);
-        let engine = Engine::new(config.clone(), store, adapters.clone());
+        let jobs = match &config.executor {
+            Executor::Local => None,
+            Executor::Kubernetes(settings) => {
+                let client = crate::k8s::client(&config.kube)?;
+                tracing::info!(namespace = %settings.namespace, "runs execute as Kubernetes Jobs");
+                let jobs = JobExecutor::new(client, settings.clone());
+                // A bridge killed without warning leaves its runs' Jobs behind.
+                jobs.delete_jobs_of(&interrupted).await;
+                Some(jobs)
+            }
+        };
+        let engine = Engine::new(config.clone(), store, adapters.clone(), jobs);
         let sessions = Sessions::new(config.clone(), adapters, engine.shared_login()).await;
         Ok(Self {
             state: AppState::new(config, engine, sessions),

@@ -15,6 +15,9 @@
 //! - [`faults::FaultServer`], downloads that misbehave on purpose (broken ranges, dropped
 //!   connections, redirects, HTML error pages, trickling).
 //!
+//! [`kube::KubeCluster`] is a real Kubernetes control plane (etcd, kube-apiserver and
+//! kube-controller-manager) on loopback, where the machine has the binaries.
+//!
 //! [`demo::Demo`] starts all three with the fixtures of the headless-bridge demo.
 //!
 //! Panics, not errors, report broken test environments: a test cannot carry on without them.
@@ -27,6 +30,7 @@ pub mod files;
 pub mod gemini;
 pub mod git;
 pub mod github;
+pub mod kube;
 mod loopback;
 pub mod model;
 pub mod rest;

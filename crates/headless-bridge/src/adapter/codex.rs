@@ -75,7 +75,7 @@ fn environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
 }
 
 /// The Codex CLI's variable that moves its token refresh endpoint.
-const REFRESH_URL_OVERRIDE: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
+pub const REFRESH_URL_OVERRIDE: &str = "CODEX_REFRESH_TOKEN_URL_OVERRIDE";
 
 /// Shell start-up files for the run's HOME that put the tool directory first on PATH.
 /// Codex runs commands in a login shell (`bash -lc`), and a login shell's /etc/profile may

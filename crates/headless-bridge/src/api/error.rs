@@ -32,6 +32,7 @@ pub const ERROR_CODES: &[&str] = &[
     "invalid_path",
     "invalid_query",
     "invalid_ref",
+    "invalid_report",
     "invalid_size",
     "invalid_timeout",
     "invalid_tool_name",

@@ -271,6 +271,15 @@ fn judge_credentials(login: &WorkingCopy, warn_window: Duration) -> Value {
         "facts": facts,
         "versions": login.facts(),
     });
+    if let Some(write_back) = login.write_back_status() {
+        if write_back["ok"] == false {
+            body["warning"] = json!(
+                "the last refreshed login could not be written back to its Secret: a pod that \
+                 starts from the Secret will find a spent refresh token (see write_back.last_attempt)"
+            );
+        }
+        body["write_back"] = write_back;
+    }
     let expired = facts.access_token_expires_at.is_some_and(|exp| exp <= now);
     if let Some(reason) = login.dead_reason() {
         body["ok"] = json!(false);

@@ -2,9 +2,10 @@
 //!
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
 //! socket. All routes are in one table, [`routes`], which also yields the OpenAPI document
-//! (see [`openapi`]). Everything but `/health`, `/openapi.json` and the runs page's static files
-//! sits behind bearer-token authentication; the page reads its data through the authenticated
-//! routes, and `/mcp` is the same API as a Model Context Protocol server.
+//! (see [`openapi`]). Everything but `/health`, `/openapi.json`, the runs page's static files
+//! and the Job workers' report route sits behind bearer-token authentication; the page reads
+//! its data through the authenticated routes, the report route takes the run's own token, and
+//! `/mcp` is the same API as a Model Context Protocol server.
 
 mod artifacts;
 mod auth;
@@ -13,6 +14,7 @@ mod credentials;
 mod error;
 mod events;
 pub mod health;
+mod internal;
 mod legacy;
 mod mcp;
 pub mod openapi;
@@ -120,7 +122,17 @@ pub fn router(state: AppState) -> Router {
     let (app, _documented) = public.merge(protected).split_for_parts();
     let mcp = mcp::McpEndpoint::new(state.clone(), state.shutdown.clone());
 
-    app.fallback(not_found)
+    // The Job workers' report route: internal, not part of the documented API, and
+    // authenticated by the run's own token rather than the API's.
+    let internal = Router::new()
+        .route(
+            crate::k8s::report::REPORT_ROUTE,
+            axum::routing::post(internal::report),
+        )
+        .route_layer(DefaultBodyLimit::max(crate::k8s::report::MAX_REPORT_BYTES));
+
+    app.merge(internal)
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(mcp))
         .layer(DefaultBodyLimit::max(body::MAX_BODY_BYTES))

@@ -1,10 +1,12 @@
 //! Every Codex login the bridge holds: the default one (HB_CODEX_DIR) and any named ones
 //! (HB_CODEX_CREDENTIALS), each with its own working copy, single writer and login relay, so
-//! that runs of two accounts never share tokens or wait for each other.
+//! that runs of two accounts never share tokens or wait for each other. Only the default login
+//! is written back to a Kubernetes Secret (HB_CREDENTIAL_SECRET names one Secret).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::write_back::WriteBack;
 use super::{LoginRelay, WorkingCopy};
 use crate::config::Config;
 
@@ -44,10 +46,11 @@ impl Logins {
             }
         };
         let mut by_name = BTreeMap::new();
-        by_name.insert(
-            DEFAULT.to_owned(),
-            login(WorkingCopy::new(data_dir, config.codex.clone())),
-        );
+        let mut default = WorkingCopy::new(data_dir, config.codex.clone());
+        if let Some(secret) = &config.credential_secret {
+            default = default.with_write_back(WriteBack::new(secret.clone(), &config.kube));
+        }
+        by_name.insert(DEFAULT.to_owned(), login(default));
         for (name, dir) in &config.codex_credentials {
             let mut codex = config.codex.clone();
             codex.dir = Some(dir.clone());

@@ -12,6 +12,7 @@
 pub mod logins;
 pub mod relay;
 mod working_copy;
+pub mod write_back;
 
 pub use logins::Logins;
 pub use relay::LoginRelay;

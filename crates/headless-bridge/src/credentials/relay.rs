@@ -275,7 +275,11 @@ impl LoginRelay {
                     }
                     match status {
                         Ok(status) if status.success() => match adopt(&login, &home) {
-                            Ok(()) => (LoginState::Succeeded, None),
+                            Ok(()) => {
+                                // Persisted like a refresh: into the login Secret too.
+                                login.write_back().await;
+                                (LoginState::Succeeded, None)
+                            }
                             Err(message) => (LoginState::Failed, Some(message)),
                         },
                         Ok(status) => (

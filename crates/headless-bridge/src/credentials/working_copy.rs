@@ -16,9 +16,16 @@
 //! it becomes the working copy and stays in use until the source changes, even when there is
 //! no source at all.
 //!
-//! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600) and
+//! With a [`WriteBack`], a refresh is also written into the Secret. When the kubelet then
+//! swaps in that new content, the source has changed, but to a login the working copy has
+//! already had (and may have refreshed again since): importing it would roll the working
+//! copy back to a spent refresh token. So a source whose digest is one the bridge wrote is
+//! taken as already imported.
+//!
+//! Layout, under `<data dir>/credentials/codex/` (0700): `auth.json` (0600),
 //! `source.sha256`, the digest of the source content last imported or present at adoption
-//! (`none` when a login was adopted without a source).
+//! (`none` when a login was adopted without a source), and `written.sha256`, the digests of
+//! the logins the bridge itself wrote back into the Secret.
 
 use std::fs;
 use std::io::{self, Write as _};
@@ -30,6 +37,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
+use super::write_back::WriteBack;
 use super::{AuthMode, CredentialError, LoadedAuth};
 use crate::config::CodexConfig;
 use crate::digest::Sha256Digest;
@@ -37,6 +45,9 @@ use crate::run::ReasonCode;
 
 /// How many hex characters of a digest health shows: enough to tell versions apart.
 const DIGEST_PREFIX: usize = 12;
+/// How many written-back digests are remembered: the kubelet shows a Secret's newest content
+/// within a minute or two, long before this many refreshes happen.
+const WRITTEN_KEPT: usize = 16;
 /// What `source.sha256` holds for a login adopted while there was no source.
 const NO_SOURCE: &str = "none";
 
@@ -54,6 +65,7 @@ pub struct WorkingCopy {
     /// Serialises the file work of concurrent runs (imports and check-ins).
     files: Mutex<()>,
     history: Mutex<History>,
+    write_back: Option<WriteBack>,
 }
 
 /// What the bridge saw of the login; never holds a secret.
@@ -84,12 +96,19 @@ impl WorkingCopy {
             writer: tokio::sync::Mutex::new(()),
             files: Mutex::new(()),
             history: Mutex::new(History::default()),
+            write_back: None,
         }
     }
 
     /// Where the login's source is, and how its runs call the CLI.
     pub fn config(&self) -> &CodexConfig {
         &self.config
+    }
+
+    /// Also writes each refresh back into a Kubernetes Secret.
+    pub fn with_write_back(mut self, write_back: WriteBack) -> Self {
+        self.write_back = Some(write_back);
+        self
     }
 
     /// The login a run should use: the working copy, after importing the source if it changed.
@@ -105,8 +124,14 @@ impl WorkingCopy {
 
         let digest = Sha256Digest::of(&source.bytes);
         if self.recorded_source().as_deref() != Some(digest.hex()) || !working.exists() {
-            self.import(&source.bytes, &digest)
-                .map_err(|e| self.unwritable(e))?;
+            if working.exists() && self.wrote(&digest) {
+                // The Secret now shows a login this bridge wrote back: nothing new to import.
+                write_private_atomically(&self.dir.join("source.sha256"), digest.hex().as_bytes())
+                    .map_err(|e| self.unwritable(e))?;
+            } else {
+                self.import(&source.bytes, &digest)
+                    .map_err(|e| self.unwritable(e))?;
+            }
         }
         let bytes = fs::read(&working).map_err(|e| self.unwritable(e))?;
         super::parse(working, bytes)
@@ -120,7 +145,8 @@ impl WorkingCopy {
             Ok(source) => source,
             Err(e) => return self.adopted_without_source(e),
         };
-        if self.recorded_source().as_deref() == Some(Sha256Digest::of(&source.bytes).hex())
+        let digest = Sha256Digest::of(&source.bytes);
+        if (self.recorded_source().as_deref() == Some(digest.hex()) || self.wrote(&digest))
             && let Ok(bytes) = fs::read(&working)
         {
             return super::parse(working, bytes);
@@ -212,6 +238,34 @@ impl WorkingCopy {
         Ok(true)
     }
 
+    /// Writes the working copy into the Secret, when write-back is configured. Call it after a
+    /// check-in that took in a refresh; a failure is logged and shown by health, and the
+    /// working copy keeps the tokens whatever happens.
+    pub async fn write_back(&self) {
+        let Some(write_back) = &self.write_back else {
+            return;
+        };
+        let bytes = {
+            let _files = self.lock_files();
+            fs::read(self.dir.join("auth.json"))
+        };
+        let Ok(bytes) = bytes else {
+            tracing::error!("failed to read the working copy for write-back");
+            return;
+        };
+        if write_back.write(&bytes).await.is_ok() {
+            let digest = Sha256Digest::of(&bytes);
+            if let Err(e) = self.remember_written(&digest) {
+                tracing::warn!(error = %e, "failed to note a written-back login; the next Secret update may be imported again");
+            }
+        }
+    }
+
+    /// The write-back's state for health, if write-back is configured.
+    pub fn write_back_status(&self) -> Option<Value> {
+        self.write_back.as_ref().map(WriteBack::status)
+    }
+
     /// Records how the latest run fared with the login: `None` when it authenticated, else the
     /// credential reason it failed with.
     pub fn record_run(&self, reason: Option<ReasonCode>) {
@@ -251,10 +305,26 @@ impl WorkingCopy {
             .and_then(|(_, reason)| reason)?;
         // A changed Secret is a new login that no run has judged yet.
         let now = match self.config.auth_path().and_then(|p| fs::read(p).ok()) {
-            Some(source) => Sha256Digest::of(&source).hex().to_owned(),
-            None => NO_SOURCE.to_owned(),
+            Some(source) => Sha256Digest::of(&source),
+            None => return (self.recorded_source()? == NO_SOURCE).then_some(reason),
         };
-        (self.recorded_source()? == now).then_some(reason)
+        (self.recorded_source()? == now.hex() || self.wrote(&now)).then_some(reason)
+    }
+
+    /// Whether `digest` is that of a login this bridge wrote back into the Secret.
+    fn wrote(&self, digest: &Sha256Digest) -> bool {
+        fs::read_to_string(self.dir.join("written.sha256"))
+            .is_ok_and(|text| text.lines().any(|line| line.trim() == digest.hex()))
+    }
+
+    fn remember_written(&self, digest: &Sha256Digest) -> io::Result<()> {
+        let files = self.lock_files();
+        let path = self.dir.join("written.sha256");
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines.push(digest.hex());
+        let keep = &lines[lines.len().saturating_sub(WRITTEN_KEPT)..];
+        write_atomically(&path, (keep.join("\n") + "\n").as_bytes(), &files)
     }
 
     fn import(&self, source: &[u8], digest: &Sha256Digest) -> io::Result<()> {
@@ -399,6 +469,28 @@ mod tests {
 
         assert_eq!(copy.checkout().unwrap().bytes(), rotated.as_bytes());
         assert_eq!(copy.dead_reason(), None, "a new login gets a new verdict");
+    }
+
+    #[test]
+    fn a_secret_showing_a_login_the_bridge_wrote_back_is_not_imported_again() {
+        let (dir, copy) = setup(CHATGPT_V1);
+        let first = copy.checkout().unwrap();
+        let run_auth = dir.path().join("run-auth.json");
+        fs::write(&run_auth, CHATGPT_V2).unwrap();
+        copy.check_in(&run_auth, &first).unwrap();
+        // V2 was written back to the Secret; a later run refreshed again to V3.
+        copy.remember_written(&Sha256Digest::of(CHATGPT_V2.as_bytes()))
+            .unwrap();
+        let second = copy.checkout().unwrap();
+        let v3 = r#"{"auth_mode":"chatgpt","tokens":{"access_token":"a3","refresh_token":"rt_3"}}"#;
+        fs::write(&run_auth, v3).unwrap();
+        copy.check_in(&run_auth, &second).unwrap();
+
+        // Only now does the kubelet show the Secret's V2: importing it would bring back rt_2,
+        // which the refresh to V3 has spent.
+        fs::write(dir.path().join("secret/auth.json"), CHATGPT_V2).unwrap();
+        assert_eq!(copy.checkout().unwrap().bytes(), v3.as_bytes());
+        assert_eq!(copy.current().unwrap().bytes(), v3.as_bytes());
     }
 
     #[test]

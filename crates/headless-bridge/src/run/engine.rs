@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::credentials::relay::{LoginView, StartError};
 use crate::credentials::{Logins, WorkingCopy};
 use crate::fetch::Fetcher;
+use crate::k8s::executor::JobExecutor;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Claim, Store, StoreError};
@@ -92,6 +93,8 @@ struct Inner {
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
+    /// Set when runs execute as Kubernetes Jobs.
+    jobs: Option<Arc<JobExecutor>>,
     active: Mutex<HashMap<RunId, Active>>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -116,12 +119,19 @@ pub struct Follow {
 }
 
 impl Engine {
-    /// An engine over `store`; runs write their workspaces and logs under the data directory.
-    pub fn new(config: Arc<Config>, store: Store, adapters: Adapters) -> Self {
+    /// An engine over `store`; runs write their workspaces and logs under the data directory,
+    /// or execute as Kubernetes Jobs when `jobs` is given. Call it within a Tokio runtime.
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        adapters: Adapters,
+        jobs: Option<JobExecutor>,
+    ) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
         let logins = Logins::new(&config);
         let inner = Inner {
             logins,
+            jobs: jobs.map(Arc::new),
             fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
             webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -158,6 +168,11 @@ impl Engine {
     /// Every Codex login, by name.
     pub fn logins(&self) -> &Logins {
         &self.inner.logins
+    }
+
+    /// The Job executor, when runs execute as Kubernetes Jobs.
+    pub fn jobs(&self) -> Option<&JobExecutor> {
+        self.inner.jobs.as_deref()
     }
 
     /// Starts a device-code login of the Codex login `name` (the default one for `None`), or
@@ -419,12 +434,14 @@ impl Engine {
             () = pipeline.stop.cancelled() => None,
         };
         self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
-        let (mut record, leftover) = match slot {
-            Some(slot) => {
+        let (mut record, leftover) = match (slot, &self.inner.jobs) {
+            // A run in a Job leaves nothing here: its workspace was the pod's.
+            (Some(_slot), Some(jobs)) => (jobs.execute(pipeline, record, sink).await, None),
+            (Some(slot), None) => {
                 let (record, workspace) = pipeline.execute(record, sink).await;
                 (record, workspace.map(|workspace| (workspace, slot)))
             }
-            None => (pipeline.cancelled_in_queue(record), None),
+            (None, _) => (pipeline.cancelled_in_queue(record), None),
         };
 
         record.state = RunState::Finished;

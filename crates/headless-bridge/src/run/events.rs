@@ -10,6 +10,10 @@
 //! [`HEAD_BYTES`] of output become events, the last [`TAIL_BYTES`] are held in a ring and
 //! stored at the end, and the middle is counted and dropped. Every line also goes to a spill
 //! file (capped) that `GET /v1/runs/{id}/logs` serves whole.
+//!
+//! In a Job executor's worker the sink is a [relay](EventSink::relay): every call is passed on
+//! as it was made ([`Relayed`]) to be sent to the bridge, whose own sink for the run then
+//! numbers, budgets, spills and stores it exactly as for a local run.
 
 use std::collections::VecDeque;
 use std::io::Write as _;
@@ -74,8 +78,28 @@ pub struct RunEvent {
     pub data: Value,
 }
 
+/// One call on a relaying sink, as the worker sends it to the bridge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum Relayed {
+    State {
+        data: Value,
+    },
+    Notice {
+        message: String,
+    },
+    Line {
+        kind: EventKind,
+        line: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parsed: Option<Value>,
+    },
+}
+
 /// Numbers a run's events, budgets its output, spills it to a file, and feeds the writer.
 pub struct EventSink {
+    /// Set on a worker's sink: calls go here, untouched, instead of to the writer.
+    relay: Option<mpsc::UnboundedSender<Relayed>>,
     next_seq: u64,
     tx: mpsc::UnboundedSender<RunEvent>,
     head_left: usize,
@@ -103,6 +127,7 @@ impl EventSink {
         let writer = tokio::spawn(write_events(store, run, rx, latest));
         let spill = spill_path.and_then(|path| Spill::open(path, spill_cap));
         let sink = Self {
+            relay: None,
             next_seq: 1,
             tx,
             head_left: HEAD_BYTES,
@@ -115,19 +140,62 @@ impl EventSink {
         (sink, writer)
     }
 
+    /// A sink that passes every call on to `relay` and stores nothing itself.
+    pub fn relay(relay: mpsc::UnboundedSender<Relayed>) -> Self {
+        let (tx, _) = mpsc::unbounded_channel();
+        Self {
+            relay: Some(relay),
+            next_seq: 1,
+            tx,
+            head_left: HEAD_BYTES,
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            dropped_lines: 0,
+            dropped_bytes: 0,
+            spill: None,
+        }
+    }
+
+    /// Applies a call a worker relayed, as if it had been made on this sink.
+    pub fn apply(&mut self, call: Relayed) {
+        match call {
+            Relayed::State { data } => self.state(data),
+            Relayed::Notice { message } => self.notice(message),
+            Relayed::Line { kind, line, parsed } => self.line(kind, &line, parsed),
+        }
+    }
+
     /// Records a state change (never dropped).
     pub fn state(&mut self, data: Value) {
+        if let Some(relay) = &self.relay {
+            let _ = relay.send(Relayed::State { data });
+            return;
+        }
         self.emit(EventKind::State, data);
     }
 
     /// Records a notice from the bridge (never dropped).
     pub fn notice(&mut self, message: impl Into<String>) {
+        if let Some(relay) = &self.relay {
+            let _ = relay.send(Relayed::Notice {
+                message: message.into(),
+            });
+            return;
+        }
         self.emit(EventKind::Notice, json!({ "message": message.into() }));
     }
 
     /// Records one output line, within the output budget. `parsed` is the line as a CLI event
     /// when it is one.
     pub fn line(&mut self, kind: EventKind, line: &str, parsed: Option<Value>) {
+        if let Some(relay) = &self.relay {
+            let _ = relay.send(Relayed::Line {
+                kind,
+                line: line.to_owned(),
+                parsed,
+            });
+            return;
+        }
         if let Some(spill) = &mut self.spill {
             spill.write(kind, line);
         }

@@ -10,7 +10,7 @@ use crate::workspace::prepare::PrepareError;
 
 /// Why a run stopped before or instead of its CLI finishing.
 #[derive(Debug)]
-pub(super) struct Failure {
+pub(crate) struct Failure {
     pub outcome: Outcome,
     pub reason: ReasonCode,
     pub message: String,
@@ -18,7 +18,7 @@ pub(super) struct Failure {
 }
 
 impl Failure {
-    pub(super) fn failed(reason: ReasonCode, message: impl Into<String>) -> Self {
+    pub(crate) fn failed(reason: ReasonCode, message: impl Into<String>) -> Self {
         Self {
             outcome: Outcome::Failed,
             reason,
@@ -161,7 +161,7 @@ pub(super) fn is_login_failure(reason: ReasonCode) -> bool {
     )
 }
 
-pub(super) fn apply_failure(record: &mut RunRecord, failure: Failure) {
+pub(crate) fn apply_failure(record: &mut RunRecord, failure: Failure) {
     record.outcome = Some(failure.outcome);
     record.reason = Some(failure.reason);
     record.message = Some(failure.message);

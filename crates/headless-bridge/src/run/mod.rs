@@ -6,8 +6,8 @@
 
 pub mod engine;
 pub mod events;
-mod failure;
-mod pipeline;
+pub(crate) mod failure;
+pub(crate) mod pipeline;
 pub mod shim;
 pub mod supervisor;
 pub mod text;
@@ -122,6 +122,9 @@ pub enum ReasonCode {
     WorkspaceError,
     /// The workspace passed its size limit, or the disk had too little free space.
     WorkspaceDiskFull,
+    /// The Job executor could not create or follow the run's Kubernetes Job, or the Job ended
+    /// without its worker reporting an outcome.
+    ExecutorError,
 }
 
 impl ReasonCode {

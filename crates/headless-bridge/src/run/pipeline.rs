@@ -52,7 +52,7 @@ const CLI_SIZE_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 const MAX_LOGS_BYTES: usize = 1 << 20;
 
 /// What a run needs from the engine.
-pub(super) struct Pipeline {
+pub(crate) struct Pipeline {
     pub config: Arc<Config>,
     pub store: Store,
     pub fetcher: Fetcher,
@@ -203,7 +203,8 @@ impl Pipeline {
         if let Some(given) = &prepared.login {
             // The CLI may have refreshed its tokens during the run: keep them, and mask them.
             redactor.extend(credentials::secrets_in(&dirs.codex_home.join("auth.json")));
-            self.check_in_login(given, dirs, &result);
+            self.check_in_login(given, &dirs.codex_home.join("auth.json"), &result)
+                .await;
         }
         drop(prepared._writer);
 
@@ -273,13 +274,20 @@ impl Pipeline {
         })
     }
 
-    /// Keeps what the CLI did to its login, and notes how the login fared.
-    fn check_in_login(&self, given: &LoadedAuth, dirs: &RunDirs, result: &Result<(), Failure>) {
-        if let Err(e) = self
-            .login
-            .check_in(&dirs.codex_home.join("auth.json"), given)
-        {
-            tracing::error!(error = %e, "failed to keep the refreshed login; the next run may find it burnt");
+    /// Keeps what the CLI did to its login (and writes a refresh back to the Secret, when
+    /// configured, before the next run of the login may start), and notes how the login fared.
+    pub(crate) async fn check_in_login(
+        &self,
+        given: &LoadedAuth,
+        run_auth: &Path,
+        result: &Result<(), Failure>,
+    ) {
+        match self.login.check_in(run_auth, given) {
+            Ok(true) => self.login.write_back().await,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "failed to keep the refreshed login; the next run may find it burnt")
+            }
         }
         match result {
             Ok(()) => self.login.record_run(None),
@@ -437,7 +445,7 @@ impl Pipeline {
     }
 
     /// Why the run stopped when its stop token fired.
-    fn stop_failure(&self) -> Failure {
+    pub(crate) fn stop_failure(&self) -> Failure {
         if self.cancel_requested.load(Ordering::SeqCst) {
             Failure {
                 outcome: Outcome::Cancelled,

@@ -26,13 +26,13 @@ struct Tokens {
 }
 
 /// A loopback stand-in for the OAuth token endpoint: single-use, rotating refresh tokens.
-struct TokenEndpoint {
-    url: String,
+pub(crate) struct TokenEndpoint {
+    pub(crate) url: String,
     state: Arc<Mutex<Tokens>>,
 }
 
 impl TokenEndpoint {
-    async fn start(first: &str) -> Self {
+    pub(crate) async fn start(first: &str) -> Self {
         let state = Arc::new(Mutex::new(Tokens {
             current: first.to_owned(),
             ..Tokens::default()
@@ -46,7 +46,7 @@ impl TokenEndpoint {
         Self { url, state }
     }
 
-    fn seen(&self) -> (usize, usize) {
+    pub(crate) fn seen(&self) -> (usize, usize) {
         let tokens = self.state.lock().unwrap();
         (tokens.refreshes, tokens.reused)
     }
@@ -92,18 +92,18 @@ fn id_token() -> String {
 }
 
 /// The access token of the mounted login: expired, so the first run must refresh it.
-fn expired_access_token() -> String {
+pub(crate) fn expired_access_token() -> String {
     jwt(json!({"exp": 1000, "https://api.openai.com/auth": auth_claims()}))
 }
 
 /// The access token a refresh issues, the only one the fake model accepts. A run that starts
 /// from the mounted login instead of the refreshed one must refresh again, with a refresh token
 /// that was already used.
-fn fresh_access_token() -> String {
+pub(crate) fn fresh_access_token() -> String {
     jwt(json!({"exp": 4_000_000_000_i64, "https://api.openai.com/auth": auth_claims()}))
 }
 
-fn chatgpt_login(refresh_token: &str) -> String {
+pub(crate) fn chatgpt_login(refresh_token: &str) -> String {
     json!({
         "auth_mode": "chatgpt",
         "OPENAI_API_KEY": null,

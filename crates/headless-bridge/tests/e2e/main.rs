@@ -14,6 +14,7 @@ mod codex_runs;
 mod example_profiles;
 mod fetch;
 mod health;
+mod kube;
 mod login;
 mod login_relay;
 mod mcp;

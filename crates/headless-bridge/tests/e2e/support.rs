@@ -69,6 +69,7 @@ pub fn secrets_dir(files: &[(&str, &str)]) -> TempDir {
 pub struct BridgeBuilder {
     vars: Vec<(&'static str, String)>,
     data_dir: Option<TempDir>,
+    listener: Option<tokio::net::TcpListener>,
 }
 
 impl BridgeBuilder {
@@ -87,7 +88,14 @@ impl BridgeBuilder {
         Self {
             vars,
             data_dir: None,
+            listener: None,
         }
+    }
+
+    /// Serves on `listener` (bound beforehand, when a setting must name the bridge's address).
+    pub fn listener(mut self, listener: tokio::net::TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
     }
 
     /// Sets an `HB_*` variable.
@@ -122,9 +130,12 @@ impl BridgeBuilder {
         });
         let config = raw.build().expect("test configuration is valid");
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback port");
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind a loopback port"),
+        };
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
         let bridge = Bridge::open(config).await.expect("the bridge opens");
         let (stop, stopped) = oneshot::channel::<()>();

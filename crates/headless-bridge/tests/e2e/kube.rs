@@ -1,0 +1,864 @@
+//! The Job executor and credential write-back against a real Kubernetes API server on
+//! loopback (`testkit::kube`: etcd, kube-apiserver and kube-controller-manager v1.20 built by
+//! `scripts/install-kube-apiserver.sh`), with RBAC from the manifests in `k8s/`.
+//!
+//! There is no kubelet: the test plays its part. It watches for the Pod the Job controller
+//! makes, runs the worker itself (the built binary) with the Pod's arguments, environment and
+//! volumes (Secrets read through the API, emptyDirs as temporary directories), and then
+//! patches the Pod's status to Succeeded or Failed, which the Job controller turns into the
+//! Job's outcome. The Codex CLI in the worker is the real one, against the fake model.
+//!
+//! The clusters are heavy (about 470 MiB each), so these tests take turns.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use headless_bridge::config::KubeApi;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use testkit::kube::KubeCluster;
+use testkit::model::{Behavior, FakeModel};
+
+use crate::login::{TokenEndpoint, chatgpt_login, fresh_access_token};
+use crate::support::{BridgeBuilder, BridgeProcess, Model, TestBridge};
+
+const NS: &str = "headless-bridge";
+/// The login Secret the base Role lets the bridge read and update.
+const LOGIN_SECRET: &str = "headless-bridge-codex";
+
+/// One cluster at a time: each takes about 470 MiB and two cores' worth of start-up.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A cluster with the job-executor overlay's namespace, ServiceAccounts and RBAC applied.
+struct World {
+    cluster: KubeCluster,
+    admin: kube::Client,
+}
+
+impl World {
+    async fn start() -> Self {
+        assert!(
+            testkit::kube::available(),
+            "no kube-apiserver binaries in {}: run scripts/install-kube-apiserver.sh",
+            testkit::kube::bin_dir().display()
+        );
+        let cluster = KubeCluster::start().await;
+        let admin = headless_bridge::k8s::client(&KubeApi {
+            url: Some(cluster.url.clone()),
+            token_file: cluster.admin_token_file(),
+            ca_file: cluster.ca_file.clone(),
+        })
+        .expect("an admin client");
+        apply_overlay_rbac(&admin).await;
+        Self { cluster, admin }
+    }
+
+    /// The settings that point the bridge at this cluster as its ServiceAccount.
+    fn bridge_vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HB_KUBE_API_URL", self.cluster.url.clone()),
+            (
+                "HB_KUBE_TOKEN_FILE",
+                self.cluster
+                    .service_account_token_file()
+                    .display()
+                    .to_string(),
+            ),
+            (
+                "HB_KUBE_CA_FILE",
+                self.cluster.ca_file.display().to_string(),
+            ),
+        ]
+    }
+
+    /// A client that authenticates as the bridge's ServiceAccount.
+    fn bridge_client(&self) -> kube::Client {
+        headless_bridge::k8s::client(&KubeApi {
+            url: Some(self.cluster.url.clone()),
+            token_file: self.cluster.service_account_token_file(),
+            ca_file: self.cluster.ca_file.clone(),
+        })
+        .expect("a ServiceAccount client")
+    }
+
+    async fn create_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let string_data: BTreeMap<String, String> = data
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name}, "stringData": string_data,
+        }))
+        .unwrap();
+        Api::<Secret>::namespaced(self.admin.clone(), NS)
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create a Secret");
+    }
+
+    async fn secret_value(&self, name: &str, key: &str) -> String {
+        let secret = Api::<Secret>::namespaced(self.admin.clone(), NS)
+            .get(name)
+            .await
+            .expect("read a Secret");
+        let bytes = &secret.data.unwrap_or_default()[key];
+        String::from_utf8(bytes.0.clone()).unwrap()
+    }
+}
+
+/// The job-executor overlay, rendered by kubectl as CI validates it, applied in part: the
+/// Namespace, the ServiceAccounts, and the Roles and RoleBindings the bridge works under.
+/// (The rest uses APIs newer than this 1.20 server: PodDisruptionBudget policy/v1.)
+async fn apply_overlay_rbac(admin: &kube::Client) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv_kubectl = root.join(".tools/k8s-venv/bin/kubectl");
+    let kubectl = if venv_kubectl.exists() {
+        venv_kubectl
+    } else {
+        PathBuf::from("kubectl")
+    };
+    let output = std::process::Command::new(kubectl)
+        .arg("kustomize")
+        .arg(root.join("k8s/overlays/job-executor"))
+        .output()
+        .expect("kubectl runs (scripts/validate-k8s.sh installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(output.stdout).unwrap()).unwrap();
+    let create = PostParams::default();
+    let mut applied = Vec::new();
+    for kind in ["Namespace", "ServiceAccount", "Role", "RoleBinding"] {
+        for doc in docs.iter().filter(|d| d["kind"] == kind) {
+            let doc = doc.clone();
+            match kind {
+                "Namespace" => {
+                    let ns: Namespace = serde_json::from_value(doc).unwrap();
+                    Api::<Namespace>::all(admin.clone())
+                        .create(&create, &ns)
+                        .await
+                        .map(|_| ())
+                }
+                "ServiceAccount" => {
+                    let sa: ServiceAccount = serde_json::from_value(doc).unwrap();
+                    Api::namespaced(admin.clone(), NS)
+                        .create(&create, &sa)
+                        .await
+                        .map(|_| ())
+                }
+                "Role" => {
+                    let role: Role = serde_json::from_value(doc).unwrap();
+                    Api::namespaced(admin.clone(), NS)
+                        .create(&create, &role)
+                        .await
+                        .map(|_| ())
+                }
+                _ => {
+                    let binding: RoleBinding = serde_json::from_value(doc).unwrap();
+                    Api::namespaced(admin.clone(), NS)
+                        .create(&create, &binding)
+                        .await
+                        .map(|_| ())
+                }
+            }
+            .unwrap_or_else(|e| panic!("apply a {kind}: {e}"));
+            applied.push(kind);
+        }
+    }
+    assert!(
+        applied.iter().filter(|k| **k == "Role").count() >= 2,
+        "the overlay has the executor's and the write-back's Roles: {applied:?}"
+    );
+}
+
+/// Waits for the first Pod of run `id`.
+async fn pod_of(admin: &kube::Client, id: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let config = watcher::Config::default().labels(&format!("headless-bridge/run-id={id}"));
+    let stream = watcher(pods, config);
+    futures::pin_mut!(stream);
+    let found = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = stream.next().await {
+            match event.expect("watch pods") {
+                watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => return pod,
+                _ => {}
+            }
+        }
+        panic!("the pod watch ended");
+    })
+    .await;
+    found.expect("the Job controller made the run's Pod")
+}
+
+/// Plays the kubelet for `pod`: runs its container (the worker binary) with its arguments,
+/// environment and volumes, then reports the Pod's phase by the exit code. Returns the exit
+/// code.
+async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
+    let spec = pod.spec.clone().unwrap();
+    let container = &spec.containers[0];
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let root = tempfile::tempdir().unwrap();
+
+    // Volumes: Secrets (waiting for them, as the kubelet does) and emptyDirs.
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    for mount in container.volume_mounts.clone().unwrap_or_default() {
+        let volume = spec
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap();
+        let dir = root.path().join(&mount.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        if let Some(source) = &volume.secret {
+            let name = source.secret_name.clone().unwrap();
+            let secret = wait_for_secret(&secrets, &name).await;
+            for (key, value) in secret.data.unwrap_or_default() {
+                std::fs::write(dir.join(key), value.0).unwrap();
+            }
+        }
+        mounts.push((mount.mount_path.clone(), dir));
+    }
+    // A path under a mount, moved to the mount's local directory (the longest mount wins).
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    let local = |text: &str| {
+        mounts
+            .iter()
+            .find_map(|(path, dir)| {
+                let rest = text.strip_prefix(path.as_str())?;
+                (rest.is_empty() || rest.starts_with('/'))
+                    .then(|| format!("{}{rest}", dir.display()))
+            })
+            .unwrap_or_else(|| text.to_owned())
+    };
+
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_headless-bridge"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap());
+    for arg in container.args.clone().unwrap_or_default() {
+        command.arg(local(&arg));
+    }
+    for var in container.env.clone().unwrap_or_default() {
+        let value = match (&var.value, &var.value_from) {
+            (Some(value), _) => local(value),
+            (None, Some(from)) => {
+                let key = from
+                    .secret_key_ref
+                    .as_ref()
+                    .expect("only secretKeyRef is used");
+                let secret = wait_for_secret(&secrets, &key.name).await;
+                String::from_utf8(secret.data.unwrap()[&key.key].0.clone()).unwrap()
+            }
+            (None, None) => String::new(),
+        };
+        command.env(&var.name, value);
+    }
+    let output = command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("the worker runs");
+    let code = output.status.code().unwrap_or(-1);
+    if code != 0 {
+        eprintln!("worker log:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    let phase = if code == 0 { "Succeeded" } else { "Failed" };
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let name = pod.metadata.name.clone().unwrap();
+    pods.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": phase}})),
+    )
+    .await
+    .expect("patch the Pod's phase");
+    code
+}
+
+async fn wait_for_secret(secrets: &Api<Secret>, name: &str) -> Secret {
+    let found =
+        kube::runtime::wait::await_condition(secrets.clone(), name, |s: Option<&Secret>| {
+            s.is_some()
+        });
+    tokio::time::timeout(Duration::from_secs(30), found)
+        .await
+        .expect("the run's Secret appears")
+        .expect("watch Secrets")
+        .expect("the Secret exists")
+}
+
+/// A bridge with the Job executor against `world`, using `model`'s login.
+async fn job_bridge(world: &World, model: &Model) -> TestBridge {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut builder = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .listener(listener)
+        .var("HB_EXECUTOR", "kubernetes")
+        .var("HB_JOB_NAMESPACE", NS)
+        .var("HB_JOB_IMAGE", "headless-bridge:test")
+        .var("HB_JOB_BRIDGE_URL", url)
+        .var("HB_WORKSPACE_MIN_FREE_BYTES", "1M");
+    for (name, value) in world.bridge_vars() {
+        builder = builder.var(name, value);
+    }
+    builder.start().await
+}
+
+fn uuid_like() -> &'static str {
+    "01900000-0000-7000-8000-000000000000"
+}
+
+/// The shape of a run's event log: kinds, with the state of state events and the type of
+/// CLI events, leaving out notices (the Job executor adds one) and stderr.
+fn event_shape(events: &[crate::support::SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| !matches!(e.event.as_str(), "notice" | "stderr"))
+        .map(|e| {
+            let detail = e.data["state"]
+                .as_str()
+                .or(e.data["type"].as_str())
+                .unwrap_or("");
+            format!("{}:{detail}", e.event)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_does() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let model = Model::start(Behavior::Reply("answered from a Job".into())).await;
+    let bridge = job_bridge(&world, &model).await;
+
+    let body = json!({"adapter": "codex", "prompt": "say something"});
+    let (status, run) = bridge.post("/v1/runs", &body).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+
+    let pod = pod_of(&world.admin, &id).await;
+    let job_name = format!("hb-run-{id}");
+    let jobs: Api<Job> = Api::namespaced(world.admin.clone(), NS);
+    let job = jobs.get(&job_name).await.expect("the run's Job exists");
+    let job_spec = job.spec.clone().unwrap();
+    assert_eq!(job_spec.backoff_limit, Some(0));
+    assert!(job_spec.active_deadline_seconds.unwrap() >= 600);
+    let pod_spec = pod.spec.clone().unwrap();
+    assert_eq!(pod_spec.automount_service_account_token, Some(false));
+    let env = pod_spec.containers[0].env.clone().unwrap();
+    let token_var = env.iter().find(|v| v.name == "HB_WORKER_TOKEN").unwrap();
+    assert!(
+        token_var.value.is_none(),
+        "the report token travels in a Secret only"
+    );
+
+    // The report route takes only the run's own token, and only for a run in progress.
+    let report = format!("{}/internal/v1/runs/{id}/report", bridge.url);
+    let refused = bridge
+        .client
+        .post(&report)
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({"calls": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "an API token is not a run's token");
+    let unknown = format!("{}/internal/v1/runs/{}/report", bridge.url, uuid_like());
+    let refused = bridge
+        .client
+        .post(unknown)
+        .bearer_auth("x")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+
+    assert_eq!(
+        play_kubelet(&world.admin, &pod).await,
+        0,
+        "the worker reported"
+    );
+    // The event stream ends with the outcome, as the run ends.
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (status, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    assert_eq!(finished["output"], "answered from a Job");
+    assert_eq!(finished["exit_code"], 0);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.event == "notice" && e.data.to_string().contains(&job_name)),
+        "the log says where the run ran"
+    );
+
+    // The same request run locally leaves the same event log.
+    let local = model.bridge().await;
+    let local_run = local.run_to_end(&body).await;
+    assert_eq!(local_run["outcome"], "succeeded");
+    let local_id = local_run["id"].as_str().unwrap();
+    let local_events = local
+        .sse(&format!("/v1/runs/{local_id}/events"), None)
+        .await;
+    assert_eq!(event_shape(&events), event_shape(&local_events));
+
+    // The finished Job is deleted, and its Secret with it (the garbage collector).
+    let job_name = format!("hb-run-{id}");
+    let gone = kube::runtime::wait::await_condition(jobs, &job_name, |j: Option<&Job>| j.is_none());
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the finished Job is deleted")
+        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), NS);
+    let gone =
+        kube::runtime::wait::await_condition(secrets, &job_name, |s: Option<&Secret>| s.is_none());
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the run's Secret goes with its Job")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_run_deletes_its_job_in_the_foreground() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let model = Model::start(Behavior::Reply("never asked".into())).await;
+    let bridge = job_bridge(&world, &model).await;
+
+    let (_, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "wait"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let pod = pod_of(&world.admin, &id).await;
+
+    // Follow the Job from before the cancel, to see how it is deleted.
+    let jobs: Api<Job> = Api::namespaced(world.admin.clone(), NS);
+    let config = watcher::Config::default().labels(&format!("headless-bridge/run-id={id}"));
+    let mut stream = Box::pin(watcher(jobs, config));
+    let watched = tokio::spawn(async move {
+        let mut foreground = false;
+        while let Some(event) = stream.next().await {
+            match event.expect("watch Jobs") {
+                watcher::Event::Apply(job) => {
+                    let finalizers = job.metadata.finalizers.unwrap_or_default();
+                    foreground |= job.metadata.deletion_timestamp.is_some()
+                        && finalizers.iter().any(|f| f == "foregroundDeletion");
+                }
+                watcher::Event::Delete(_) => return foreground,
+                _ => {}
+            }
+        }
+        panic!("the Job watch ended");
+    });
+
+    let (status, cancelled) = bridge
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["outcome"], "cancelled");
+    assert_eq!(cancelled["reason"], "cancelled");
+    let foreground = tokio::time::timeout(Duration::from_secs(60), watched)
+        .await
+        .expect("the Job is deleted")
+        .unwrap();
+    assert!(
+        foreground,
+        "the Job waited for its Pod (foreground propagation)"
+    );
+    let pods: Api<Pod> = Api::namespaced(world.admin.clone(), NS);
+    assert!(
+        pods.get_opt(&pod.metadata.name.unwrap())
+            .await
+            .unwrap()
+            .is_none(),
+        "the Pod went before the Job"
+    );
+}
+
+#[tokio::test]
+async fn the_bridge_service_account_reads_no_secret_but_its_login() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    world
+        .create_secret(LOGIN_SECRET, &[("auth.json", "{}")])
+        .await;
+    world
+        .create_secret("headless-bridge-api", &[("token", "not for the bridge")])
+        .await;
+
+    let secrets: Api<Secret> = Api::namespaced(world.bridge_client(), NS);
+    secrets
+        .get(LOGIN_SECRET)
+        .await
+        .expect("its own login Secret");
+    for refused in [
+        secrets.get("headless-bridge-api").await.map(|_| ()),
+        secrets.list(&Default::default()).await.map(|_| ()),
+    ] {
+        match refused {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+            other => panic!("the bridge read another Secret: {other:?}"),
+        }
+    }
+    let other_ns: Api<Secret> = Api::namespaced(world.bridge_client(), "default");
+    assert!(matches!(
+        other_ns.get("anything").await,
+        Err(kube::Error::Api(status)) if status.code == 403
+    ));
+}
+
+/// A ChatGPT login whose access token has expired, against `model` and a token endpoint.
+fn chatgpt_codex_dir(model: &FakeModel) -> (tempfile::TempDir, String) {
+    let codex_dir = tempfile::tempdir().unwrap();
+    let origin = model.base_url().trim_end_matches("/v1").to_owned();
+    let base = model
+        .codex_config_toml()
+        .replace("[features]\n", "[features]\napps = false\n");
+    let config = format!("chatgpt_base_url = \"{origin}/backend-api\"\n{base}");
+    std::fs::write(codex_dir.path().join("config.toml"), &config).unwrap();
+    let login = chatgpt_login("rt_initial");
+    std::fs::write(codex_dir.path().join("auth.json"), &login).unwrap();
+    (codex_dir, login)
+}
+
+async fn refreshing_bridge(
+    world: &World,
+    secret: &str,
+) -> (
+    FakeModel,
+    TokenEndpoint,
+    BridgeProcess,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    refreshing_bridge_with(world, secret, Vec::new()).await
+}
+
+async fn refreshing_bridge_with(
+    world: &World,
+    secret: &str,
+    extra: Vec<(&'static str, String)>,
+) -> (
+    FakeModel,
+    TokenEndpoint,
+    BridgeProcess,
+    tempfile::TempDir,
+    tempfile::TempDir,
+) {
+    let model = FakeModel::start(Behavior::Reply("refreshed".into()), &fresh_access_token()).await;
+    let tokens = TokenEndpoint::start("rt_initial").await;
+    let (codex_dir, login) = chatgpt_codex_dir(&model);
+    world
+        .create_secret(LOGIN_SECRET, &[("auth.json", &login)])
+        .await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut vars: Vec<(&str, String)> = world.bridge_vars();
+    vars.push(("HB_CODEX_DIR", codex_dir.path().display().to_string()));
+    vars.push(("HB_CREDENTIAL_SECRET", format!("{NS}/{secret}")));
+    vars.push(("CODEX_REFRESH_TOKEN_URL_OVERRIDE", tokens.url.clone()));
+    vars.extend(extra);
+    let vars: Vec<(&str, &Path)> = vars
+        .iter()
+        .map(|(k, v)| (*k, Path::new(v.as_str())))
+        .collect();
+    let bridge = BridgeProcess::start_with(data_dir.path(), &vars).await;
+    (model, tokens, bridge, codex_dir, data_dir)
+}
+
+#[tokio::test]
+async fn a_refreshed_login_is_written_back_to_its_secret() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let (_model, tokens, bridge, _codex, _data) = refreshing_bridge(&world, LOGIN_SECRET).await;
+    let client = bridge.client();
+
+    let run = client
+        .run_to_end(&json!({"adapter": "codex", "prompt": "refresh please"}))
+        .await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(tokens.seen().0, 1, "the CLI refreshed once");
+    let written: Value =
+        serde_json::from_str(&world.secret_value(LOGIN_SECRET, "auth.json").await).unwrap();
+    assert_eq!(written["tokens"]["refresh_token"], "rt_rotated_1");
+
+    let (_, health) = client.get("/health?deep=1").await;
+    let write_back = &health["adapters"]["codex"]["credentials"]["write_back"];
+    assert_eq!(write_back["ok"], true, "{health}");
+    assert_eq!(write_back["secret"], format!("{NS}/{LOGIN_SECRET}"));
+}
+
+#[tokio::test]
+async fn a_forbidden_write_back_shows_in_deep_health() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    world
+        .create_secret("someone-elses-login", &[("auth.json", "{}")])
+        .await;
+    let (_model, _tokens, bridge, _codex, _data) =
+        refreshing_bridge(&world, "someone-elses-login").await;
+    let client = bridge.client();
+
+    let run = client
+        .run_to_end(&json!({"adapter": "codex", "prompt": "refresh please"}))
+        .await;
+    assert_eq!(
+        run["outcome"], "succeeded",
+        "the working copy kept the login: {run}"
+    );
+    assert_eq!(
+        world.secret_value("someone-elses-login", "auth.json").await,
+        "{}"
+    );
+
+    let (_, health) = client.get("/health?deep=1").await;
+    let credentials = &health["adapters"]["codex"]["credentials"];
+    let write_back = &credentials["write_back"];
+    assert_eq!(write_back["ok"], false, "{health}");
+    let error = write_back["last_attempt"]["error"].as_str().unwrap();
+    assert!(error.contains("403"), "{error}");
+    assert!(
+        credentials["warning"]
+            .as_str()
+            .unwrap()
+            .contains("written back")
+    );
+    assert!(
+        !health.to_string().contains("rt_rotated"),
+        "no token in health"
+    );
+}
+
+/// The Job a run becomes, and its Secret, pass the Kubernetes schemas CI checks the manifests
+/// against (kubernetes-validate, strict) and the Job the hardening policy of
+/// `scripts/check-k8s-policy.py`. Needs no cluster.
+#[test]
+fn run_jobs_pass_the_schemas_and_the_hardening_policy() {
+    use headless_bridge::config::{Executor, RawConfig};
+    let vars = [
+        ("HB_EXECUTOR", "kubernetes"),
+        ("HB_JOB_NAMESPACE", NS),
+        ("HB_JOB_IMAGE", "headless-bridge:0.1.0"),
+        ("HB_JOB_BRIDGE_URL", "http://10.0.0.7:8000"),
+    ];
+    let mut raw = RawConfig::default();
+    raw.merge_env(|name| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    });
+    let config = raw.build().unwrap();
+    let Executor::Kubernetes(settings) = config.executor.clone() else {
+        panic!("the Job executor is configured")
+    };
+    let record = headless_bridge::run::RunRecord::queued(
+        serde_json::from_value(json!({"adapter": "codex", "prompt": "p", "timeout_s": 600}))
+            .unwrap(),
+    );
+    let job = headless_bridge::k8s::job::job(&config, &settings, &record);
+    let secret =
+        headless_bridge::k8s::job::run_secret(NS, &record, "token", Some((b"{}", None)), "uid");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = root.join(".tools/k8s-venv/bin");
+    assert!(
+        venv.join("kubernetes-validate").exists(),
+        "run scripts/validate-k8s.sh once: it installs kubernetes-validate"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let job_file = dir.path().join("job.yaml");
+    // JSON is YAML: the files hold the objects exactly as the executor sends them.
+    std::fs::write(&job_file, serde_json::to_string(&job).unwrap()).unwrap();
+    let both = dir.path().join("both.yaml");
+    let text = format!(
+        "{}\n---\n{}\n",
+        serde_json::to_string(&job).unwrap(),
+        serde_json::to_string(&secret).unwrap()
+    );
+    std::fs::write(&both, text).unwrap();
+
+    for version in ["1.31.0", "1.37.0"] {
+        let output = std::process::Command::new(venv.join("kubernetes-validate"))
+            .args(["--quiet", "-k", version, "--strict"])
+            .arg(&both)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kubernetes-validate {version}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let output = std::process::Command::new(venv.join("python"))
+        .arg(root.join("scripts/check-k8s-policy.py"))
+        .arg(&job_file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "check-k8s-policy: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_login_refreshed_in_a_job_becomes_the_working_copy_and_goes_back_to_its_secret() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let extra = vec![
+        ("HB_LISTEN", format!("127.0.0.1:{port}")),
+        ("HB_EXECUTOR", "kubernetes".to_owned()),
+        ("HB_JOB_NAMESPACE", NS.to_owned()),
+        ("HB_JOB_IMAGE", "headless-bridge:test".to_owned()),
+        ("HB_JOB_BRIDGE_URL", format!("http://127.0.0.1:{port}")),
+        ("HB_WORKSPACE_MIN_FREE_BYTES", "1M".to_owned()),
+        (
+            "HB_SHIM_BIN",
+            env!("CARGO_BIN_EXE_headless-bridge").to_owned(),
+        ),
+    ];
+    let (_model, tokens, bridge, _codex, _data) =
+        refreshing_bridge_with(&world, LOGIN_SECRET, extra).await;
+    let client = bridge.client();
+
+    for round in 1..=2 {
+        let (status, run) = client
+            .post(
+                "/v1/runs",
+                &json!({"adapter": "codex", "prompt": "refresh please"}),
+            )
+            .await;
+        assert_eq!(status, 202, "{run}");
+        let id = run["id"].as_str().unwrap().to_owned();
+        let pod = pod_of(&world.admin, &id).await;
+        assert_eq!(play_kubelet(&world.admin, &pod).await, 0);
+        client.sse(&format!("/v1/runs/{id}/events"), None).await;
+        let (_, finished) = client.get(&format!("/v1/runs/{id}")).await;
+        assert_eq!(
+            finished["outcome"], "succeeded",
+            "round {round}: {finished}"
+        );
+        assert_eq!(
+            tokens.seen(),
+            (1, 0),
+            "round {round}: one refresh in all, and the second Job got the rotated token"
+        );
+    }
+    let written: Value =
+        serde_json::from_str(&world.secret_value(LOGIN_SECRET, "auth.json").await).unwrap();
+    assert_eq!(written["tokens"]["refresh_token"], "rt_rotated_1");
+}
+
+#[tokio::test]
+async fn a_pod_that_fails_without_reporting_fails_the_run_with_executor_error() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let model = Model::start(Behavior::Reply("never asked".into())).await;
+    let bridge = job_bridge(&world, &model).await;
+
+    let (_, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "crash"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    let pod = pod_of(&world.admin, &id).await;
+    // The kubelet reports the container dead before the worker could say anything.
+    Api::<Pod>::namespaced(world.admin.clone(), NS)
+        .patch_status(
+            &pod.metadata.name.unwrap(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Failed"}})),
+        )
+        .await
+        .unwrap();
+
+    bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(finished["outcome"], "failed", "{finished}");
+    assert_eq!(finished["reason"], "executor_error");
+    assert!(
+        finished["message"]
+            .as_str()
+            .unwrap()
+            .contains("without its worker reporting"),
+        "{finished}"
+    );
+}
+
+/// Settings for a bridge process with the Job executor on a port picked now.
+fn job_process_vars(world: &World, model: &Model) -> Vec<(&'static str, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut vars = world.bridge_vars();
+    vars.extend([
+        ("HB_LISTEN", format!("127.0.0.1:{port}")),
+        ("HB_CODEX_DIR", model.codex_dir.path().display().to_string()),
+        ("HB_EXECUTOR", "kubernetes".to_owned()),
+        ("HB_JOB_NAMESPACE", NS.to_owned()),
+        ("HB_JOB_IMAGE", "headless-bridge:test".to_owned()),
+        ("HB_JOB_BRIDGE_URL", format!("http://127.0.0.1:{port}")),
+    ]);
+    vars
+}
+
+#[tokio::test]
+async fn a_bridge_killed_mid_run_deletes_the_runs_job_when_it_starts_again() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let model = Model::start(Behavior::Reply("never asked".into())).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let start = |vars: Vec<(&'static str, String)>| {
+        let data = data_dir.path().to_owned();
+        async move {
+            let vars: Vec<(&str, &Path)> = vars
+                .iter()
+                .map(|(k, v)| (*k, Path::new(v.as_str())))
+                .collect();
+            BridgeProcess::start_with(&data, &vars).await
+        }
+    };
+    let mut bridge = start(job_process_vars(&world, &model)).await;
+    let (_, run) = bridge
+        .client()
+        .post("/v1/runs", &json!({"adapter": "codex", "prompt": "wait"}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    pod_of(&world.admin, &id).await;
+
+    bridge.child.start_kill().unwrap();
+    bridge.child.wait().await.unwrap();
+    let restarted = start(job_process_vars(&world, &model)).await;
+
+    let jobs: Api<Job> = Api::namespaced(world.admin.clone(), NS);
+    let job_name = format!("hb-run-{id}");
+    let gone = kube::runtime::wait::await_condition(jobs, &job_name, |j: Option<&Job>| j.is_none());
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the dead run's Job is deleted")
+        .unwrap();
+    let (_, record) = restarted.client().get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(record["outcome"], "interrupted", "{record}");
+}

@@ -246,7 +246,7 @@ impl Actor {
         progress: &mut Progress,
     ) {
         if let Some(recording) = recording {
-            recording.input(&bytes);
+            recording.input(&bytes, |text| self.redactor.redact(text));
         }
         terminal.write(bytes);
         progress.last_change = Instant::now();

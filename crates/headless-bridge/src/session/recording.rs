@@ -62,9 +62,10 @@ impl Recording {
         }
     }
 
-    /// Records input typed by a client or an expect rule.
-    pub fn input(&mut self, bytes: &[u8]) {
-        self.event("i", &String::from_utf8_lossy(bytes));
+    /// Records input typed by a client or an expect rule; `redact` masks secrets in it (a
+    /// client may type a password the program then hides, or paste a token).
+    pub fn input(&mut self, bytes: &[u8], redact: impl Fn(&str) -> String) {
+        self.event("i", &redact(&String::from_utf8_lossy(bytes)));
     }
 
     /// Records a resize.
@@ -113,7 +114,7 @@ mod tests {
         let euro = "€".as_bytes();
         cast.output(&[b"a".as_slice(), &euro[..1]].concat(), str::to_owned);
         cast.output(&euro[1..], str::to_owned);
-        cast.input(b"y\r");
+        cast.input(b"y\r", str::to_owned);
         cast.resize(100, 30);
         cast.flush();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -134,6 +135,18 @@ mod tests {
             (Some("i"), Some("y\r"))
         );
         assert_eq!(lines[4][2], "100x30");
+    }
+
+    #[test]
+    fn typed_secrets_are_masked_in_the_cast() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let redactor = crate::redact::Redactor::new(["tok-0123456789abcdefXYZ"]);
+        let mut cast = Recording::create(&path, 80, 24, 1 << 20).unwrap();
+        cast.input(b"echo tok-0123456789abcdefXYZ\r", |t| redactor.redact(t));
+        cast.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("0123456789abcdef"), "{text}");
     }
 
     #[test]

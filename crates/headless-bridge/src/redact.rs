@@ -102,6 +102,24 @@ impl Redactor {
         TOKEN_SHAPES.replace_all(&out, MASK).into_owned()
     }
 
+    /// The length in bytes of the longest end of `text` that begins a known secret without
+    /// completing it: a writer of a stream that comes in pieces holds that much back, so a
+    /// secret cut between two pieces is still masked whole.
+    pub fn partial_secret_suffix(&self, text: &str) -> usize {
+        let longest = self.secrets.first().map_or(0, String::len);
+        let from = text.len().saturating_sub(longest.saturating_sub(1));
+        text.char_indices()
+            .map(|(at, _)| at)
+            .filter(|at| *at >= from)
+            .find(|at| {
+                let tail = &text[*at..];
+                self.secrets
+                    .iter()
+                    .any(|secret| secret.len() > tail.len() && secret.starts_with(tail))
+            })
+            .map_or(0, |at| text.len() - at)
+    }
+
     /// `bytes` with every secret masked: as text when they are UTF-8, else only the known
     /// values, byte for byte (token shapes mean nothing in a binary file).
     pub fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {

@@ -91,6 +91,9 @@ impl Bridge {
         }
         // No run of this process exists yet, so every workspace left is a dead run's.
         remove_children(&data_dir.join("workspaces"));
+        // Likewise every login home: a relayed login of a dead process can no longer be
+        // adopted, and its home may hold the tokens of one a person completed.
+        remove_children(&data_dir.join("credentials").join("logins"));
 
         let adapters = load_adapters(&config)?;
         let config = Arc::new(config);

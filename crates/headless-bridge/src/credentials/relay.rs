@@ -32,6 +32,8 @@ use crate::run::text::strip_ansi;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a device code lives when the CLI does not say (the issuer's usual 15 minutes).
 const DEFAULT_EXPIRY: Duration = Duration::from_secs(15 * 60);
+/// The longest expiry a CLI's screen is believed for, in minutes.
+const MAX_EXPIRY_MINUTES: u64 = 24 * 60;
 /// Lines of the CLI's output kept to explain a failure.
 const KEPT_LINES: usize = 20;
 
@@ -184,6 +186,9 @@ impl LoginRelay {
             }
         };
         let pid = child.id();
+        // Dropping the child kills the shim alone; should this code be cut short (a panic),
+        // the CLI under it must not live on as an orphan.
+        let mut group = GroupGuard(pid);
 
         // Both streams go to one reader: the CLI prints its instructions on stdout and its
         // errors on stderr.
@@ -224,6 +229,7 @@ impl LoginRelay {
         .await;
         if read != Ok(true) {
             stop(&mut child, pid).await;
+            group.disarm();
             let _ = std::fs::remove_dir_all(&home);
             return Err(StartError::NoCode {
                 output: screen.tail(),
@@ -266,6 +272,7 @@ impl LoginRelay {
             };
             let (state, message) = match ended {
                 Some(status) => {
+                    group.disarm();
                     crate::reaper::forget(pid);
                     // The CLI has exited; what it printed last is in the pipe or nowhere.
                     while let Ok(Some(line)) =
@@ -297,6 +304,7 @@ impl LoginRelay {
                 }
                 None => {
                     stop(&mut child, pid).await;
+                    group.disarm();
                     if attempt.cancel.is_cancelled() {
                         (LoginState::Cancelled, None)
                     } else {
@@ -365,6 +373,25 @@ fn adopt(login: &WorkingCopy, home: &Path) -> Result<(), String> {
     login
         .adopt(&bytes)
         .map_err(|e| format!("failed to keep the new login: {e}"))
+}
+
+/// Kills the login's process group when dropped, unless the group was stopped and reaped
+/// (then its id may belong to another process group, and it is disarmed).
+struct GroupGuard(Option<u32>);
+
+impl GroupGuard {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let group = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
 }
 
 /// Stops the login's processes: SIGTERM to the group (the shim passes it on and cleans up),
@@ -470,7 +497,12 @@ fn is_user_code(text: &str) -> bool {
 fn expiry_minutes(text: &str) -> Option<u64> {
     let rest = &text[text.find("expires in ")? + "expires in ".len()..];
     let (number, unit) = rest.split_once(' ')?;
-    unit.starts_with("minute").then(|| number.parse().ok())?
+    // A day at most: beyond it the number is nonsense (and would overflow a date).
+    let minutes: u64 = number
+        .parse()
+        .ok()
+        .filter(|m| (1..=MAX_EXPIRY_MINUTES).contains(m))?;
+    unit.starts_with("minute").then_some(minutes)
 }
 
 #[cfg(test)]
@@ -515,5 +547,18 @@ mod tests {
         assert!(!is_user_code("OpenAI's command-line coding agent"));
         assert!(!is_user_code("abcd-efgh"));
         assert!(!is_user_code("ABCD"));
+    }
+
+    #[test]
+    fn an_absurd_expiry_is_ignored() {
+        assert_eq!(expiry_minutes("(expires in 15 minutes)"), Some(15));
+        assert_eq!(
+            expiry_minutes("(expires in 99999999999999999 minutes)"),
+            None
+        );
+        assert_eq!(expiry_minutes("(expires in 0 minutes)"), None);
+        let mut screen = Screen::default();
+        screen.read("2. Enter this one-time code (expires in 99999999999999999 minutes)");
+        assert_eq!(screen.expiry, None);
     }
 }

@@ -61,7 +61,7 @@ struct Source {
 pub struct WorkingCopy {
     dir: PathBuf,
     config: CodexConfig,
-    writer: tokio::sync::Mutex<()>,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Serialises the file work of concurrent runs (imports and check-ins).
     files: Mutex<()>,
     history: Mutex<History>,
@@ -93,7 +93,7 @@ impl WorkingCopy {
         Self {
             dir,
             config,
-            writer: tokio::sync::Mutex::new(()),
+            writer: Default::default(),
             files: Mutex::new(()),
             history: Mutex::new(History::default()),
             write_back: None,
@@ -214,6 +214,18 @@ impl WorkingCopy {
         match auth.facts.auth_mode {
             AuthMode::ApiKey => WriterGuard(None),
             AuthMode::Chatgpt => WriterGuard(Some(self.writer.lock().await)),
+        }
+    }
+
+    /// [`Self::writer`] for a holder that outlives a borrow of the working copy (a session's
+    /// task): `None` for an API key, else the writer once every other holder is done.
+    pub async fn writer_owned(
+        &self,
+        auth: &LoadedAuth,
+    ) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match auth.facts.auth_mode {
+            AuthMode::ApiKey => None,
+            AuthMode::Chatgpt => Some(self.writer.clone().lock_owned().await),
         }
     }
 

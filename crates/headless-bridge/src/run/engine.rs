@@ -181,14 +181,27 @@ impl Engine {
         &self,
         name: Option<&str>,
     ) -> Option<Result<(LoginView, bool), StartError>> {
-        let inner = &self.inner;
-        let login = inner.logins.get(name)?;
-        Some(
+        self.inner.logins.get(name)?;
+        // The start goes on in a task of its own: a client that hangs up while the CLI starts
+        // drops this future, and the CLI it started must still be stopped (or followed) and
+        // its throw-away home removed, which only the relay's own code does.
+        let engine = self.clone();
+        let name = name.map(str::to_owned);
+        let task = self.inner.tasks.spawn(async move {
+            let inner = &engine.inner;
+            let login = inner
+                .logins
+                .get(name.as_deref())
+                .expect("the login was found above");
             login
                 .relay
                 .start(login.copy.clone(), &inner.shutdown, &inner.tasks)
-                .await,
-        )
+                .await
+        });
+        match task.await {
+            Ok(started) => Some(started),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 
     /// The default Codex login's working copy, shared, for sessions that outlive a request.

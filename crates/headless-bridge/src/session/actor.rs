@@ -154,7 +154,7 @@ impl Actor {
         };
         let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
         if let Some(recording) = &mut recording {
-            recording.flush();
+            recording.finish(&self.redactor);
         }
         self.finish(reason, status);
         for reply in stop_replies {
@@ -213,7 +213,7 @@ impl Actor {
         progress: &mut Progress,
     ) {
         if let Some(recording) = recording {
-            recording.output(bytes, |text| self.redactor.redact(text));
+            recording.output(bytes, &self.redactor);
         }
         let replies = {
             let mut emulator = lock(&self.emulator);
@@ -246,7 +246,7 @@ impl Actor {
         progress: &mut Progress,
     ) {
         if let Some(recording) = recording {
-            recording.input(&bytes);
+            recording.input(&bytes, |text| self.redactor.redact(text));
         }
         terminal.write(bytes);
         progress.last_change = Instant::now();

@@ -99,8 +99,13 @@ pub fn paste(text: &str, bracketed: bool) -> Vec<u8> {
     if !bracketed {
         return text.as_bytes().to_vec();
     }
-    // A paste that held the end marker could break out of the paste.
-    let text = text.replace("\x1b[201~", "");
+    // A paste that held the end marker could break out of the paste, and removing the marker
+    // once is not enough (`ESC[20` + marker + `1~` leaves a marker behind). No escape sequence
+    // belongs in pasted text, so every ESC (and the 8-bit CSI) goes, as xterm filters them.
+    let text: String = text
+        .chars()
+        .filter(|c| !matches!(c, '\x1b' | '\u{9b}'))
+        .collect();
     [b"\x1b[200~".as_slice(), text.as_bytes(), b"\x1b[201~"].concat()
 }
 
@@ -144,8 +149,17 @@ mod tests {
     fn a_bracketed_paste_cannot_end_early() {
         assert_eq!(
             paste("a\x1b[201~b\n", true),
-            b"\x1b[200~ab\n\x1b[201~".to_vec()
+            b"\x1b[200~a[201~b\n\x1b[201~".to_vec()
         );
+        // Removing the end marker once would leave one behind here.
+        let nested = paste("safe\x1b[20\x1b[201~1~INJECTED\r", true);
+        let inner = &nested[6..nested.len() - 6];
+        assert!(
+            !inner.contains(&0x1b),
+            "{:?}",
+            String::from_utf8_lossy(&nested)
+        );
+        assert!(!paste("x\u{9b}201~y", true)[6..].starts_with("x\u{9b}".as_bytes()));
         assert_eq!(paste("a\n", false), b"a\n".to_vec());
     }
 }

@@ -468,20 +468,37 @@ impl Sessions {
             registry.prune();
             registry.starting += 1;
         }
-        let id = SessionId::new();
-        let started = start::start(
-            id,
-            request,
-            &self.inner.config,
-            &self.inner.adapters,
-            self.inner.login.clone(),
-        )
-        .await;
-        let mut registry = lock(&self.inner.sessions);
-        registry.starting -= 1;
-        let session = started?;
-        registry.sessions.insert(id, session.clone());
-        Ok(session)
+        // The start goes on in a task of its own: a client that hangs up while the session
+        // starts (it may wait for a login's writer) drops this future, and a session whose
+        // program runs must still be registered, listed and deletable, and its place given
+        // back if it fails.
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let id = SessionId::new();
+            let started = start::start(
+                id,
+                request,
+                &inner.config,
+                &inner.adapters,
+                inner.login.clone(),
+            )
+            .await;
+            let mut registry = lock(&inner.sessions);
+            registry.starting -= 1;
+            let session = started?;
+            registry.sessions.insert(id, session.clone());
+            Ok(session)
+        });
+        match task.await {
+            Ok(started) => started,
+            Err(e) => {
+                // Only a panic ends the task early; its place must not stay taken.
+                lock(&self.inner.sessions).starting -= 1;
+                Err(StartError::Prepare(format!(
+                    "the session's start failed: {e}"
+                )))
+            }
+        }
     }
 
     /// A session of this process, by id.

@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use crate::redact::Redactor;
+
 /// The last output of a cast cut at its size limit.
 const CUT_MARKER: &str = "\r\n[headless-bridge: recording cut at its size limit]\r\n";
 
@@ -24,6 +26,9 @@ pub struct Recording {
     max_bytes: u64,
     /// Bytes of output that end in the middle of a UTF-8 character.
     carry: Vec<u8>,
+    /// The end of the output so far that begins a known secret: held until the next output
+    /// (or the end) shows whether the secret follows, so it is masked whole.
+    held: String,
 }
 
 impl Recording {
@@ -43,11 +48,12 @@ impl Recording {
             written: line.len() as u64,
             max_bytes,
             carry: Vec::new(),
+            held: String::new(),
         })
     }
 
-    /// Records output; `redact` masks secrets in it.
-    pub fn output(&mut self, bytes: &[u8], redact: impl Fn(&str) -> String) {
+    /// Records output; `redactor` masks secrets in it, also one cut between two outputs.
+    pub fn output(&mut self, bytes: &[u8], redactor: &Redactor) {
         self.carry.extend_from_slice(bytes);
         let complete = match std::str::from_utf8(&self.carry) {
             Ok(_) => self.carry.len(),
@@ -55,16 +61,29 @@ impl Recording {
             Err(e) if e.error_len().is_none() => e.valid_up_to(),
             Err(_) => self.carry.len(),
         };
-        let text = String::from_utf8_lossy(&self.carry[..complete]).into_owned();
+        let mut text = std::mem::take(&mut self.held);
+        text.push_str(&String::from_utf8_lossy(&self.carry[..complete]));
         self.carry.drain(..complete);
+        let keep = redactor.partial_secret_suffix(&text);
+        self.held = text.split_off(text.len() - keep);
         if !text.is_empty() {
-            self.event("o", &redact(&text));
+            self.event("o", &redactor.redact(&text));
         }
     }
 
-    /// Records input typed by a client or an expect rule.
-    pub fn input(&mut self, bytes: &[u8]) {
-        self.event("i", &String::from_utf8_lossy(bytes));
+    /// Writes the output held back and everything buffered: the session has ended.
+    pub fn finish(&mut self, redactor: &Redactor) {
+        let held = std::mem::take(&mut self.held);
+        if !held.is_empty() {
+            self.event("o", &redactor.redact(&held));
+        }
+        self.flush();
+    }
+
+    /// Records input typed by a client or an expect rule; `redact` masks secrets in it (a
+    /// client may type a password the program then hides, or paste a token).
+    pub fn input(&mut self, bytes: &[u8], redact: impl Fn(&str) -> String) {
+        self.event("i", &redact(&String::from_utf8_lossy(bytes)));
     }
 
     /// Records a resize.
@@ -111,9 +130,10 @@ mod tests {
         let path = dir.path().join("s.cast");
         let mut cast = Recording::create(&path, 80, 24, 1 << 20).unwrap();
         let euro = "€".as_bytes();
-        cast.output(&[b"a".as_slice(), &euro[..1]].concat(), str::to_owned);
-        cast.output(&euro[1..], str::to_owned);
-        cast.input(b"y\r");
+        let none = Redactor::default();
+        cast.output(&[b"a".as_slice(), &euro[..1]].concat(), &none);
+        cast.output(&euro[1..], &none);
+        cast.input(b"y\r", str::to_owned);
         cast.resize(100, 30);
         cast.flush();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -137,12 +157,43 @@ mod tests {
     }
 
     #[test]
+    fn typed_secrets_are_masked_in_the_cast() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let redactor = crate::redact::Redactor::new(["tok-0123456789abcdefXYZ"]);
+        let mut cast = Recording::create(&path, 80, 24, 1 << 20).unwrap();
+        cast.input(b"echo tok-0123456789abcdefXYZ\r", |t| redactor.redact(t));
+        cast.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+    }
+
+    #[test]
+    fn a_secret_cut_between_two_outputs_is_masked_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.cast");
+        let redactor = Redactor::new(["tok-0123456789abcdefXYZ"]);
+        let mut cast = Recording::create(&path, 80, 24, 1 << 20).unwrap();
+        cast.output(b"token: tok-01234567", &redactor);
+        cast.flush();
+        cast.output(b"89abcdefXYZ\r\n$ ", &redactor);
+        cast.output(b"tok-0", &redactor);
+        cast.finish(&redactor);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("tok-01234567"), "{text}");
+        assert!(text.contains("token: "), "{text}");
+        assert!(text.contains("[REDACTED]"), "{text}");
+        // What was held back and never became a secret is written at the end.
+        assert!(text.lines().last().unwrap().contains("tok-0"), "{text}");
+    }
+
+    #[test]
     fn a_cast_stops_at_its_cap() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.cast");
         let mut cast = Recording::create(&path, 80, 24, 400).unwrap();
         for _ in 0..100 {
-            cast.output(b"0123456789", str::to_owned);
+            cast.output(b"0123456789", &Redactor::default());
         }
         cast.flush();
         let text = std::fs::read_to_string(&path).unwrap();

@@ -145,18 +145,37 @@ pub async fn start(
     let mut redactor = Redactor::new(config.api_tokens.values().iter().cloned());
     redactor.extend(redact::proxy_secrets());
     redactor.extend(launch.secrets.iter().cloned());
-    let auth = if launch.codex_login {
-        let auth = login.checkout().map_err(|e| StartError::Credentials {
-            reason: e.reason(),
-            message: e.to_string(),
-        })?;
-        redactor.extend(auth.secrets().iter().cloned());
+    let login_copy = async {
+        if !launch.codex_login {
+            return Ok((None, None));
+        }
+        let checkout = || {
+            login.checkout().map_err(|e| StartError::Credentials {
+                reason: e.reason(),
+                message: e.to_string(),
+            })
+        };
+        // The login as it is once this session may write it: a run that held the writer
+        // meanwhile may have refreshed its single-use tokens, so a copy taken before the wait
+        // would present a refresh token that was already used (as runs do, see the pipeline).
+        let writer = login.writer_owned(&checkout()?).await;
+        let auth = checkout()?;
         credentials::install(&auth, &config.codex, &workspace.dirs.codex_home)
             .map_err(|e| StartError::Prepare(format!("failed to copy the login: {e}")))?;
-        Some(auth)
-    } else {
-        None
+        Ok((Some(auth), writer))
     };
+    let (auth, writer) = match login_copy.await {
+        Ok(copied) => copied,
+        Err(e) => {
+            // Nothing of a session that did not start stays behind.
+            let _ = workspace.remove();
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    if let Some(auth) = &auth {
+        redactor.extend(auth.secrets().iter().cloned());
+    }
     let rules = Rules::compile(&launch.spec).map_err(StartError::Prepare)?;
     let quiet = request
         .quiet
@@ -231,10 +250,7 @@ pub async fn start(
     let (started_tx, started) = oneshot::channel();
     let keep = config.keep_workspaces;
     tokio::spawn(async move {
-        let _writer = match &auth {
-            Some(auth) => Some(login.writer(auth).await),
-            None => None,
-        };
+        let _writer = writer;
         let spawned = terminal::spawn(&command, request.rows, request.cols);
         let spawned = match spawned {
             Ok(spawned) => {

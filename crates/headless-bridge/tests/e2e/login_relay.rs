@@ -292,3 +292,68 @@ async fn a_refused_exchange_fails_the_login_in_the_clis_words_and_keeps_the_old_
     let (status, health) = client.get("/health?deep=1").await;
     assert_eq!(status, 503, "{health}");
 }
+
+/// A client that hangs up while the CLI starts does not orphan the CLI: the login still
+/// becomes pending (and can be followed and cancelled), and no process or home stays. The
+/// CLI is a stand-in that prints its code slowly; the relay only reads its screen.
+#[tokio::test]
+async fn a_start_the_client_hangs_up_on_is_followed_and_leaves_nothing_when_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("cli.pid");
+    let cli = dir.path().join("codex");
+    std::fs::write(
+        &cli,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nsleep 2\necho https://issuer.test/codex/device\n\
+             echo WXYZ-2345\nexec sleep 600\n",
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cli, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let bridge = crate::support::BridgeBuilder::new()
+        .var("HB_CODEX_BIN", cli.display().to_string())
+        .start()
+        .await;
+
+    let hung_up = bridge
+        .client
+        .post(format!("{}{LOGIN}", bridge.url))
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({}))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the CLI prints its code only after 2 s");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pending = loop {
+        let (status, login) = bridge.get(LOGIN).await;
+        if status == 200 {
+            break login;
+        }
+        assert!(Instant::now() < deadline, "the login never showed: {login}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert_eq!(pending["user_code"], "WXYZ-2345");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let (status, cancelled) = bridge.send(reqwest::Method::DELETE, LOGIN, None).await;
+    assert_eq!(
+        (status.as_u16(), &cancelled["state"]),
+        (200, &json!("cancelled"))
+    );
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the CLI is gone"
+    );
+    let homes = bridge.data_dir().join("credentials").join("logins");
+    let left: Vec<_> = std::fs::read_dir(&homes).unwrap().collect();
+    assert!(left.is_empty(), "the login's home is removed: {left:?}");
+    bridge.stop().await;
+}

@@ -587,3 +587,113 @@ async fn bad_session_requests_get_clear_codes() {
         .await;
     assert_eq!(leftovers(&id), 0);
 }
+
+/// A ChatGPT login (whose sessions hold its single writer) and a stand-in for the Codex TUI
+/// that only waits: what matters here is who holds the writer, not what Codex does.
+fn chatgpt_world() -> TempDir {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let jwt = |claims: Value| {
+        let encode =
+            |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+        format!(
+            "{}.{}.signature",
+            encode(json!({"alg": "none"})),
+            encode(claims)
+        )
+    };
+    let auth_claims = json!({"chatgpt_plan_type": "pro", "chatgpt_account_id": "acct-1"});
+    let auth = json!({
+        "auth_mode": "chatgpt",
+        "OPENAI_API_KEY": null,
+        "tokens": {
+            "id_token": jwt(json!({"email": "dev@example.com", "https://api.openai.com/auth": auth_claims})),
+            "access_token": jwt(json!({"exp": 4_000_000_000_i64, "https://api.openai.com/auth": auth_claims})),
+            "refresh_token": "rt_session_writer_0c1d",
+            "account_id": "acct-1",
+        },
+        "last_refresh": "2026-01-01T00:00:00Z",
+    });
+    let login = dir.path().join("login");
+    std::fs::create_dir(&login).unwrap();
+    std::fs::write(login.join("auth.json"), auth.to_string()).unwrap();
+    let tui = dir.path().join("codex-tui");
+    std::fs::write(&tui, "#!/bin/sh\necho waiting\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&tui, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_start_the_client_hangs_up_on_still_becomes_a_listed_deletable_session() {
+    let programs = Programs::new();
+    let world = chatgpt_world();
+    let bridge = programs
+        .builder()
+        .codex_dir(&world.path().join("login"))
+        .var(
+            "HB_CODEX_BIN",
+            world.path().join("codex-tui").display().to_string(),
+        )
+        .var("HB_MAX_SESSIONS", "2")
+        .start()
+        .await;
+    let first = start(&bridge, json!({"adapter": "codex"})).await;
+
+    // The second Codex session waits for the login's writer; its client gives up.
+    let hung_up = bridge
+        .client
+        .post(format!("{}/v1/sessions", bridge.url))
+        .bearer_auth(crate::support::TOKEN)
+        .json(&json!({"adapter": "codex"}))
+        .timeout(Duration::from_millis(800))
+        .send()
+        .await;
+    assert!(hung_up.is_err(), "the start should wait for the writer");
+
+    // Once the writer is free, the abandoned start is a session like any other: listed,
+    // and deletable.
+    let (status, _) = bridge
+        .send(Method::DELETE, &format!("/v1/sessions/{first}"), None)
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let (_, list) = bridge.get("/v1/sessions").await;
+        let live: Vec<String> = list["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["state"] != "exited")
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect();
+        if let [id] = live.as_slice() {
+            break id.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned start never showed: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, record) = bridge
+        .send(Method::DELETE, &format!("/v1/sessions/{second}"), None)
+        .await;
+    assert_eq!(
+        (status.as_u16(), &record["reason"]),
+        (200, &json!("deleted")),
+        "{record}"
+    );
+    assert_eq!(leftovers(&second), 0);
+
+    // Both places are free again.
+    let spinners = [
+        start(&bridge, json!({"adapter": "spinner"})).await,
+        start(&bridge, json!({"adapter": "spinner"})).await,
+    ];
+    for id in spinners {
+        bridge
+            .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+            .await;
+    }
+    bridge.stop().await;
+}

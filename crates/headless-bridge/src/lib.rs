@@ -10,7 +10,7 @@
 //! files, prepares them and watches their size; [`artifacts`] keeps the files a run declares;
 //! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
 //! [`redact`] keeps secrets out of what runs report; [`session`] runs interactive CLIs on a
-//! pseudo-terminal; [`server`] ties them together.
+//! pseudo-terminal; [`metrics`] counts for Prometheus; [`server`] ties them together.
 
 pub mod adapter;
 pub mod api;
@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod digest;
 pub mod fetch;
 pub mod git;
+pub mod metrics;
 pub mod policy;
 pub mod reaper;
 pub mod redact;

@@ -29,7 +29,8 @@ use crate::adapter::Adapters;
 use crate::config::Config;
 use crate::credentials::relay::{LoginView, StartError};
 use crate::credentials::{Logins, WorkingCopy};
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchStats, Fetcher};
+use crate::metrics::Metrics;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Claim, Store, StoreError};
@@ -92,6 +93,7 @@ struct Inner {
     fetcher: Fetcher,
     policy: UrlPolicy,
     webhooks: Webhooks,
+    metrics: Arc<Metrics>,
     active: Mutex<HashMap<RunId, Active>>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -129,6 +131,7 @@ impl Engine {
             config,
             store,
             adapters,
+            metrics: Arc::default(),
             active: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -184,6 +187,16 @@ impl Engine {
     /// The store runs are recorded in.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The counters and histograms runs move.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What the tool fetcher has done so far.
+    pub fn fetch_stats(&self) -> &FetchStats {
+        self.inner.fetcher.stats()
     }
 
     /// Whether completion webhooks can be signed (a secret is configured).
@@ -349,19 +362,27 @@ impl Engine {
         self.lock_active().insert(record.id, active);
         self.inner.waiting.fetch_add(1, Ordering::SeqCst);
 
+        // A root span: a run outlives the request that started it, and every line it logs
+        // carries its own ids rather than those of whichever request came first.
+        let span = tracing::info_span!(parent: None, "run", run_id = %record.id,
+            adapter = %record.spec.adapter,
+            contract_id = record.spec.contract_id.as_deref().unwrap_or(""));
+        span.follows_from(tracing::Span::current());
+        tracing::info!(run_id = %record.id, adapter = %record.spec.adapter, "run queued");
+
         let log_path = self.log_path(record.id);
         let _ = std::fs::create_dir_all(log_path.parent().expect("a log path has a parent"));
-        let (mut sink, writer) = EventSink::start(
-            self.inner.store.clone(),
-            record.id,
-            latest_tx,
-            Some(log_path),
-            self.inner.config.max_log_bytes,
-        );
+        // The event writer is a task of its own: started inside the span, so it logs in it.
+        let (mut sink, writer) = span.in_scope(|| {
+            EventSink::start(
+                self.inner.store.clone(),
+                record.id,
+                latest_tx,
+                Some(log_path),
+                self.inner.config.max_log_bytes,
+            )
+        });
         sink.state(json!({ "state": RunState::Queued }));
-
-        let span = tracing::info_span!("run", run_id = %record.id, adapter = %record.spec.adapter,
-            contract_id = record.spec.contract_id.as_deref().unwrap_or(""));
         let pipeline = Pipeline {
             config: self.inner.config.clone(),
             store: self.inner.store.clone(),
@@ -377,6 +398,7 @@ impl Engine {
                 .expect("submissions are validated against the logins")
                 .copy
                 .clone(),
+            metrics: self.inner.metrics.clone(),
         };
         let engine = self.clone();
         self.inner.tasks.spawn(
@@ -432,6 +454,7 @@ impl Engine {
         if let Err(e) = self.inner.store.put(&record).await {
             tracing::error!(error = %crate::error_chain(&e), "failed to store a finished run");
         }
+        self.inner.metrics.run_finished(&record);
         tracing::info!(outcome = ?record.outcome, reason = ?record.reason, "run finished");
         (record, leftover)
     }

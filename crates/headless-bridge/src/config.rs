@@ -837,7 +837,10 @@ mod tests {
     fn metrics_are_off_unless_given_a_port_of_their_own() {
         assert_eq!(from_env(&[]).expect("defaults").metrics_listen, None);
         let config = from_env(&[("HB_METRICS_LISTEN", "127.0.0.1:9090")]).expect("valid");
-        assert_eq!(config.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
         let off = from_env(&[("HB_METRICS_LISTEN", "off")]).expect("valid");
         assert_eq!(off.metrics_listen, None);
     }

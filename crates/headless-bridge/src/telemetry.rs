@@ -66,7 +66,9 @@ where
     ) -> fmt::Result {
         let metadata = event.metadata();
         let mut line = BTreeMap::new();
-        let now = OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .unwrap_or_default();
         line.insert("timestamp".to_owned(), Value::String(now));
         line.insert("level".to_owned(), Value::from(metadata.level().as_str()));
         line.insert("target".to_owned(), Value::from(metadata.target()));

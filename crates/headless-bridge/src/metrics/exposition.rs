@@ -58,12 +58,18 @@ impl Exposition {
         counts: &[u64],
         sum: f64,
     ) {
-        debug_assert_eq!(counts.len(), bounds.len() + 1, "one count per bucket and +Inf");
+        debug_assert_eq!(
+            counts.len(),
+            bounds.len() + 1,
+            "one count per bucket and +Inf"
+        );
         let mut cumulative = 0;
         let bucket = format!("{name}_bucket");
         for (i, count) in counts.iter().enumerate() {
             cumulative += count;
-            let le = bounds.get(i).map_or_else(|| "+Inf".to_owned(), |b| number(*b));
+            let le = bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |b| number(*b));
             self.text.push_str(&bucket);
             write_labels(&mut self.text, labels, Some(&le));
             let _ = writeln!(self.text, " {cumulative}");

@@ -52,7 +52,9 @@ impl Metrics {
         let outcome = record
             .outcome
             .map_or_else(|| "unknown".to_owned(), |o| snake(&o));
-        let reason = record.reason.map_or_else(|| "none".to_owned(), |r| r.as_str());
+        let reason = record
+            .reason
+            .map_or_else(|| "none".to_owned(), |r| r.as_str());
         self.runs
             .counter([adapter, &outcome, &reason])
             .fetch_add(1, Ordering::Relaxed);
@@ -132,7 +134,9 @@ impl Histogram {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A unit enum variant as it is spelled on the wire.
@@ -317,7 +321,11 @@ mod tests {
         }
         assert_eq!(histogram.counts[0], 2, "0.1 and 0.5 (bounds are inclusive)");
         assert_eq!(histogram.counts[1], 1);
-        assert_eq!(histogram.counts[DURATION_BUCKETS.len()], 1, "past the last bound");
+        assert_eq!(
+            histogram.counts[DURATION_BUCKETS.len()],
+            1,
+            "past the last bound"
+        );
         assert!((histogram.sum - 7201.11).abs() < 1e-9, "{}", histogram.sum);
     }
 

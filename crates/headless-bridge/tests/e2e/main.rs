@@ -18,6 +18,7 @@ mod login;
 mod login_relay;
 mod mcp;
 mod named_logins;
+mod observability;
 mod openapi;
 mod restart;
 mod runs_page;

@@ -10,11 +10,13 @@
 //! files, prepares them and watches their size; [`artifacts`] keeps the files a run declares;
 //! [`store`] keeps run records in SQLite; [`policy`] decides which URLs a run may reach;
 //! [`redact`] keeps secrets out of what runs report; [`session`] runs interactive CLIs on a
-//! pseudo-terminal; [`metrics`] counts for Prometheus; [`server`] ties them together.
+//! pseudo-terminal; [`metrics`] counts for Prometheus; [`server`] ties them together;
+//! [`client`] talks to a running bridge.
 
 pub mod adapter;
 pub mod api;
 pub mod artifacts;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod credentials;

@@ -1,5 +1,6 @@
 //! The `headless-bridge` command: `serve` runs the HTTP gateway; `fetch` downloads one tool
-//! with the same fetcher, cache and URL policy the runs use.
+//! with the same fetcher, cache and URL policy the runs use; `submit`, `runs`, `logs` and
+//! `cancel` are a client of a running bridge.
 //!
 //! Exit codes of `serve`: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when
 //! the bridge failed to start or stopped serving on an error. Those of `fetch` are in
@@ -13,6 +14,7 @@ use headless_bridge::config::{Config, RawConfig};
 use headless_bridge::server::Bridge;
 use headless_bridge::{error_chain, telemetry};
 
+mod client_command;
 mod fetch_command;
 
 #[derive(Parser)]
@@ -37,6 +39,8 @@ enum Command {
     /// Kubernetes Secrets for a login.
     #[command(subcommand)]
     Secret(SecretCommand),
+    #[command(flatten)]
+    Client(client_command::ClientCommand),
     /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
     #[command(hide = true)]
     Shim {
@@ -146,6 +150,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
         Command::Fetch(args) => fetch_command::run(args),
+        Command::Client(command) => client_command::run(command),
         Command::Doctor(args) => doctor(*args),
         Command::Secret(SecretCommand::Create {
             from,

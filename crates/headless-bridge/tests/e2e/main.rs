@@ -10,6 +10,7 @@ mod support;
 mod agent_clis;
 mod api;
 mod cli_profiles;
+mod client;
 mod codex_runs;
 mod example_profiles;
 mod fetch;

@@ -147,7 +147,7 @@ fn connect(connection: &Connection) -> Result<Client, String> {
         .unwrap_or_else(|| "http://127.0.0.1:8000".to_owned());
     let token = match &connection.token_file {
         Some(path) => Some(
-            std::fs::read_to_string(&path)
+            std::fs::read_to_string(path)
                 .map_err(|e| format!("failed to read the token file {}: {e}", path.display()))?
                 .trim()
                 .to_owned(),
@@ -179,7 +179,7 @@ async fn submit(client: &Client, args: SubmitArgs) -> Result<u8, ClientError> {
 
     let mut progress = Progress::new();
     progress.note(&format!("run {id} submitted"));
-    if !created["state"].as_str().is_some_and(|s| s == "finished") {
+    if created["state"] != "finished" {
         client.follow(&id, |event| progress.event(event)).await?;
     }
     let record = client
@@ -306,7 +306,7 @@ impl Progress {
     fn event(&mut self, event: &RunEvent) {
         let data = &event.data;
         match event.kind.as_str() {
-            "state" => self.note(&format!("{}", data["state"].as_str().unwrap_or("?"))),
+            "state" => self.note(data["state"].as_str().unwrap_or("?")),
             "notice" => self.note(data["message"].as_str().unwrap_or_default()),
             "output" | "stderr" => self.line(data["line"].as_str().unwrap_or_default()),
             "cli_event" => {

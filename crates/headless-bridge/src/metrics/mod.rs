@@ -198,7 +198,7 @@ pub fn render(engine: &Engine) -> String {
         );
     }
 
-    let (queued, running) = engine.load();
+    let (queued, running) = engine.unfinished();
     out.family(
         "headless_bridge_runs_queued",
         Kind::Gauge,
@@ -208,7 +208,7 @@ pub fn render(engine: &Engine) -> String {
     out.family(
         "headless_bridge_runs_running",
         Kind::Gauge,
-        "Runs holding a slot: preparing or running their CLI.",
+        "Runs past the queue that have not finished: preparing or running their CLI.",
     );
     out.sample("headless_bridge_runs_running", &[], running as f64);
 

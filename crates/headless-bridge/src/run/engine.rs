@@ -332,6 +332,15 @@ impl Engine {
         (waiting, running)
     }
 
+    /// Runs waiting for a slot, and runs past the queue that have not finished. Unlike
+    /// [`Engine::load`], a finished run whose slot is still held while its workspace is
+    /// removed no longer counts.
+    pub fn unfinished(&self) -> (usize, usize) {
+        let active = self.lock_active().len();
+        let waiting = self.inner.waiting.load(Ordering::SeqCst);
+        (waiting, active.saturating_sub(waiting))
+    }
+
     fn active(&self, id: RunId) -> Option<Active> {
         self.lock_active().get(&id).cloned()
     }
@@ -455,7 +464,15 @@ impl Engine {
             tracing::error!(error = %crate::error_chain(&e), "failed to store a finished run");
         }
         self.inner.metrics.run_finished(&record);
-        tracing::info!(outcome = ?record.outcome, reason = ?record.reason, "run finished");
+        let outcome = record
+            .outcome
+            .map(|o| serde_json::to_value(o).unwrap_or_default());
+        let reason = record.reason.map(|r| r.as_str());
+        tracing::info!(
+            outcome = %outcome.unwrap_or_default().as_str().unwrap_or("unknown"),
+            reason = reason.as_deref().unwrap_or("none"),
+            "run finished"
+        );
         (record, leftover)
     }
 }

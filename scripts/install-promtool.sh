@@ -15,8 +15,10 @@ if [[ -x "$bin" ]] && "$bin" --version >/dev/null 2>&1; then
   exit 0
 fi
 
-command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
-  || { echo "install-promtool: apt-get and dpkg-deb are required (Debian)" >&2; exit 1; }
+if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
+  echo "install-promtool: apt-get and dpkg-deb are required (Debian)" >&2
+  exit 1
+fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 # `apt-get download` needs package lists; refresh them only when it cannot find the package.

@@ -24,6 +24,7 @@ use time::OffsetDateTime;
 
 use self::exposition::{Exposition, Kind};
 use crate::adapter::{Adapter, health};
+use crate::credentials::CredentialError;
 use crate::run::RunRecord;
 use crate::run::engine::Engine;
 use crate::run::supervisor::Stream;
@@ -253,18 +254,28 @@ pub fn render(engine: &Engine) -> String {
     out.finish()
 }
 
-/// Per adapter with a login: whether a run could authenticate now, and the seconds until its
-/// access token expires (negative once expired; absent for logins without an expiry, such as
-/// API keys). Read from the credential files as the health check reads them.
+/// Per login: whether a run could authenticate with it now, and the seconds until its access
+/// token expires (negative once expired; absent for logins without an expiry, such as API
+/// keys). Read from the credential files as the health check reads them. Labelled by adapter
+/// and credential: each Codex login by its name (`default`, or a name from
+/// `HB_CODEX_CREDENTIALS`), each profile's secrets by the profile's name.
 fn credential_gauges(engine: &Engine, out: &mut Exposition) {
     let now = OffsetDateTime::now_utc();
-    let mut facts: Vec<(String, bool, Option<OffsetDateTime>)> = Vec::new();
-    if let Ok(auth) = engine.login().current() {
-        let healthy = auth.facts.usable_at(now) && engine.login().dead_reason().is_none();
+    let mut facts: Vec<CredentialFacts> = Vec::new();
+    for (name, login) in engine.logins().iter() {
+        let (healthy, expires) = match login.copy.current() {
+            Ok(auth) => (
+                auth.facts.usable_at(now) && login.copy.dead_reason().is_none(),
+                auth.facts.access_token_expires_at,
+            ),
+            Err(CredentialError::NotConfigured) => continue,
+            Err(_) => (false, None),
+        };
         facts.push((
             crate::adapter::CODEX.to_owned(),
+            name.to_owned(),
             healthy,
-            auth.facts.access_token_expires_at,
+            expires,
         ));
     }
     let adapters = engine.adapters();
@@ -276,38 +287,50 @@ fn credential_gauges(engine: &Engine, out: &mut Exposition) {
         let expires = checked["expires_at"]
             .as_i64()
             .and_then(|at| OffsetDateTime::from_unix_timestamp(at).ok());
-        facts.push((name.to_owned(), checked["ok"] == true, expires));
+        facts.push((
+            name.to_owned(),
+            name.to_owned(),
+            checked["ok"] == true,
+            expires,
+        ));
     }
 
     out.family(
         "headless_bridge_credential_healthy",
         Kind::Gauge,
-        "1 when an adapter's login would let a run authenticate now (as /health?deep=1 judges it), else 0.",
+        "1 when a login would let a run authenticate now (as /health?deep=1 judges it), else 0.",
     );
-    for (adapter, healthy, _) in &facts {
+    for (adapter, credential, healthy, _) in &facts {
+        let labels = [
+            ("adapter", adapter.as_str()),
+            ("credential", credential.as_str()),
+        ];
         let value = if *healthy { 1.0 } else { 0.0 };
-        out.sample(
-            "headless_bridge_credential_healthy",
-            &[("adapter", adapter)],
-            value,
-        );
+        out.sample("headless_bridge_credential_healthy", &labels, value);
     }
     out.family(
         "headless_bridge_credential_expires_in_seconds",
         Kind::Gauge,
-        "Seconds until an adapter's access token expires, negative once it has; only logins with an expiry.",
+        "Seconds until a login's access token expires, negative once it has; only logins with an expiry.",
     );
-    for (adapter, _, expires) in &facts {
+    for (adapter, credential, _, expires) in &facts {
         if let Some(expires) = expires {
+            let labels = [
+                ("adapter", adapter.as_str()),
+                ("credential", credential.as_str()),
+            ];
             let seconds = (*expires - now).as_seconds_f64().round();
             out.sample(
                 "headless_bridge_credential_expires_in_seconds",
-                &[("adapter", adapter)],
+                &labels,
                 seconds,
             );
         }
     }
 }
+
+/// A login's adapter, credential name, health and access token expiry.
+type CredentialFacts = (String, String, bool, Option<OffsetDateTime>);
 
 #[cfg(test)]
 mod tests {

@@ -237,11 +237,9 @@ async fn metrics_count_real_runs_on_their_own_listener_in_the_prometheus_format(
     assert!(streamed > 200.0, "two runs of JSON events: {streamed}");
     assert_eq!(after.value("headless_bridge_runs_queued", &[]), Some(0.0));
     assert_eq!(after.value("headless_bridge_runs_running", &[]), Some(0.0));
+    let default_login = [("adapter", "codex"), ("credential", "default")];
     assert_eq!(
-        after.value(
-            "headless_bridge_credential_healthy",
-            &[("adapter", "codex")]
-        ),
+        after.value("headless_bridge_credential_healthy", &default_login),
         Some(1.0)
     );
     assert_eq!(
@@ -289,7 +287,7 @@ async fn metrics_count_real_runs_on_their_own_listener_in_the_prometheus_format(
 }
 
 #[tokio::test]
-async fn the_metrics_show_seconds_until_a_chatgpt_access_token_expires_without_refreshing() {
+async fn the_metrics_show_seconds_until_each_logins_access_token_expires_without_refreshing() {
     let encode = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
     let in_an_hour = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     let access = format!(
@@ -301,8 +299,13 @@ async fn the_metrics_show_seconds_until_a_chatgpt_access_token_expires_without_r
         "refresh_token": "rt-canary-31f0", "account_id": "acct-1"}});
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("auth.json"), login.to_string()).unwrap();
+    let api_key = Model::start(Behavior::Reply("unused".into())).await;
     let bridge = BridgeBuilder::new()
-        .codex_dir(dir.path())
+        .codex_dir(api_key.codex_dir.path())
+        .var(
+            "HB_CODEX_CREDENTIALS",
+            format!("team={}", dir.path().display()),
+        )
         .metrics()
         .start()
         .await;
@@ -310,13 +313,25 @@ async fn the_metrics_show_seconds_until_a_chatgpt_access_token_expires_without_r
     let (text, scrape) = scrape(&bridge).await;
 
     promtool_accepts(&text);
+    let team = [("adapter", "codex"), ("credential", "team")];
     let left = scrape
-        .value(
-            "headless_bridge_credential_expires_in_seconds",
-            &[("adapter", "codex")],
-        )
+        .value("headless_bridge_credential_expires_in_seconds", &team)
         .expect("a ChatGPT login has an expiry");
     assert!((3500.0..=3600.0).contains(&left), "{left}");
+    let default = [("adapter", "codex"), ("credential", "default")];
+    assert_eq!(
+        scrape.value("headless_bridge_credential_expires_in_seconds", &default),
+        None,
+        "the default login is an API key, without an expiry"
+    );
+    assert_eq!(
+        scrape.value("headless_bridge_credential_healthy", &team),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value("headless_bridge_credential_healthy", &default),
+        Some(1.0)
+    );
     let auth = std::fs::read_to_string(dir.path().join("auth.json")).unwrap();
     assert_eq!(auth, login.to_string(), "a scrape never touches the login");
     assert!(!text.contains("rt-canary-31f0"));

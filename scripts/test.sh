@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: installs what the tests need (git, Node.js, gh,
-# Chromium, the pinned Codex, Claude Code and Gemini CLIs, playwright-core, the manifest
-# validators, the MCP Python SDK and schemathesis), then checks formatting, lints, docs, the
-# Kubernetes manifests and the Containerfile, runs every test, and fuzzes the live API against
-# its OpenAPI document.
+# Chromium, the pinned Codex, Claude Code and Gemini CLIs, playwright-core, promtool, the
+# manifest validators, the MCP Python SDK and schemathesis), then checks formatting, lints,
+# docs, the Kubernetes manifests and the Containerfile, runs every test, and fuzzes the live
+# API against its OpenAPI document.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -13,6 +13,7 @@ scripts/install-clis.sh >/dev/null
 scripts/install-playwright.sh >/dev/null
 scripts/install-python-tools.sh >/dev/null
 scripts/install-kube-apiserver.sh
+scripts/install-promtool.sh >/dev/null
 
 echo "== cargo fmt --check"
 cargo fmt --all --check

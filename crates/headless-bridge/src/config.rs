@@ -52,6 +52,11 @@ impl Setting {
 
 const SETTINGS: &[Setting] = &[
     Setting::new("listen", "HB_LISTEN", Some("--listen")),
+    Setting::new(
+        "metrics_listen",
+        "HB_METRICS_LISTEN",
+        Some("--metrics-listen"),
+    ),
     Setting::new("data_dir", "HB_DATA_DIR", Some("--data-dir")),
     Setting::new("api_token", "HB_API_TOKEN", None),
     Setting::new(
@@ -146,6 +151,8 @@ const DEFAULT_JOB_TTL_S: u64 = 600;
 pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// Address of the Prometheus metrics listener, never the API's port; `None` is off.
+    pub metrics_listen: Option<SocketAddr>,
     /// Root of the run store, workspaces and tool cache.
     pub data_dir: PathBuf,
     /// Bearer tokens accepted by the API; empty only when listening on loopback.
@@ -472,6 +479,19 @@ impl RawConfig {
             ));
         }
 
+        let metrics_listen = self.parse("metrics_listen", "off", parse_optional_address)?;
+        if let Some(metrics) = metrics_listen
+            && shares_port(metrics, listen)
+        {
+            return Err(self.error(
+                "metrics_listen",
+                format!(
+                    "{metrics} would share the API's port ({listen}): give the metrics a port \
+                     of their own, such as 127.0.0.1:9090"
+                ),
+            ));
+        }
+
         let run_timeout = self.seconds("run_timeout", DEFAULT_RUN_TIMEOUT_S)?;
         let max_run_timeout = self.seconds("max_run_timeout", DEFAULT_MAX_RUN_TIMEOUT_S)?;
         if run_timeout > max_run_timeout {
@@ -509,6 +529,7 @@ impl RawConfig {
 
         Ok(Config {
             listen,
+            metrics_listen,
             data_dir,
             api_tokens,
             codex: CodexConfig {
@@ -914,6 +935,22 @@ fn parse_bool(text: &str) -> Option<bool> {
     }
 }
 
+/// An address to listen on, or `off` (also `none`, `false`, `0`) for none.
+fn parse_optional_address(text: &str) -> Option<Option<SocketAddr>> {
+    match text.to_ascii_lowercase().as_str() {
+        "off" | "none" | "false" | "0" => Some(None),
+        _ => text.parse().ok().map(Some),
+    }
+}
+
+/// Whether two listeners would collide or serve one port: the same port on the same address,
+/// or on any address when either is a wildcard. Port 0 (any free port) never collides.
+fn shares_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn parse_log_format(text: &str) -> Option<LogFormat> {
     match text {
         "auto" => Some(LogFormat::Auto),
@@ -1033,6 +1070,18 @@ mod tests {
         assert_eq!(config.expect("valid").api_tokens.values().len(), 1);
     }
 
+    #[test]
+    fn metrics_are_off_unless_given_a_port_of_their_own() {
+        assert_eq!(from_env(&[]).expect("defaults").metrics_listen, None);
+        let config = from_env(&[("HB_METRICS_LISTEN", "127.0.0.1:9090")]).expect("valid");
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        let off = from_env(&[("HB_METRICS_LISTEN", "off")]).expect("valid");
+        assert_eq!(off.metrics_listen, None);
+    }
+
     #[rstest]
     #[case::listen("HB_LISTEN", "localhost")]
     #[case::timeout_text("HB_RUN_TIMEOUT", "ten minutes")]
@@ -1042,6 +1091,9 @@ mod tests {
     #[case::short_token("HB_API_TOKEN", "secret")]
     #[case::tokens_file("HB_API_TOKENS_FILE", "/nonexistent/tokens")]
     #[case::log_format("HB_LOG_FORMAT", "xml")]
+    #[case::metrics_listen("HB_METRICS_LISTEN", "9090")]
+    #[case::metrics_on_the_api_port("HB_METRICS_LISTEN", "127.0.0.1:8000")]
+    #[case::metrics_on_every_address_of_the_api_port("HB_METRICS_LISTEN", "0.0.0.0:8000")]
     #[case::size_text("HB_WORKSPACE_MAX_BYTES", "lots")]
     #[case::size_unit("HB_TOOL_MAX_BYTES", "12T")]
     #[case::concurrency("HB_MAX_CONCURRENT_RUNS", "0")]

@@ -12,11 +12,13 @@
 //! [`redact`] keeps secrets out of what runs report; [`k8s`] runs runs as Kubernetes Jobs and
 //! writes refreshed logins back to their Secret; [`server`] ties them together.
 //! [`redact`] keeps secrets out of what runs report; [`session`] runs interactive CLIs on a
-//! pseudo-terminal; [`server`] ties them together.
+//! pseudo-terminal; [`metrics`] counts for Prometheus; [`server`] ties them together;
+//! [`client`] talks to a running bridge.
 
 pub mod adapter;
 pub mod api;
 pub mod artifacts;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod credentials;
@@ -24,6 +26,7 @@ pub mod digest;
 pub mod fetch;
 pub mod git;
 pub mod k8s;
+pub mod metrics;
 pub mod policy;
 pub mod reaper;
 pub mod redact;

@@ -1,5 +1,6 @@
 //! The `headless-bridge` command: `serve` runs the HTTP gateway; `fetch` downloads one tool
-//! with the same fetcher, cache and URL policy the runs use.
+//! with the same fetcher, cache and URL policy the runs use; `submit`, `runs`, `logs` and
+//! `cancel` are a client of a running bridge.
 //!
 //! Exit codes of `serve`: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when
 //! the bridge failed to start or stopped serving on an error. Those of `fetch` are in
@@ -13,6 +14,7 @@ use headless_bridge::config::{Config, RawConfig};
 use headless_bridge::server::Bridge;
 use headless_bridge::{error_chain, telemetry};
 
+mod client_command;
 mod fetch_command;
 
 #[derive(Parser)]
@@ -45,6 +47,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         run: PathBuf,
     },
+    #[command(flatten)]
+    Client(client_command::ClientCommand),
     /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
     #[command(hide = true)]
     Shim {
@@ -90,6 +94,10 @@ struct ServeArgs {
     /// Address to listen on [env: HB_LISTEN] [default: 127.0.0.1:8000].
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// Address of the Prometheus metrics listener, never the API's port, or `off`
+    /// [env: HB_METRICS_LISTEN] [default: off].
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Run store, workspaces and tool cache [env: HB_DATA_DIR].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<String>,
@@ -131,6 +139,7 @@ impl ServeArgs {
         }
         raw.merge_env(|name| std::env::var(name).ok());
         raw.merge_flag("listen", self.listen);
+        raw.merge_flag("metrics_listen", self.metrics_listen);
         raw.merge_flag("data_dir", self.data_dir);
         raw.merge_flag("api_tokens_file", self.api_tokens_file);
         raw.merge_flag("codex_dir", self.codex_dir);
@@ -149,6 +158,7 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(*args),
         Command::Fetch(args) => fetch_command::run(args),
+        Command::Client(command) => client_command::run(command),
         Command::Doctor(args) => doctor(*args),
         Command::Secret(SecretCommand::Create {
             from,
@@ -279,7 +289,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let listen = config.listen;
+    let (listen, metrics_listen) = (config.listen, config.metrics_listen);
     harden_process();
     if headless_bridge::reaper::start_if_init() {
         tracing::info!("running as PID 1: reaping orphaned processes");
@@ -288,8 +298,20 @@ async fn run_server(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("failed to listen on {listen}: {e}"))?;
+    let metrics = match metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("failed to listen for metrics on {address}: {e}"))?;
+            tracing::info!(address = %listener.local_addr()?, "metrics serving");
+            Some(listener)
+        }
+        None => None,
+    };
     tracing::info!(address = %listener.local_addr()?, "headless-bridge serving");
-    bridge.serve(listener, shutdown_signal()).await?;
+    bridge
+        .serve_with_metrics(listener, metrics, shutdown_signal())
+        .await?;
     tracing::info!("headless-bridge stopped");
     Ok(())
 }

@@ -122,7 +122,31 @@ impl Bridge {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
+        self.serve_with_metrics(listener, None, shutdown).await
+    }
+
+    /// Serves the API on `listener` and, if given, the Prometheus metrics on `metrics` (a
+    /// listener of their own) until `shutdown` resolves, then drains and stops runs in progress.
+    /// The metrics stay up while runs drain, so the last of them can still be scraped.
+    pub async fn serve_with_metrics(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
         let engine = self.state.engine.clone();
+        let stop_metrics = CancellationToken::new();
+        let metrics_server = metrics.map(|listener| {
+            let (app, stop) = (crate::metrics::router(engine.clone()), stop_metrics.clone());
+            tokio::spawn(async move {
+                let stopped = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = stopped {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            })
+        });
         let grace = self.state.config.shutdown_grace;
         let retention = tokio::spawn(retention_loop(self.state.config.clone(), engine.clone()));
 
@@ -154,6 +178,10 @@ impl Bridge {
 
         signalled.cancel();
         let _ = drain.await;
+        stop_metrics.cancel();
+        if let Some(server) = metrics_server {
+            let _ = server.await;
+        }
         retention.abort();
         result.map_err(ServeError::Http)
     }

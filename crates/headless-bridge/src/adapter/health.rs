@@ -134,7 +134,7 @@ async fn probe(profile: &Profile, args: &[String], home: &Path, timeout: Duratio
 }
 
 /// What the profile's secret files say, judged at `now`.
-fn credentials(profile: &Profile, now: OffsetDateTime) -> Value {
+pub fn credentials(profile: &Profile, now: OffsetDateTime) -> Value {
     let mut present = Vec::new();
     let mut missing_required = Vec::new();
     let mut optional = Vec::new();

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use tokio_util::sync::CancellationToken;
@@ -152,18 +153,27 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// One span per request, named by the route template (never the raw path, which may hold ids
-/// of unbounded variety). Health checks log at debug so probes do not flood the log.
+/// One span per request, carrying the method, the route template (never the raw path, which
+/// may hold ids of unbounded variety) and a request id: the caller's `X-Request-Id` when it is
+/// a short token, else a new one. The id is echoed in the answer, so a client can quote it and
+/// an operator find every log line of that request. Health checks log at debug so probes do
+/// not flood the log.
 async fn request_span(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().clone();
-    let span = tracing::info_span!("request", %method, route);
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_request_id(id))
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let span = tracing::info_span!("request", %method, route, request_id);
     async move {
         let started = std::time::Instant::now();
-        let response = next.run(request).await;
+        let mut response = next.run(request).await;
         let status = response.status().as_u16();
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if route == "/health" {
@@ -171,8 +181,38 @@ async fn request_span(request: Request, next: Next) -> Response {
         } else {
             tracing::info!(status, elapsed_ms, "request served");
         }
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
         response
     }
     .instrument(span)
     .await
+}
+
+/// The header that carries a request's id, both ways.
+const REQUEST_ID: &str = "x-request-id";
+
+/// A caller's request id is kept only when it cannot forge or flood a log line: 1 to 64
+/// letters, digits, `-`, `_`, `.` or `:`.
+fn is_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_short_plain_request_ids_are_taken_from_callers() {
+        for good in ["abc", "0193e0a4-7c1d-7000-8000-000000000000", "trace:1.2_3"] {
+            assert!(is_request_id(good), "{good}");
+        }
+        for bad in ["", "a b", "x\ny", "\"quoted\"", &"a".repeat(65)] {
+            assert!(!is_request_id(bad), "{bad}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -45,6 +46,8 @@ pub struct Download<'a> {
     pub expected: Option<&'a Sha256Digest>,
     pub partial: PathBuf,
     pub deadline: Instant,
+    /// Counts every body byte received, for the metrics.
+    pub received: &'a AtomicU64,
 }
 
 /// Why a single request did not finish the download.
@@ -249,6 +252,8 @@ impl Download<'_> {
             let chunk =
                 chunk.map_err(|e| Stop::Failed(self.network(&crate::error_chain(&e)), None))?;
             size += chunk.len() as u64;
+            self.received
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if size > self.settings.max_bytes {
                 return Err(self.fail(self.too_large()));
             }

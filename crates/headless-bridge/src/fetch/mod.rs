@@ -24,6 +24,7 @@ pub mod resolver;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +93,17 @@ pub struct Fetched {
     pub from: Option<String>,
 }
 
+/// What the fetcher has done since it started, for the metrics.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    /// Fetches of a pinned digest answered from the cache.
+    pub cache_hits: AtomicU64,
+    /// Fetches that had to download.
+    pub cache_misses: AtomicU64,
+    /// Body bytes received, retries and failed attempts included.
+    pub downloaded_bytes: AtomicU64,
+}
+
 /// Downloads and caches tools. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -99,6 +111,7 @@ pub struct Fetcher {
     settings: Arc<FetchSettings>,
     cache: Arc<Cache>,
     in_flight: Arc<Mutex<HashMap<Sha256Digest, Arc<tokio::sync::Mutex<()>>>>>,
+    stats: Arc<FetchStats>,
 }
 
 impl Fetcher {
@@ -129,6 +142,7 @@ impl Fetcher {
             settings: Arc::new(settings),
             cache: Arc::new(cache),
             in_flight: Arc::default(),
+            stats: Arc::default(),
         }
     }
 
@@ -137,13 +151,20 @@ impl Fetcher {
         &self.settings
     }
 
+    /// Cache hits, misses and bytes downloaded so far.
+    pub fn stats(&self) -> &FetchStats {
+        &self.stats
+    }
+
     /// Fetches `source` into the cache, or finds it there.
     pub async fn fetch(&self, source: &ToolSource) -> Result<Fetched, FetchError> {
         let deadline = Instant::now() + self.settings.total_timeout;
         let Some(digest) = &source.sha256 else {
+            self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
             return self.download_any(source, deadline).await;
         };
         if let Some(hit) = self.cached(digest) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
 
@@ -151,8 +172,14 @@ impl Fetcher {
         let guard = flight.lock().await;
         // Whoever held the lock before may have fetched this very digest.
         let result = match self.cached(digest) {
-            Some(hit) => Ok(hit),
-            None => self.download_any(source, deadline).await,
+            Some(hit) => {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                Ok(hit)
+            }
+            None => {
+                self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                self.download_any(source, deadline).await
+            }
         };
         drop(guard);
         self.land(digest, flight);
@@ -242,6 +269,7 @@ impl Fetcher {
                 expected: source.sha256.as_ref(),
                 partial: self.cache.partial_path(source.sha256.as_ref(), url),
                 deadline,
+                received: &self.stats.downloaded_bytes,
             };
             match download.run().await {
                 Ok(done) => {

@@ -171,6 +171,8 @@ fn pipeline(config: Config, record: &RunRecord) -> Result<Pipeline, WorkerError>
         cancel_requested: Arc::new(AtomicBool::new(false)),
         adapter,
         login,
+        // The pod's own counters: nobody scrapes a worker; the bridge counts the run.
+        metrics: Arc::default(),
         config: Arc::new(config),
     })
 }

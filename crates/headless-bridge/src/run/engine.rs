@@ -29,8 +29,9 @@ use crate::adapter::Adapters;
 use crate::config::Config;
 use crate::credentials::relay::{LoginView, StartError};
 use crate::credentials::{Logins, WorkingCopy};
-use crate::fetch::Fetcher;
+use crate::fetch::{FetchStats, Fetcher};
 use crate::k8s::executor::JobExecutor;
+use crate::metrics::Metrics;
 use crate::policy::UrlPolicy;
 use crate::run::{RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Claim, Store, StoreError};
@@ -95,6 +96,7 @@ struct Inner {
     webhooks: Webhooks,
     /// Set when runs execute as Kubernetes Jobs.
     jobs: Option<Arc<JobExecutor>>,
+    metrics: Arc<Metrics>,
     active: Mutex<HashMap<RunId, Active>>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
@@ -139,6 +141,7 @@ impl Engine {
             config,
             store,
             adapters,
+            metrics: Arc::default(),
             active: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -212,6 +215,16 @@ impl Engine {
     /// The store runs are recorded in.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The counters and histograms runs move.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// What the tool fetcher has done so far.
+    pub fn fetch_stats(&self) -> &FetchStats {
+        self.inner.fetcher.stats()
     }
 
     /// Whether completion webhooks can be signed (a secret is configured).
@@ -347,6 +360,15 @@ impl Engine {
         (waiting, running)
     }
 
+    /// Runs waiting for a slot, and runs past the queue that have not finished. Unlike
+    /// [`Engine::load`], a finished run whose slot is still held while its workspace is
+    /// removed no longer counts.
+    pub fn unfinished(&self) -> (usize, usize) {
+        let active = self.lock_active().len();
+        let waiting = self.inner.waiting.load(Ordering::SeqCst);
+        (waiting, active.saturating_sub(waiting))
+    }
+
     fn active(&self, id: RunId) -> Option<Active> {
         self.lock_active().get(&id).cloned()
     }
@@ -377,19 +399,27 @@ impl Engine {
         self.lock_active().insert(record.id, active);
         self.inner.waiting.fetch_add(1, Ordering::SeqCst);
 
+        // A root span: a run outlives the request that started it, and every line it logs
+        // carries its own ids rather than those of whichever request came first.
+        let span = tracing::info_span!(parent: None, "run", run_id = %record.id,
+            adapter = %record.spec.adapter,
+            contract_id = record.spec.contract_id.as_deref().unwrap_or(""));
+        span.follows_from(tracing::Span::current());
+        tracing::info!(run_id = %record.id, adapter = %record.spec.adapter, "run queued");
+
         let log_path = self.log_path(record.id);
         let _ = std::fs::create_dir_all(log_path.parent().expect("a log path has a parent"));
-        let (mut sink, writer) = EventSink::start(
-            self.inner.store.clone(),
-            record.id,
-            latest_tx,
-            Some(log_path),
-            self.inner.config.max_log_bytes,
-        );
+        // The event writer is a task of its own: started inside the span, so it logs in it.
+        let (mut sink, writer) = span.in_scope(|| {
+            EventSink::start(
+                self.inner.store.clone(),
+                record.id,
+                latest_tx,
+                Some(log_path),
+                self.inner.config.max_log_bytes,
+            )
+        });
         sink.state(json!({ "state": RunState::Queued }));
-
-        let span = tracing::info_span!("run", run_id = %record.id, adapter = %record.spec.adapter,
-            contract_id = record.spec.contract_id.as_deref().unwrap_or(""));
         let pipeline = Pipeline {
             config: self.inner.config.clone(),
             store: self.inner.store.clone(),
@@ -405,6 +435,7 @@ impl Engine {
                 .expect("submissions are validated against the logins")
                 .copy
                 .clone(),
+            metrics: self.inner.metrics.clone(),
         };
         let engine = self.clone();
         self.inner.tasks.spawn(
@@ -462,7 +493,16 @@ impl Engine {
         if let Err(e) = self.inner.store.put(&record).await {
             tracing::error!(error = %crate::error_chain(&e), "failed to store a finished run");
         }
-        tracing::info!(outcome = ?record.outcome, reason = ?record.reason, "run finished");
+        self.inner.metrics.run_finished(&record);
+        let outcome = record
+            .outcome
+            .map(|o| serde_json::to_value(o).unwrap_or_default());
+        let reason = record.reason.map(|r| r.as_str());
+        tracing::info!(
+            outcome = %outcome.unwrap_or_default().as_str().unwrap_or("unknown"),
+            reason = reason.as_deref().unwrap_or("none"),
+            "run finished"
+        );
         (record, leftover)
     }
 }

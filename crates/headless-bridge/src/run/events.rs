@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
 
 use crate::run::RunId;
 use crate::store::Store;
@@ -124,7 +125,7 @@ impl EventSink {
         spill_cap: u64,
     ) -> (Self, WriterTask) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write_events(store, run, rx, latest));
+        let writer = tokio::spawn(write_events(store, run, rx, latest).in_current_span());
         let spill = spill_path.and_then(|path| Spill::open(path, spill_cap));
         let sink = Self {
             relay: None,

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::credentials::{self, LoadedAuth, WorkingCopy, WriterGuard};
 use crate::fetch::Fetcher;
 use crate::git::{Checkout, Git};
+use crate::metrics::Metrics;
 use crate::policy::UrlPolicy;
 use crate::redact::{self, Redactor};
 use crate::run::events::{EventKind, EventSink};
@@ -65,6 +66,8 @@ pub(crate) struct Pipeline {
     pub adapter: Adapter,
     /// The Codex login's working copy, shared by every run.
     pub login: Arc<WorkingCopy>,
+    /// Where the CLI's output bytes are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Pipeline {
@@ -350,7 +353,16 @@ impl Pipeline {
         // cancel requests and shutdown, so the three causes can be told apart.
         let process_stop = self.stop.child_token();
         let mut blocked_on: Option<String> = None;
+        let adapter_name = &record.spec.adapter;
+        let stdout_bytes = self.metrics.output_bytes(adapter_name, Stream::Stdout);
+        let stderr_bytes = self.metrics.output_bytes(adapter_name, Stream::Stderr);
         let on_line = |stream: Stream, line: &str| {
+            // Counted as read, before redaction: the bytes the CLI printed, line feed included.
+            let counter = match stream {
+                Stream::Stdout => &stdout_bytes,
+                Stream::Stderr => &stderr_bytes,
+            };
+            counter.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
             let line = redactor.redact(line);
             if let (Adapter::Profile(profile), None) = (&self.adapter, &blocked_on)
                 && let Some(pattern) = profile.prompt_in(&line)

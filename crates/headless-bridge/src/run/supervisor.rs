@@ -24,6 +24,7 @@ use crate::reaper;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// The environment variable that marks every process of a run with the run's id.
 pub const RUN_MARKER: &str = "HEADLESS_BRIDGE_RUN";
@@ -118,8 +119,8 @@ pub async fn run(
 
     let (line_tx, mut lines) = mpsc::channel(256);
     let readers = [
-        tokio::spawn(read_lines(stdout, Stream::Stdout, line_tx.clone())),
-        tokio::spawn(read_lines(stderr, Stream::Stderr, line_tx)),
+        tokio::spawn(read_lines(stdout, Stream::Stdout, line_tx.clone()).in_current_span()),
+        tokio::spawn(read_lines(stderr, Stream::Stderr, line_tx).in_current_span()),
     ];
     let mut stderr_head = StderrHead::default();
     let mut observe = |stream: Stream, line: &str| {

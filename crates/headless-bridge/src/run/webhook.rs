@@ -12,6 +12,7 @@ use std::time::Duration;
 use hmac::{KeyInit as _, Mac as _};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::config::Secret;
 use crate::policy::UrlPolicy;
@@ -77,7 +78,7 @@ impl Webhooks {
                 },
                 () = this.stop.cancelled() => tracing::warn!(%run_id, "webhook not delivered: the bridge is shutting down"),
             }
-        });
+        }.in_current_span());
     }
 
     /// Stops retrying and waits for deliveries in flight.

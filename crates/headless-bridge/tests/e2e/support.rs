@@ -70,6 +70,7 @@ pub struct BridgeBuilder {
     vars: Vec<(&'static str, String)>,
     data_dir: Option<TempDir>,
     listener: Option<tokio::net::TcpListener>,
+    metrics: bool,
 }
 
 impl BridgeBuilder {
@@ -89,12 +90,19 @@ impl BridgeBuilder {
             vars,
             data_dir: None,
             listener: None,
+            metrics: false,
         }
     }
 
     /// Serves on `listener` (bound beforehand, when a setting must name the bridge's address).
     pub fn listener(mut self, listener: tokio::net::TcpListener) -> Self {
         self.listener = Some(listener);
+        self
+    }
+
+    /// Also serves the Prometheus metrics, on a loopback port of their own.
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -137,11 +145,20 @@ impl BridgeBuilder {
                 .expect("bind a loopback port"),
         };
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
+        let metrics = if self.metrics {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+            Some(listener.expect("bind a loopback port for metrics"))
+        } else {
+            None
+        };
+        let metrics_url = metrics
+            .as_ref()
+            .map(|l| format!("http://{}", l.local_addr().expect("bound address")));
         let bridge = Bridge::open(config).await.expect("the bridge opens");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             bridge
-                .serve(listener, async {
+                .serve_with_metrics(listener, metrics, async {
                     let _ = stopped.await;
                 })
                 .await
@@ -149,6 +166,7 @@ impl BridgeBuilder {
         });
         TestBridge {
             url,
+            metrics_url,
             client: reqwest::Client::new(),
             data_dir: Some(data_dir),
             stop: Some(stop),
@@ -160,6 +178,8 @@ impl BridgeBuilder {
 /// A running bridge.
 pub struct TestBridge {
     pub url: String,
+    /// The metrics listener's base URL, when the builder asked for one.
+    pub metrics_url: Option<String>,
     pub client: reqwest::Client,
     data_dir: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
@@ -327,6 +347,9 @@ pub fn parse_sse(text: &str) -> Vec<SseEvent> {
 pub struct BridgeProcess {
     pub child: tokio::process::Child,
     pub url: String,
+    /// Every line the process wrote to stderr (its log) after the "serving" line.
+    log: Arc<Mutex<Vec<String>>>,
+    log_reader: JoinHandle<()>,
 }
 
 impl BridgeProcess {
@@ -384,12 +407,14 @@ impl BridgeProcess {
         }
         let mut child = command.spawn().expect("the bridge binary starts");
         let mut lines = BufReader::new(child.stderr.take().expect("stderr is piped")).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let address = loop {
             let line = lines
                 .next_line()
                 .await
                 .expect("read the log")
                 .expect("the bridge logs before it exits");
+            log.lock().expect("not poisoned").push(line.clone());
             let Ok(entry) = serde_json::from_str::<Value>(&line) else {
                 continue;
             };
@@ -401,11 +426,33 @@ impl BridgeProcess {
             }
         };
         // Keep draining the log so the bridge never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let kept = Arc::clone(&log);
+        let log_reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().expect("not poisoned").push(line);
+            }
+        });
         Self {
             child,
             url: format!("http://{address}"),
+            log,
+            log_reader,
         }
+    }
+
+    /// Stops the process as Kubernetes would (SIGTERM), waits for it to exit, and returns
+    /// every line it logged, up to its last.
+    pub async fn stop_and_read_log(mut self) -> Vec<String> {
+        let pid = self.child.id().expect("the bridge is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM the bridge");
+        let status = self.child.wait().await.expect("the bridge exits");
+        assert!(status.success(), "the bridge stopped cleanly: {status}");
+        self.log_reader.await.expect("the log reader ends at EOF");
+        std::mem::take(&mut *self.log.lock().expect("not poisoned"))
     }
 
     /// The process's peak resident memory so far (VmHWM), in KiB.
@@ -427,6 +474,7 @@ impl BridgeProcess {
     pub fn client(&self) -> TestBridge {
         TestBridge {
             url: self.url.clone(),
+            metrics_url: None,
             client: reqwest::Client::new(),
             data_dir: None,
             stop: None,

@@ -135,12 +135,14 @@ async fn world() -> (
         .codex_config_toml()
         .replace("[features]\n", "[features]\napps = false\n");
     let config = format!("chatgpt_base_url = \"{origin}/backend-api\"\n{base}");
-    std::fs::write(codex_dir.path().join("config.toml"), config).unwrap();
-    std::fs::write(
-        codex_dir.path().join("auth.json"),
-        chatgpt_login("rt_initial"),
-    )
-    .unwrap();
+    kubelet_secret(
+        codex_dir.path(),
+        1,
+        &[
+            ("config.toml", config.as_str()),
+            ("auth.json", chatgpt_login("rt_initial").as_str()),
+        ],
+    );
 
     let data_dir = tempfile::tempdir().unwrap();
     let bridge = BridgeProcess::start_with(
@@ -152,6 +154,23 @@ async fn world() -> (
     )
     .await;
     (model, tokens, codex_dir, data_dir, bridge)
+}
+
+/// Writes `files` into `dir` the way the kubelet mounts a Secret: each file a symlink through
+/// `..data`, itself a symlink to a timestamped directory holding version `version`.
+fn kubelet_secret(dir: &Path, version: u32, files: &[(&str, &str)]) {
+    let versioned = format!("..2026_12_04_00_00_0{version}.000000001");
+    std::fs::create_dir(dir.join(&versioned)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&versioned).join(name), text).unwrap();
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), &link).unwrap();
+        }
+    }
+    // The kubelet's swap: a new `..data` link renamed over the old one, in one step.
+    std::os::unix::fs::symlink(&versioned, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
 }
 
 fn run_body(prompt: &str) -> Value {
@@ -235,13 +254,17 @@ async fn a_dead_login_fails_typed_turns_health_503_until_the_secret_changes() {
             .contains("codex login")
     );
 
-    // A person logs in again and the Secret is updated (the kubelet swaps the files).
+    // A person logs in again and the Secret is updated: the kubelet swaps `..data`.
     tokens.state.lock().unwrap().current = "rt_new_login".into();
-    std::fs::write(
-        codex_dir.path().join("auth.json"),
-        chatgpt_login("rt_new_login"),
-    )
-    .unwrap();
+    let config = std::fs::read_to_string(codex_dir.path().join("config.toml")).unwrap();
+    kubelet_secret(
+        codex_dir.path(),
+        2,
+        &[
+            ("config.toml", config.as_str()),
+            ("auth.json", chatgpt_login("rt_new_login").as_str()),
+        ],
+    );
     let (status, health) = client.get("/health?deep=1").await;
     assert_eq!(
         status, 200,
@@ -249,4 +272,32 @@ async fn a_dead_login_fails_typed_turns_health_503_until_the_secret_changes() {
     );
     let run = client.run_to_end(&run_body("again")).await;
     assert_eq!(run["outcome"], "succeeded", "{run}");
+}
+
+#[tokio::test]
+async fn a_hundred_deep_health_checks_change_no_file_and_call_no_token_endpoint() {
+    let (_model, tokens, codex_dir, data_dir, bridge) = world().await;
+    let client = bridge.client();
+    let run = client.run_to_end(&run_body("first")).await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    let source = std::fs::read(codex_dir.path().join("auth.json")).unwrap();
+    let working_path = data_dir.path().join("credentials/codex/auth.json");
+    let working = std::fs::read(&working_path).unwrap();
+    let seen = tokens.seen();
+
+    for _ in 0..100 {
+        let (status, health) = client.get("/health?deep=1").await;
+        assert_eq!(status, 200, "{health}");
+    }
+
+    assert_eq!(tokens.seen(), seen, "health never refreshes");
+    assert_eq!(
+        std::fs::read(codex_dir.path().join("auth.json")).unwrap(),
+        source
+    );
+    assert_eq!(
+        std::fs::read(&working_path).unwrap(),
+        working,
+        "the working copy is byte-identical"
+    );
 }

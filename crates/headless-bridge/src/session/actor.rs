@@ -22,7 +22,7 @@ use crate::run::supervisor::{self, ExitKind, RUN_MARKER};
 /// program two seconds of its own, so this leaves it time to clean up after it.
 const TERM_GRACE: Duration = Duration::from_secs(4);
 /// With a ready pattern, output must pause this long before the screen is judged, so a
-/// prompt drawn in pieces is judged whole.
+/// prompt drawn in pieces is judged whole (unless the adapter's spec sets its own).
 const READY_SETTLE: Duration = Duration::from_millis(100);
 /// How long to keep reading output after the program exited: its last words.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
@@ -37,6 +37,9 @@ pub(super) struct ActorSettings {
     pub idle_timeout: Duration,
     pub max_output_rate: u64,
     pub quiet: Duration,
+    /// How long output must pause before the screen is judged against a ready pattern and
+    /// answered by the rules; without it, [`READY_SETTLE`] and answers at once.
+    pub settle: Option<Duration>,
     pub max_recording_bytes: u64,
 }
 
@@ -122,7 +125,7 @@ impl Actor {
                 },
                 () = sleep_until(judge_at), if judge_at.is_some() => {
                     progress.unjudged = false;
-                    self.judge(&progress, true);
+                    self.judge(&mut progress, true, true, &terminal, &mut recording);
                     // A pause in the output is when a download of the cast sees it all.
                     if let Some(recording) = &mut recording {
                         recording.flush();
@@ -189,7 +192,11 @@ impl Actor {
     /// How long output must pause before the state is judged.
     fn window(&self) -> Duration {
         match self.rules.ready {
-            Some(_) => READY_SETTLE.min(self.settings.quiet),
+            Some(_) => self
+                .settings
+                .settle
+                .unwrap_or(READY_SETTLE)
+                .min(self.settings.quiet),
             None => self.settings.quiet,
         }
     }
@@ -227,15 +234,11 @@ impl Actor {
         progress.output_since_input = true;
         progress.unjudged = true;
 
-        // Automatic answers go out at once; the state is judged without waiting for quiet
-        // only to show a question or that the tool is working.
-        let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
-        let found = self.rules.evaluate(&screen_text, &cursor_line);
-        for (pattern, answer) in found.answers {
-            tracing::info!(session_id = %self.session.id, pattern, "answered a prompt by an expect rule");
-            self.type_bytes(answer, terminal, recording, progress);
-        }
-        self.judge(progress, false);
+        // Automatic answers go out at once unless the spec asks for a settled screen; the
+        // state is judged without waiting for quiet only to show a question or that the tool
+        // is working.
+        let answer = self.settings.settle.is_none();
+        self.judge(progress, false, answer, terminal, recording);
     }
 
     fn type_bytes(
@@ -276,10 +279,25 @@ impl Actor {
         self.publish(state);
     }
 
-    /// Decides the state from the screen. `settled`: output has paused for the window.
-    fn judge(&mut self, progress: &Progress, settled: bool) {
+    /// Types the answers of the rules that match (when `answer`) and decides the state from
+    /// the screen. `settled`: output has paused for the window.
+    fn judge(
+        &mut self,
+        progress: &mut Progress,
+        settled: bool,
+        answer: bool,
+        terminal: &Terminal,
+        recording: &mut Option<Recording>,
+    ) {
         let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
-        let found = self.rules.evaluate(&screen_text, &cursor_line);
+        let found = self.rules.evaluate(&screen_text, &cursor_line, answer);
+        if !found.answers.is_empty() {
+            for (pattern, answer) in found.answers {
+                tracing::info!(session_id = %self.session.id, pattern, "answered a prompt by an expect rule");
+                self.type_bytes(answer, terminal, recording, progress);
+            }
+            return;
+        }
         let state = if let Some((pattern, question)) = found.question {
             SessionState::WaitingForInput {
                 question: self.redactor.redact(&question),

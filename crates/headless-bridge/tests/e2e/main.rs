@@ -11,6 +11,7 @@ mod agent_clis;
 mod api;
 mod cli_profiles;
 mod codex_runs;
+mod codex_sessions;
 mod example_profiles;
 mod fetch;
 mod health;

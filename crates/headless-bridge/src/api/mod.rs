@@ -2,9 +2,11 @@
 //!
 //! [`router`] builds the whole application from an [`AppState`], so tests drive it without a
 //! socket. Everything but `/health` and the runs page's static files sits behind bearer-token
-//! authentication; the page itself reads its data through the authenticated routes.
+//! authentication; the page itself reads its data through the authenticated routes. A
+//! session's WebSocket also takes a single-use ticket instead of the token.
 
 mod artifacts;
+mod attach;
 mod auth;
 mod body;
 mod credentials;
@@ -80,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/{id}/resize", post(sessions::resize))
         .route("/v1/sessions/{id}/events", get(sessions::events))
         .route("/v1/sessions/{id}/recording", get(sessions::recording))
+        .route("/v1/sessions/{id}/attach-ticket", post(attach::ticket))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -91,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/assets/page.css", get(page::stylesheet))
         .route("/assets/page.js", get(page::script))
         .route("/assets/favicon.svg", get(page::favicon))
+        // Checks the API token itself, or takes a ticket instead (see `attach`).
+        .route("/v1/sessions/{id}/attach", get(attach::attach))
         .merge(protected)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -225,6 +225,11 @@ impl Actor {
         let replies = {
             let mut emulator = lock(&self.emulator);
             emulator.process(bytes);
+            // Forwarded under the lock: see `Session::attach`.
+            if self.session.output.receiver_count() > 0 {
+                let masked = self.redactor.redact_bytes(bytes);
+                let _ = self.session.output.send(masked.into());
+            }
             std::mem::take(&mut emulator.callbacks_mut().pending)
         };
         if !replies.is_empty() {

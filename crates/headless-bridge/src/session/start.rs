@@ -194,6 +194,7 @@ pub async fn start(
         emulator: emulator.clone(),
         view,
         states: tokio::sync::broadcast::channel(super::STATE_BACKLOG).0,
+        output: tokio::sync::broadcast::channel(super::OUTPUT_BACKLOG).0,
         commands: commands_tx,
         activity: activity.clone(),
         redactor: redactor.clone(),

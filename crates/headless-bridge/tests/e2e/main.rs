@@ -20,6 +20,7 @@ mod login_relay;
 mod restart;
 mod runs_page;
 mod service;
+mod session_attach;
 mod sessions;
 mod ssh_repos;
 mod workspaces;

@@ -248,3 +248,124 @@ async fn attaching_takes_the_token_or_a_single_use_ticket_and_a_running_session(
 fn uuid_like() -> String {
     "01a24269-0000-7000-8000-000000000000".to_owned()
 }
+
+/// Whether the terminal of `master` is in canonical (cooked) mode.
+fn canonical(master: &dyn portable_pty::MasterPty) -> bool {
+    let termios = master.get_termios().expect("a unix terminal has termios");
+    termios.local_flags.bits() & libc::ICANON != 0
+}
+
+/// What `headless-bridge attach` wrote to its terminal, read by a thread.
+struct Screen {
+    output: std::sync::mpsc::Receiver<Vec<u8>>,
+    seen: String,
+}
+
+impl Screen {
+    fn wait_for(&mut self, wanted: &str) {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !self.seen.contains(wanted) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.output.recv_timeout(left) {
+                Ok(bytes) => self.seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("`{wanted}` never came; seen: {:?}", self.seen),
+            }
+        }
+    }
+}
+
+/// Polls the session's size (the record does not count as using it) until it is `size`.
+async fn size_becomes(bridge: &TestBridge, id: &str, size: (u64, u64)) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, record) = bridge.get(&format!("/v1/sessions/{id}")).await;
+        if (record["rows"].as_u64(), record["cols"].as_u64()) == (Some(size.0), Some(size.1)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "size never became {size:?}: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// The command's terminal is read with blocking waits, so the bridge serves from other threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attach_command_joins_a_terminal_raw_and_detaches_on_ctrl_bracket() {
+    use portable_pty::{CommandBuilder, PtySize};
+
+    let (bridge, _profiles) = bridge().await;
+    let id = start(&bridge, json!({"adapter": "shell", "rows": 20, "cols": 70})).await;
+    screen_when(&bridge, &id, "idle").await;
+
+    // The command runs on a terminal of its own, as a person's would be.
+    let size = |rows, cols| PtySize {
+        rows,
+        cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    };
+    let pty = portable_pty::native_pty_system()
+        .openpty(size(24, 80))
+        .unwrap();
+    let mut command = CommandBuilder::new(env!("CARGO_BIN_EXE_headless-bridge"));
+    command.args(["attach", &id]);
+    command.env_clear();
+    command.env("HB_URL", &bridge.url);
+    command.env("HB_TOKEN", TOKEN);
+    let mut child = pty.slave.spawn_command(command).unwrap();
+    drop(pty.slave);
+    assert!(canonical(&*pty.master), "a new terminal starts cooked");
+    let mut reader = pty.master.try_clone_reader().unwrap();
+    let mut keyboard = pty.master.take_writer().unwrap();
+    let (tx, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut screen = Screen {
+        output,
+        seen: String::new(),
+    };
+
+    // Attached: the screen is drawn, the terminal is raw, and the session takes its size.
+    screen.wait_for("bash");
+    assert!(!canonical(&*pty.master), "raw while attached");
+    size_becomes(&bridge, &id, (24, 80)).await;
+    pty.master.resize(size(30, 100)).unwrap();
+    size_becomes(&bridge, &id, (30, 100)).await;
+
+    // Ctrl-C goes to the session's program, not to the command.
+    keyboard.write_all(b"sleep 30\r").unwrap();
+    screen.wait_for("sleep 30\r\n");
+    keyboard.write_all(b"\x03").unwrap();
+    screen.wait_for("^C");
+    keyboard.write_all(b"echo from-cli\r").unwrap();
+    screen.wait_for("\rfrom-cli\r\n");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "Ctrl-C did not stop the command"
+    );
+
+    // Ctrl-] detaches: the command ends well, the terminal is cooked again, the session runs.
+    keyboard.write_all(&[0x1d]).unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    screen.wait_for("detached");
+    assert!(canonical(&*pty.master), "the terminal is put back");
+    let (_, record) = bridge.get(&format!("/v1/sessions/{id}")).await;
+    assert_ne!(record["state"], "exited", "{record}");
+
+    let (status, _) = bridge
+        .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(leftovers(&id), 0);
+}

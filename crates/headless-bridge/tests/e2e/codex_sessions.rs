@@ -68,3 +68,47 @@ async fn the_codex_tui_answers_a_typed_prompt_from_the_model() {
     assert_eq!(ended["reason"], "deleted");
     assert_eq!(leftovers(&id), 0);
 }
+
+#[tokio::test]
+async fn a_codex_turn_in_progress_is_busy_until_interrupted() {
+    let model = Model::start(Behavior::Hang).await;
+    let bridge = model.bridge().await;
+    let id = start(
+        &bridge,
+        json!({"adapter": "codex", "rows": 30, "cols": 100}),
+    )
+    .await;
+    screen_when(&bridge, &id, "idle").await;
+
+    // The model never answers: the input line stays drawn, but the turn's line says it is
+    // working, so waiting for idle meets the deadline.
+    let (status, _) = input(&bridge, &id, json!({"paste": "Take your time"})).await;
+    assert_eq!(status, 200);
+    let (status, refused) = input(
+        &bridge,
+        &id,
+        json!({"keys": ["Enter"], "wait": "idle", "timeout_ms": 3000}),
+    )
+    .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "session_not_idle");
+    let shown = text(&refused["screen"]);
+    assert!(shown.contains("esc to interrupt"), "{shown}");
+    model.fake.wait_for_requests(1).await;
+
+    // Esc interrupts the turn, and the input line is ready again.
+    let (status, answered) = input(
+        &bridge,
+        &id,
+        json!({"keys": ["Esc"], "wait": "idle", "timeout_ms": 20000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answered}");
+    assert!(!text(&answered).contains("esc to interrupt"));
+
+    let (status, _) = bridge
+        .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(leftovers(&id), 0);
+}

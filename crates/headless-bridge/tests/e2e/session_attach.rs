@@ -19,6 +19,8 @@ use crate::support::{BridgeBuilder, TOKEN, TestBridge};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// An id no session has.
+const NO_SESSION: &str = "01a24269-0000-7000-8000-000000000000";
 /// How long a test waits for output it expects.
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -134,10 +136,8 @@ async fn an_attached_terminal_types_reads_resizes_and_sees_the_end() {
         .await
         .unwrap();
     let texts = read_until(&mut socket, &mut seen, "\rstill here\r\n").await;
-    assert_eq!(
-        texts,
-        vec![json!({"error": {"code": "invalid_size", "message": texts[0]["error"]["message"]}})]
-    );
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert_eq!(texts[0]["error"]["code"], "invalid_size");
 
     // When the program ends, the socket says how, and closes.
     socket
@@ -188,8 +188,7 @@ async fn attaching_takes_the_token_or_a_single_use_ticket_and_a_running_session(
         .insert("authorization", "Bearer not-the-token".parse().unwrap());
     assert_eq!(refused(wrong).await, 401);
     assert_eq!(refused(attach_url(&bridge, &id, "?ticket=abc")).await, 401);
-    let nobody = uuid_like();
-    assert_eq!(refused(attach_url(&bridge, &nobody, "")).await, 401);
+    assert_eq!(refused(attach_url(&bridge, NO_SESSION, "")).await, 401);
 
     // A ticket opens the socket once, without the token.
     let (status, issued) = bridge
@@ -242,11 +241,6 @@ async fn attaching_takes_the_token_or_a_single_use_ticket_and_a_running_session(
         assert_eq!(body["error"]["code"], "session_exited");
     }
     assert_eq!(leftovers(&id), 0);
-}
-
-/// An id no session has.
-fn uuid_like() -> String {
-    "01a24269-0000-7000-8000-000000000000".to_owned()
 }
 
 /// Whether the terminal of `master` is in canonical (cooked) mode.

@@ -43,8 +43,9 @@ pub struct SessionSpec {
     /// ready pattern shows: a full-screen tool keeps its input line drawn while it works.
     pub busy_pattern: Option<String>,
     /// Milliseconds the output must pause before the screen is judged against the ready
-    /// pattern (default 100) and before automatic answers are typed (default: at once), for
-    /// a full-screen tool that draws a screen before it reads its keys, or its input line
+    /// pattern (default 100). Set, it also holds automatic answers (otherwise typed at once)
+    /// until the screen is judged, which without a ready pattern is after `quiet_ms`. For a
+    /// full-screen tool that draws a screen before it reads its keys, or its input line
     /// again before it starts working.
     pub settle_ms: Option<u64>,
     /// Without a ready pattern: milliseconds of silence after which the tool counts as idle.

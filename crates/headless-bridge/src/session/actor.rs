@@ -40,6 +40,9 @@ pub(super) struct ActorSettings {
     /// How long output must pause before the screen is judged against a ready pattern and
     /// answered by the rules; without it, [`READY_SETTLE`] and answers at once.
     pub settle: Option<Duration>,
+    /// After input holding Enter: how long the tool counts as busy unless its busy pattern
+    /// shows first.
+    pub submit_wait: Option<Duration>,
     pub max_recording_bytes: u64,
 }
 
@@ -67,6 +70,9 @@ struct Progress {
     /// Output allowance left, in bytes.
     allowance: f64,
     allowance_at: Instant,
+    /// Enter was typed: the tool counts as busy until this time, or until its busy pattern
+    /// shows (and then for as long as it shows).
+    submitted_until: Option<Instant>,
 }
 
 impl Actor {
@@ -85,6 +91,7 @@ impl Actor {
             unjudged: true,
             allowance: (self.settings.max_output_rate * BURST_SECONDS) as f64,
             allowance_at: now,
+            submitted_until: None,
         };
         let lifetime_end = now + self.settings.lifetime;
         let mut idle_check = tokio::time::interval(IDLE_CHECK);
@@ -92,9 +99,12 @@ impl Actor {
         let mut stop_replies = Vec::new();
 
         let (reason, status) = loop {
-            let judge_at = progress
-                .unjudged
-                .then(|| progress.last_change + self.window());
+            let judge_at = progress.unjudged.then(|| {
+                let settled = progress.last_change + self.window();
+                progress
+                    .submitted_until
+                    .map_or(settled, |until| settled.max(until))
+            });
             tokio::select! {
                 chunk = output.recv(), if output_open => match chunk {
                     Some(bytes) => {
@@ -110,6 +120,11 @@ impl Actor {
                 }
                 Some(command) = self.commands.recv() => match command {
                     Command::Input { bytes, reply } => {
+                        if let Some(wait) = self.settings.submit_wait
+                            && bytes.contains(&b'\r')
+                        {
+                            progress.submitted_until = Some(Instant::now() + wait);
+                        }
                         self.type_bytes(bytes, &terminal, &mut recording, &mut progress);
                         self.rules.rearm();
                         let _ = reply.send(Ok(()));
@@ -296,6 +311,9 @@ impl Actor {
     ) {
         let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
         let found = self.rules.evaluate(&screen_text, &cursor_line, answer);
+        if progress.submitted_until.is_some() && self.rules.is_busy(&screen_text) {
+            progress.submitted_until = None;
+        }
         if !found.answers.is_empty() {
             for (pattern, answer) in found.answers {
                 tracing::info!(session_id = %self.session.id, pattern, "answered a prompt by an expect rule");
@@ -310,7 +328,15 @@ impl Actor {
             }
         } else if !settled {
             SessionState::Busy
+        } else if progress
+            .submitted_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            // Judged again when the wait is over.
+            progress.unjudged = true;
+            SessionState::Busy
         } else {
+            progress.submitted_until = None;
             match self.rules.is_ready(&screen_text) {
                 Some(true) if progress.output_since_input => SessionState::Idle,
                 Some(_) => SessionState::Busy,

@@ -7,6 +7,7 @@
 //! ready_pattern = '(?m)^› '            # screen text that means "ready for the next input"
 //! busy_pattern = 'esc to interrupt'    # ...unless this shows too (a turn in progress, a menu)
 //! settle_ms = 400                      # output pauses this long before it is judged and answered
+//! submit_wait_ms = 3000                # after Enter: busy until the busy pattern shows, or this
 //! quiet_ms = 800                       # without a ready pattern: this much silence is idle
 //!
 //! [[session.expect]]                   # answered by the bridge
@@ -48,6 +49,10 @@ pub struct SessionSpec {
     /// full-screen tool that draws a screen before it reads its keys, or its input line
     /// again before it starts working.
     pub settle_ms: Option<u64>,
+    /// After input holding Enter, the tool counts as busy until its busy pattern shows, or
+    /// for this many milliseconds: a tool that takes a moment to show it is working would
+    /// look idle in between. Needs `busy_pattern`.
+    pub submit_wait_ms: Option<u64>,
     /// Without a ready pattern: milliseconds of silence after which the tool counts as idle.
     pub quiet_ms: Option<u64>,
     /// Prompts answered by the bridge or handed to a person.
@@ -96,7 +101,15 @@ impl SessionSpec {
             Regex::new(pattern)
                 .map_err(|e| format!("`session.busy_pattern` is not a valid regex: {e}"))?;
         }
-        for (name, value) in [("quiet_ms", self.quiet_ms), ("settle_ms", self.settle_ms)] {
+        if self.submit_wait_ms.is_some() && self.busy_pattern.is_none() {
+            return Err("`session.submit_wait_ms` needs a `busy_pattern` to wait for".into());
+        }
+        let windows = [
+            ("quiet_ms", self.quiet_ms),
+            ("settle_ms", self.settle_ms),
+            ("submit_wait_ms", self.submit_wait_ms),
+        ];
+        for (name, value) in windows {
             if let Some(ms) = value
                 && !(1..=MAX_QUIET_MS).contains(&ms)
             {
@@ -244,13 +257,17 @@ impl Rules {
         }
     }
 
+    /// Whether the screen shows the busy pattern.
+    pub fn is_busy(&self, screen: &str) -> bool {
+        self.busy.as_ref().is_some_and(|busy| busy.is_match(screen))
+    }
+
     /// Whether the screen shows the ready pattern and not the busy one; `None` without a
     /// ready pattern.
     pub fn is_ready(&self, screen: &str) -> Option<bool> {
-        let busy = self.busy.as_ref().is_some_and(|busy| busy.is_match(screen));
         self.ready
             .as_ref()
-            .map(|ready| ready.is_match(screen) && !busy)
+            .map(|ready| ready.is_match(screen) && !self.is_busy(screen))
     }
 }
 
@@ -312,6 +329,8 @@ mod tests {
         let spec: SessionSpec =
             toml::from_str("[[expect]]\npattern = 'x'\nkeys = [\"Nope\"]\n").unwrap();
         assert!(spec.check().unwrap_err().contains("Nope"));
+        let spec: SessionSpec = toml::from_str("submit_wait_ms = 100\n").unwrap();
+        assert!(spec.check().unwrap_err().contains("busy_pattern"));
         let spec: SessionSpec = toml::from_str("ready_pattern = '('\n").unwrap();
         assert!(spec.check().unwrap_err().contains("ready_pattern"));
     }

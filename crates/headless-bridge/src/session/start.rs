@@ -213,6 +213,7 @@ pub async fn start(
         max_output_rate: limits.max_output_rate,
         quiet,
         settle: launch.spec.settle_ms.map(Duration::from_millis),
+        submit_wait: launch.spec.submit_wait_ms.map(Duration::from_millis),
         max_recording_bytes: config.max_log_bytes,
     };
     let actor = Actor {
@@ -362,10 +363,14 @@ fn codex_args(config: &Config, dirs: &RunDirs, prompt: Option<&str>) -> Vec<OsSt
     args
 }
 
-/// How long the Codex TUI's output must pause before its screen is judged: well above the
-/// moment (tens of milliseconds, longer on a loaded machine) between Enter and its "Working"
-/// line.
+/// How long the Codex TUI's output must pause before its screen is judged and its menus
+/// answered: it draws a menu a moment before it reads keys.
 const CODEX_SETTLE_MS: u64 = 400;
+/// After Enter, how long the Codex TUI counts as busy unless its "esc to interrupt" line shows
+/// first. The line comes within tens of milliseconds when idle, but more than 400 ms later was
+/// seen with the whole test suite running on two cores; an Enter that starts no turn (a slash
+/// command) is idle after this.
+const CODEX_SUBMIT_WAIT_MS: u64 = 3000;
 
 /// How the Codex TUI behaves on a terminal, as seen on codex-cli 0.171.0.
 ///
@@ -375,8 +380,9 @@ const CODEX_SETTLE_MS: u64 = 400;
 /// status line. The input line stays drawn while a turn runs, when the line above it says
 /// `esc to interrupt`; its menus mark the chosen item with `› ` and end with an `enter ...`
 /// footer: both count as busy. Between Enter and the first sign of the turn it draws an idle
-/// screen for a moment, and it draws its menus a moment before it reads keys, so output must
-/// pause before the screen is judged or answered. The first-run screens it may show are
+/// screen for a moment, so after Enter it is busy until that sign shows (or a few seconds
+/// pass); and it draws its menus a moment before it reads keys, so output must pause before
+/// the screen is judged or answered. The first-run screens it may show are
 /// answered: the folder trust question (a work directory inside a git repository; Enter keeps
 /// "Trust and continue"), the update offer if a cached newer version is known ("2" skips it
 /// once; the flag above normally keeps it away), and the offer to switch to a newer model
@@ -396,6 +402,7 @@ fn codex_spec() -> SessionSpec {
             r"esc to interrupt|(?m)^  enter(?:/esc)? (?:confirm|continue)".to_owned(),
         ),
         settle_ms: Some(CODEX_SETTLE_MS),
+        submit_wait_ms: Some(CODEX_SUBMIT_WAIT_MS),
         quiet_ms: None,
         expect: vec![
             answer(r"(?m)^› 1\. Trust and continue", "\r"),

@@ -3,6 +3,8 @@
 //! (the offer of a newer model appears on every fresh Codex home), and tell a turn in
 //! progress from an idle prompt.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::json;
 use testkit::model::Behavior;
@@ -94,7 +96,9 @@ async fn a_codex_turn_in_progress_is_busy_until_interrupted() {
     assert_eq!(refused["error"]["code"], "session_not_idle");
     let shown = text(&refused["screen"]);
     assert!(shown.contains("esc to interrupt"), "{shown}");
-    model.fake.wait_for_requests(1).await;
+    tokio::time::timeout(Duration::from_secs(20), model.fake.wait_for_requests(1))
+        .await
+        .expect("the turn reached the model");
 
     // Esc interrupts the turn, and the input line is ready again.
     let (status, answered) = input(

@@ -43,6 +43,8 @@ pub(super) struct ActorSettings {
     /// After input holding Enter: how long the tool counts as busy unless its busy pattern
     /// shows first.
     pub submit_wait: Option<Duration>,
+    /// The command line carries a first prompt, which the tool submits by itself.
+    pub first_prompt: bool,
     pub max_recording_bytes: u64,
 }
 
@@ -91,7 +93,12 @@ impl Actor {
             unjudged: true,
             allowance: (self.settings.max_output_rate * BURST_SECONDS) as f64,
             allowance_at: now,
-            submitted_until: None,
+            // A first prompt is submitted as if typed with Enter.
+            submitted_until: self
+                .settings
+                .submit_wait
+                .filter(|_| self.settings.first_prompt)
+                .map(|wait| now + wait),
         };
         let lifetime_end = now + self.settings.lifetime;
         let mut idle_check = tokio::time::interval(IDLE_CHECK);

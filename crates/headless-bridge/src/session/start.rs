@@ -214,6 +214,7 @@ pub async fn start(
         quiet,
         settle: launch.spec.settle_ms.map(Duration::from_millis),
         submit_wait: launch.spec.submit_wait_ms.map(Duration::from_millis),
+        first_prompt: request.prompt.is_some(),
         max_recording_bytes: config.max_log_bytes,
     };
     let actor = Actor {

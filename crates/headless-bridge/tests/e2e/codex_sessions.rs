@@ -72,6 +72,24 @@ async fn the_codex_tui_answers_a_typed_prompt_from_the_model() {
 }
 
 #[tokio::test]
+async fn a_first_prompt_given_at_start_is_answered_before_the_session_is_idle() {
+    let model = Model::start(Behavior::Reply("Hello from the start".into())).await;
+    let bridge = model.bridge().await;
+    let body = json!({"adapter": "codex", "rows": 30, "cols": 100, "prompt": "Say hi"});
+    let id = start(&bridge, body).await;
+
+    let screen = screen_when(&bridge, &id, "idle").await;
+    let shown = text(&screen);
+    assert!(shown.contains("Hello from the start"), "{shown}");
+
+    let (status, _) = bridge
+        .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(leftovers(&id), 0);
+}
+
+#[tokio::test]
 async fn a_codex_turn_in_progress_is_busy_until_interrupted() {
     let model = Model::start(Behavior::Hang).await;
     let bridge = model.bridge().await;

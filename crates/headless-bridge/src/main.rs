@@ -4,7 +4,7 @@
 //!
 //! Exit codes of `serve`: 0 after a clean shutdown, 2 when the configuration is invalid, 1 when
 //! the bridge failed to start or stopped serving on an error. Those of `fetch` are in
-//! [`fetch_command`].
+//! [`fetch_command`], those of `attach` in [`attach_command`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,7 @@ use headless_bridge::config::{Config, RawConfig};
 use headless_bridge::server::Bridge;
 use headless_bridge::{error_chain, telemetry};
 
+mod attach_command;
 mod client_command;
 mod fetch_command;
 
@@ -34,6 +35,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Download a tool, verify it and copy it out of the tool cache.
     Fetch(fetch_command::FetchArgs),
+    /// Join this terminal to a session's terminal (Ctrl-] detaches); token from HB_TOKEN.
+    Attach(attach_command::AttachArgs),
     /// Run the deep health check with `serve`'s settings and explain it (exit 1 if unhealthy).
     Doctor(Box<ServeArgs>),
     /// Kubernetes Secrets for a login.
@@ -159,6 +162,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(*args),
         Command::Fetch(args) => fetch_command::run(args),
         Command::Client(command) => client_command::run(command),
+        Command::Attach(args) => attach_command::run(args),
         Command::Doctor(args) => doctor(*args),
         Command::Secret(SecretCommand::Create {
             from,

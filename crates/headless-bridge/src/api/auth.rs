@@ -23,20 +23,24 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    if state.token_digests.is_empty() {
-        return match local_only(request.headers()) {
-            Ok(()) => next.run(request).await,
-            Err(refusal) => refusal.into_response(),
-        };
+    match check(&state, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refusal.into_response(),
     }
-    let presented = request
-        .headers()
+}
+
+/// The check [`require_token`] makes, for a route that also takes another credential.
+pub fn check(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.token_digests.is_empty() {
+        return local_only(headers);
+    }
+    let presented = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token);
     match presented {
-        Some(token) if token_matches(&state.token_digests, token) => next.run(request).await,
-        _ => ApiError::unauthorized().into_response(),
+        Some(token) if token_matches(&state.token_digests, token) => Ok(()),
+        _ => Err(ApiError::unauthorized()),
     }
 }
 

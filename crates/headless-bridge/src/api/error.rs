@@ -34,6 +34,7 @@ pub const ERROR_CODES: &[&str] = &[
     "invalid_ref",
     "invalid_report",
     "invalid_size",
+    "invalid_ticket",
     "invalid_timeout",
     "invalid_tool_name",
     "invalid_url",
@@ -69,6 +70,7 @@ pub const ERROR_CODES: &[&str] = &[
     "url_host_unresolvable",
     "url_not_allowed",
     "webhooks_disabled",
+    "websocket_required",
     "workspace_error",
 ];
 

@@ -5,9 +5,11 @@
 //! (see [`openapi`]). Everything but `/health`, `/openapi.json`, the runs page's static files
 //! and the Job workers' report route sits behind bearer-token authentication; the page reads
 //! its data through the authenticated routes, the report route takes the run's own token, and
-//! `/mcp` is the same API as a Model Context Protocol server.
+//! `/mcp` is the same API as a Model Context Protocol server. A session's WebSocket attach
+//! checks the token itself, or takes a single-use ticket instead.
 
 mod artifacts;
+mod attach;
 mod auth;
 mod body;
 mod credentials;
@@ -103,6 +105,7 @@ fn route_table() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(sessions::resize))
         .routes(routes!(sessions::events))
         .routes(routes!(sessions::recording))
+        .routes(routes!(attach::ticket))
         .routes(routes!(mcp::post, mcp::stream, mcp::end));
     (public, protected)
 }
@@ -132,7 +135,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(DefaultBodyLimit::max(crate::k8s::report::MAX_REPORT_BYTES));
 
+    // A session's WebSocket: browsers cannot set headers on one, so it checks the token
+    // itself or takes a single-use ticket (see `attach`). Not in the document: OpenAPI has no
+    // words for a WebSocket.
+    let attach = Router::new().route(
+        "/v1/sessions/{id}/attach",
+        axum::routing::get(attach::attach),
+    );
+
     app.merge(internal)
+        .merge(attach)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(mcp))

@@ -31,8 +31,8 @@ use crate::session::{
 
 /// Terminal sizes a session may have: a status line is the least a program can draw on, and
 /// beyond these the emulator's memory grows for no screen anyone reads.
-const ROWS: std::ops::RangeInclusive<u64> = 2..=500;
-const COLS: std::ops::RangeInclusive<u64> = 10..=1000;
+pub(super) const ROWS: std::ops::RangeInclusive<u64> = 2..=500;
+pub(super) const COLS: std::ops::RangeInclusive<u64> = 10..=1000;
 /// The most text one input request may type.
 const MAX_INPUT: usize = 256 << 10;
 /// The longest a first prompt may be (one argument; Linux caps those at 128 KiB).
@@ -671,7 +671,7 @@ fn only_fields(body: &JsonObject, allowed: &[&str]) -> Result<(), ApiError> {
     }
 }
 
-fn live(state: &AppState, id: &str) -> Result<Arc<Session>, ApiError> {
+pub(super) fn live(state: &AppState, id: &str) -> Result<Arc<Session>, ApiError> {
     state.sessions.get(id).map_err(|e| {
         // A session of an earlier process has a record but no terminal any more.
         if state.sessions.record(id).is_ok() {
@@ -690,7 +690,7 @@ fn not_found(err: LookupError) -> ApiError {
     ApiError::not_found("session_not_found", err.to_string())
 }
 
-fn exited(state: &SessionState) -> ApiError {
+pub(super) fn exited(state: &SessionState) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "session_exited",

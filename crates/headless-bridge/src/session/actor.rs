@@ -22,7 +22,7 @@ use crate::run::supervisor::{self, ExitKind, RUN_MARKER};
 /// program two seconds of its own, so this leaves it time to clean up after it.
 const TERM_GRACE: Duration = Duration::from_secs(4);
 /// With a ready pattern, output must pause this long before the screen is judged, so a
-/// prompt drawn in pieces is judged whole.
+/// prompt drawn in pieces is judged whole (unless the adapter's spec sets its own).
 const READY_SETTLE: Duration = Duration::from_millis(100);
 /// How long to keep reading output after the program exited: its last words.
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
@@ -37,6 +37,14 @@ pub(super) struct ActorSettings {
     pub idle_timeout: Duration,
     pub max_output_rate: u64,
     pub quiet: Duration,
+    /// How long output must pause before the screen is judged against a ready pattern and
+    /// answered by the rules; without it, [`READY_SETTLE`] and answers at once.
+    pub settle: Option<Duration>,
+    /// After input holding Enter: how long the tool counts as busy unless its busy pattern
+    /// shows first.
+    pub submit_wait: Option<Duration>,
+    /// The command line carries a first prompt, which the tool submits by itself.
+    pub first_prompt: bool,
     pub max_recording_bytes: u64,
 }
 
@@ -64,6 +72,9 @@ struct Progress {
     /// Output allowance left, in bytes.
     allowance: f64,
     allowance_at: Instant,
+    /// Enter was typed: the tool counts as busy until this time, or until its busy pattern
+    /// shows (and then for as long as it shows).
+    submitted_until: Option<Instant>,
 }
 
 impl Actor {
@@ -82,6 +93,12 @@ impl Actor {
             unjudged: true,
             allowance: (self.settings.max_output_rate * BURST_SECONDS) as f64,
             allowance_at: now,
+            // A first prompt is submitted as if typed with Enter.
+            submitted_until: self
+                .settings
+                .submit_wait
+                .filter(|_| self.settings.first_prompt)
+                .map(|wait| now + wait),
         };
         let lifetime_end = now + self.settings.lifetime;
         let mut idle_check = tokio::time::interval(IDLE_CHECK);
@@ -89,9 +106,12 @@ impl Actor {
         let mut stop_replies = Vec::new();
 
         let (reason, status) = loop {
-            let judge_at = progress
-                .unjudged
-                .then(|| progress.last_change + self.window());
+            let judge_at = progress.unjudged.then(|| {
+                let settled = progress.last_change + self.window();
+                progress
+                    .submitted_until
+                    .map_or(settled, |until| settled.max(until))
+            });
             tokio::select! {
                 chunk = output.recv(), if output_open => match chunk {
                     Some(bytes) => {
@@ -107,6 +127,11 @@ impl Actor {
                 }
                 Some(command) = self.commands.recv() => match command {
                     Command::Input { bytes, reply } => {
+                        if let Some(wait) = self.settings.submit_wait
+                            && bytes.contains(&b'\r')
+                        {
+                            progress.submitted_until = Some(Instant::now() + wait);
+                        }
                         self.type_bytes(bytes, &terminal, &mut recording, &mut progress);
                         self.rules.rearm();
                         let _ = reply.send(Ok(()));
@@ -122,7 +147,7 @@ impl Actor {
                 },
                 () = sleep_until(judge_at), if judge_at.is_some() => {
                     progress.unjudged = false;
-                    self.judge(&progress, true);
+                    self.judge(&mut progress, true, true, &terminal, &mut recording);
                     // A pause in the output is when a download of the cast sees it all.
                     if let Some(recording) = &mut recording {
                         recording.flush();
@@ -189,7 +214,11 @@ impl Actor {
     /// How long output must pause before the state is judged.
     fn window(&self) -> Duration {
         match self.rules.ready {
-            Some(_) => READY_SETTLE.min(self.settings.quiet),
+            Some(_) => self
+                .settings
+                .settle
+                .unwrap_or(READY_SETTLE)
+                .min(self.settings.quiet),
             None => self.settings.quiet,
         }
     }
@@ -218,6 +247,11 @@ impl Actor {
         let replies = {
             let mut emulator = lock(&self.emulator);
             emulator.process(bytes);
+            // Forwarded under the lock: see `Session::attach`.
+            if self.session.output.receiver_count() > 0 {
+                let masked = self.redactor.redact_bytes(bytes);
+                let _ = self.session.output.send(masked.into());
+            }
             std::mem::take(&mut emulator.callbacks_mut().pending)
         };
         if !replies.is_empty() {
@@ -227,15 +261,11 @@ impl Actor {
         progress.output_since_input = true;
         progress.unjudged = true;
 
-        // Automatic answers go out at once; the state is judged without waiting for quiet
-        // only to show a question or that the tool is working.
-        let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
-        let found = self.rules.evaluate(&screen_text, &cursor_line);
-        for (pattern, answer) in found.answers {
-            tracing::info!(session_id = %self.session.id, pattern, "answered a prompt by an expect rule");
-            self.type_bytes(answer, terminal, recording, progress);
-        }
-        self.judge(progress, false);
+        // Automatic answers go out at once unless the spec asks for a settled screen; the
+        // state is judged without waiting for quiet only to show a question or that the tool
+        // is working.
+        let answer = self.settings.settle.is_none();
+        self.judge(progress, false, answer, terminal, recording);
     }
 
     fn type_bytes(
@@ -276,10 +306,28 @@ impl Actor {
         self.publish(state);
     }
 
-    /// Decides the state from the screen. `settled`: output has paused for the window.
-    fn judge(&mut self, progress: &Progress, settled: bool) {
+    /// Types the answers of the rules that match (when `answer`) and decides the state from
+    /// the screen. `settled`: output has paused for the window.
+    fn judge(
+        &mut self,
+        progress: &mut Progress,
+        settled: bool,
+        answer: bool,
+        terminal: &Terminal,
+        recording: &mut Option<Recording>,
+    ) {
         let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
-        let found = self.rules.evaluate(&screen_text, &cursor_line);
+        let found = self.rules.evaluate(&screen_text, &cursor_line, answer);
+        if progress.submitted_until.is_some() && self.rules.is_busy(&screen_text) {
+            progress.submitted_until = None;
+        }
+        if !found.answers.is_empty() {
+            for (pattern, answer) in found.answers {
+                tracing::info!(session_id = %self.session.id, pattern, "answered a prompt by an expect rule");
+                self.type_bytes(answer, terminal, recording, progress);
+            }
+            return;
+        }
         let state = if let Some((pattern, question)) = found.question {
             SessionState::WaitingForInput {
                 question: self.redactor.redact(&question),
@@ -287,7 +335,15 @@ impl Actor {
             }
         } else if !settled {
             SessionState::Busy
+        } else if progress
+            .submitted_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            // Judged again when the wait is over.
+            progress.unjudged = true;
+            SessionState::Busy
         } else {
+            progress.submitted_until = None;
             match self.rules.is_ready(&screen_text) {
                 Some(true) if progress.output_since_input => SessionState::Idle,
                 Some(_) => SessionState::Busy,

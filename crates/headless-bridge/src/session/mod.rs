@@ -31,6 +31,7 @@ pub mod spec;
 mod start;
 pub mod terminal;
 pub mod terminal_replies;
+pub mod tickets;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -238,6 +239,8 @@ enum Command {
 
 /// State changes a slow follower may fall behind by before it skips some.
 const STATE_BACKLOG: usize = 256;
+/// Chunks of output an attached terminal may fall behind by before it is redrawn whole.
+const OUTPUT_BACKLOG: usize = 1024;
 
 /// The emulator, with the replies it owes the program.
 type Emulator = vt100::Parser<Replies>;
@@ -251,6 +254,8 @@ pub struct Session {
     view: watch::Receiver<View>,
     /// Every change of state, in order (the view keeps only the latest).
     states: broadcast::Sender<SessionState>,
+    /// The output as the program wrote it, secrets masked, for attached terminals.
+    output: broadcast::Sender<bytes::Bytes>,
     commands: mpsc::Sender<Command>,
     /// The last time a client typed, looked or listened.
     activity: Arc<Mutex<Instant>>,
@@ -288,6 +293,25 @@ impl Session {
         let emulator = lock(&self.emulator);
         let screen = emulator.screen();
         (screen.application_cursor(), screen.bracketed_paste())
+    }
+
+    /// Attaches a terminal: the escape codes that draw the screen as it is now (secrets
+    /// masked), and the output from then on. Both are taken under the emulator's lock, which
+    /// the actor holds while it feeds and forwards a chunk, so every chunk is either drawn or
+    /// received, never both or neither.
+    pub fn attach(&self) -> (Vec<u8>, broadcast::Receiver<bytes::Bytes>) {
+        self.touch();
+        let emulator = lock(&self.emulator);
+        let receiver = self.output.subscribe();
+        let drawing = redraw(emulator.screen());
+        drop(emulator);
+        (self.redactor.redact_bytes(&drawing), receiver)
+    }
+
+    /// The screen as it is now, as escape codes for an attached terminal.
+    pub fn redraw(&self) -> Vec<u8> {
+        let drawing = redraw(lock(&self.emulator).screen());
+        self.redactor.redact_bytes(&drawing)
     }
 
     /// Types `bytes`; refused with the state once the session has exited.
@@ -376,6 +400,18 @@ impl Session {
     }
 }
 
+/// Escape codes that turn a blank terminal into `screen`: the alternate screen when the
+/// program uses it, a clear, then the emulator's own rendering of cells, cursor and modes.
+fn redraw(screen: &vt100::Screen) -> Vec<u8> {
+    let mut drawing = Vec::new();
+    if screen.alternate_screen() {
+        drawing.extend_from_slice(b"\x1b[?1049h");
+    }
+    drawing.extend_from_slice(b"\x1b[H\x1b[2J");
+    drawing.extend_from_slice(screen.state_formatted().as_bytes());
+    drawing
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -428,6 +464,7 @@ struct Inner {
     login: Arc<WorkingCopy>,
     sessions: Mutex<Registry>,
     closing: std::sync::atomic::AtomicBool,
+    tickets: tickets::Tickets,
 }
 
 impl Sessions {
@@ -442,6 +479,7 @@ impl Sessions {
                 login,
                 sessions: Mutex::new(Registry::default()),
                 closing: Default::default(),
+                tickets: Default::default(),
             }),
         }
     }
@@ -511,6 +549,11 @@ impl Sessions {
             .get(&parsed)
             .cloned()
             .ok_or_else(|| LookupError::NotFound(id.to_owned()))
+    }
+
+    /// The attach tickets of these sessions.
+    pub fn tickets(&self) -> &tickets::Tickets {
+        &self.inner.tickets
     }
 
     /// A session's record: a live one's, or the stored one of a session that has gone.

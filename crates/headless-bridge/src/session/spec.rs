@@ -4,7 +4,10 @@
 //! ```toml
 //! [session]
 //! args = ["--cd", "{work_dir}"]        # the interactive command line (default: no arguments)
-//! ready_pattern = '^› '                # screen text that means "ready for the next input"
+//! ready_pattern = '(?m)^› '            # screen text that means "ready for the next input"
+//! busy_pattern = 'esc to interrupt'    # ...unless this shows too (a turn in progress, a menu)
+//! settle_ms = 400                      # output pauses this long before it is judged and answered
+//! submit_wait_ms = 3000                # after Enter: busy until the busy pattern shows, or this
 //! quiet_ms = 800                       # without a ready pattern: this much silence is idle
 //!
 //! [[session.expect]]                   # answered by the bridge
@@ -37,6 +40,19 @@ pub struct SessionSpec {
     pub args: Vec<String>,
     /// A regular expression on the screen that means the tool is ready for input.
     pub ready_pattern: Option<String>,
+    /// A regular expression on the screen that means the tool is not ready even though the
+    /// ready pattern shows: a full-screen tool keeps its input line drawn while it works.
+    pub busy_pattern: Option<String>,
+    /// Milliseconds the output must pause before the screen is judged against the ready
+    /// pattern (default 100). Set, it also holds automatic answers (otherwise typed at once)
+    /// until the screen is judged, which without a ready pattern is after `quiet_ms`. For a
+    /// full-screen tool that draws a screen before it reads its keys, or its input line
+    /// again before it starts working.
+    pub settle_ms: Option<u64>,
+    /// After input holding Enter, the tool counts as busy until its busy pattern shows, or
+    /// for this many milliseconds: a tool that takes a moment to show it is working would
+    /// look idle in between. Needs `busy_pattern`.
+    pub submit_wait_ms: Option<u64>,
     /// Without a ready pattern: milliseconds of silence after which the tool counts as idle.
     pub quiet_ms: Option<u64>,
     /// Prompts answered by the bridge or handed to a person.
@@ -81,12 +97,26 @@ impl SessionSpec {
             Regex::new(pattern)
                 .map_err(|e| format!("`session.ready_pattern` is not a valid regex: {e}"))?;
         }
-        if let Some(ms) = self.quiet_ms
-            && !(1..=MAX_QUIET_MS).contains(&ms)
-        {
-            return Err(format!(
-                "`session.quiet_ms` must be between 1 and {MAX_QUIET_MS}"
-            ));
+        if let Some(pattern) = &self.busy_pattern {
+            Regex::new(pattern)
+                .map_err(|e| format!("`session.busy_pattern` is not a valid regex: {e}"))?;
+        }
+        if self.submit_wait_ms.is_some() && self.busy_pattern.is_none() {
+            return Err("`session.submit_wait_ms` needs a `busy_pattern` to wait for".into());
+        }
+        let windows = [
+            ("quiet_ms", self.quiet_ms),
+            ("settle_ms", self.settle_ms),
+            ("submit_wait_ms", self.submit_wait_ms),
+        ];
+        for (name, value) in windows {
+            if let Some(ms) = value
+                && !(1..=MAX_QUIET_MS).contains(&ms)
+            {
+                return Err(format!(
+                    "`session.{name}` must be between 1 and {MAX_QUIET_MS}"
+                ));
+            }
         }
         for rule in &self.expect {
             Regex::new(&rule.pattern).map_err(|e| {
@@ -146,6 +176,7 @@ pub struct Matches {
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub ready: Option<Regex>,
+    busy: Option<Regex>,
     rules: Vec<CompiledRule>,
 }
 
@@ -155,6 +186,12 @@ impl Rules {
     pub fn compile(spec: &SessionSpec) -> Result<Self, String> {
         let ready = spec
             .ready_pattern
+            .as_deref()
+            .map(Regex::new)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let busy = spec
+            .busy_pattern
             .as_deref()
             .map(Regex::new)
             .transpose()
@@ -175,13 +212,18 @@ impl Rules {
                 armed: true,
             });
         }
-        Ok(Self { ready, rules })
+        Ok(Self { ready, busy, rules })
     }
 
     /// Matches every rule against a screen: `cursor_line` is the text of the cursor's row.
-    pub fn evaluate(&mut self, screen: &str, cursor_line: &str) -> Matches {
+    /// Without `answer`, rules that type are left out (and keep their arming): the screen is
+    /// looked at before it has settled, and the program would not read the answer yet.
+    pub fn evaluate(&mut self, screen: &str, cursor_line: &str, answer: bool) -> Matches {
         let mut found = Matches::default();
         for rule in &mut self.rules {
+            if !answer && matches!(rule.action, Action::Send(_)) {
+                continue;
+            }
             let text = match rule.region {
                 Region::CursorLine => cursor_line,
                 Region::Screen => screen,
@@ -215,9 +257,17 @@ impl Rules {
         }
     }
 
-    /// Whether the screen shows the ready pattern.
+    /// Whether the screen shows the busy pattern.
+    pub fn is_busy(&self, screen: &str) -> bool {
+        self.busy.as_ref().is_some_and(|busy| busy.is_match(screen))
+    }
+
+    /// Whether the screen shows the ready pattern and not the busy one; `None` without a
+    /// ready pattern.
     pub fn is_ready(&self, screen: &str) -> Option<bool> {
-        self.ready.as_ref().map(|ready| ready.is_match(screen))
+        self.ready
+            .as_ref()
+            .map(|ready| ready.is_match(screen) && !self.is_busy(screen))
     }
 }
 
@@ -241,23 +291,34 @@ mod tests {
     #[test]
     fn an_answer_fires_once_per_appearance() {
         let mut rules = rules("[[expect]]\npattern = 'Continue\\?'\nsend = \"y\\r\"\n");
-        let first = rules.evaluate("", "Continue? ");
+        let first = rules.evaluate("", "Continue? ", true);
         assert_eq!(first.answers.len(), 1);
         assert_eq!(first.answers[0].1, b"y\r");
-        assert!(rules.evaluate("", "Continue? y").answers.is_empty());
-        assert!(rules.evaluate("", "").answers.is_empty());
-        assert_eq!(rules.evaluate("", "Continue? ").answers.len(), 1);
+        assert!(rules.evaluate("", "Continue? y", true).answers.is_empty());
+        assert!(rules.evaluate("", "", true).answers.is_empty());
+        assert_eq!(rules.evaluate("", "Continue? ", true).answers.len(), 1);
     }
 
     #[test]
     fn a_person_rule_reports_the_question_line() {
         let mut rules =
             rules("[[expect]]\npattern = 'passphrase'\nregion = \"screen\"\nask_person = true\n");
-        let found = rules.evaluate("header\n  Enter passphrase for key:  \nfooter", "");
+        let found = rules.evaluate("header\n  Enter passphrase for key:  \nfooter", "", true);
         assert_eq!(
             found.question,
             Some(("passphrase".into(), "Enter passphrase for key:".into()))
         );
+    }
+
+    #[test]
+    fn the_busy_pattern_overrules_the_ready_one() {
+        let rules = rules("ready_pattern = '(?m)^> '\nbusy_pattern = 'esc to interrupt'\n");
+        assert_eq!(rules.is_ready("> "), Some(true));
+        assert_eq!(
+            rules.is_ready("Working (esc to interrupt)\n> "),
+            Some(false)
+        );
+        assert_eq!(rules.is_ready("nothing yet"), Some(false));
     }
 
     #[test]
@@ -268,6 +329,8 @@ mod tests {
         let spec: SessionSpec =
             toml::from_str("[[expect]]\npattern = 'x'\nkeys = [\"Nope\"]\n").unwrap();
         assert!(spec.check().unwrap_err().contains("Nope"));
+        let spec: SessionSpec = toml::from_str("submit_wait_ms = 100\n").unwrap();
+        assert!(spec.check().unwrap_err().contains("busy_pattern"));
         let spec: SessionSpec = toml::from_str("ready_pattern = '('\n").unwrap();
         assert!(spec.check().unwrap_err().contains("ready_pattern"));
     }

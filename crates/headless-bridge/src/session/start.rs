@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::actor::{Actor, ActorSettings};
-use super::spec::{Rules, SessionSpec};
+use super::spec::{ExpectRule, Region, Rules, SessionSpec};
 use super::terminal::{self, TerminalCommand};
 use super::{EndReason, Session, SessionId, SessionRecord, SessionState, TERM, View};
 use crate::adapter::codex::{self, RunDirs};
@@ -213,6 +213,7 @@ pub async fn start(
         emulator: emulator.clone(),
         view,
         states: tokio::sync::broadcast::channel(super::STATE_BACKLOG).0,
+        output: tokio::sync::broadcast::channel(super::OUTPUT_BACKLOG).0,
         commands: commands_tx,
         activity: activity.clone(),
         redactor: redactor.clone(),
@@ -230,6 +231,9 @@ pub async fn start(
             .map_or(limits.idle_timeout, |l| l.min(limits.idle_timeout)),
         max_output_rate: limits.max_output_rate,
         quiet,
+        settle: launch.spec.settle_ms.map(Duration::from_millis),
+        submit_wait: launch.spec.submit_wait_ms.map(Duration::from_millis),
+        first_prompt: request.prompt.is_some(),
         max_recording_bytes: config.max_log_bytes,
     };
     let actor = Actor {
@@ -352,7 +356,8 @@ fn terminal_environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
 }
 
 /// The Codex TUI (`codex` without `exec`) with the run's flags: its directory, the sandbox
-/// setting, analytics and plugin sync off, bounded retries.
+/// setting, analytics and plugin sync off, bounded retries, and no update check (its nag
+/// would stand between the client and the input line).
 fn codex_args(config: &Config, dirs: &RunDirs, prompt: Option<&str>) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["--cd".into(), dirs.work.clone().into()];
     if config.codex.bypass_sandbox {
@@ -360,7 +365,12 @@ fn codex_args(config: &Config, dirs: &RunDirs, prompt: Option<&str>) -> Vec<OsSt
     } else {
         args.extend(["--sandbox".into(), "workspace-write".into()]);
     }
-    args.extend(["--config".into(), "analytics.enabled=false".into()]);
+    for setting in [
+        "analytics.enabled=false",
+        "check_for_update_on_startup=false",
+    ] {
+        args.extend(["--config".into(), setting.into()]);
+    }
     for feature in ["plugins", "unbounded_connection_retries"] {
         args.extend(["--disable".into(), feature.into()]);
     }
@@ -370,7 +380,91 @@ fn codex_args(config: &Config, dirs: &RunDirs, prompt: Option<&str>) -> Vec<OsSt
     args
 }
 
-/// How the Codex TUI behaves on a terminal (codex-cli 0.171.0).
+/// How long the Codex TUI's output must pause before its screen is judged and its menus
+/// answered: it draws a menu a moment before it reads keys.
+const CODEX_SETTLE_MS: u64 = 400;
+/// After Enter, how long the Codex TUI counts as busy unless its "esc to interrupt" line shows
+/// first. The line comes within tens of milliseconds when idle, but more than 400 ms later was
+/// seen with the whole test suite running on two cores; an Enter that starts no turn (a slash
+/// command) is idle after this.
+const CODEX_SUBMIT_WAIT_MS: u64 = 3000;
+
+/// How the Codex TUI behaves on a terminal, as seen on codex-cli 0.171.0.
+///
+/// Its input line starts with `› `, then (past any continuation lines) a blank line and a
+/// status line naming the model (`GPT-5.5 default · <dir>`); the user's messages in the
+/// history also start with `› `, and the splash drawn while it loads has an input line but no
+/// status line. The input line stays drawn while a turn runs, when the line above it says
+/// `esc to interrupt`; its menus mark the chosen item with `› ` and end with an `enter ...`
+/// footer: both count as busy. Between Enter and the first sign of the turn it draws an idle
+/// screen for a moment, so after Enter it is busy until that sign shows (or a few seconds
+/// pass); and it draws its menus a moment before it reads keys, so output must pause before
+/// the screen is judged or answered. The first-run screens it may show are
+/// answered: the folder trust question (a work directory inside a git repository; Enter keeps
+/// "Trust and continue"), the update offer if a cached newer version is known ("2" skips it
+/// once; the flag above normally keeps it away), and the offer to switch to a newer model
+/// ("2" keeps the configured one, which is what the bridge was set up with).
 fn codex_spec() -> SessionSpec {
-    SessionSpec::default()
+    let answer = |pattern: &str, send: &str| ExpectRule {
+        pattern: pattern.to_owned(),
+        region: Region::Screen,
+        send: Some(send.to_owned()),
+        keys: None,
+        ask_person: false,
+    };
+    SessionSpec {
+        args: Vec::new(),
+        ready_pattern: Some(r"(?m)^› .*\n(?:(?:  .*)?\n)*  \S.* · .*$".to_owned()),
+        busy_pattern: Some(
+            r"esc to interrupt|(?m)^  enter(?:/esc)? (?:confirm|continue)".to_owned(),
+        ),
+        settle_ms: Some(CODEX_SETTLE_MS),
+        submit_wait_ms: Some(CODEX_SUBMIT_WAIT_MS),
+        quiet_ms: None,
+        expect: vec![
+            answer(r"(?m)^› 1\. Trust and continue", "\r"),
+            answer(r"(?m)^. 3\. Skip until next version", "2"),
+            answer(r"(?m)^. 2\. Use existing model", "2"),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Screens the Codex TUI 0.171.0 drew, trimmed.
+    const COMPOSER: &str =
+        "› Ask Codex to do anything\n\n  GPT-5.5 default · /work\n  ← for agents · ? for shortcuts";
+    const WORKING: &str = "› Say hello\n\n• Working (0s • esc to interrupt)\n\n› Ask Codex to do anything\n\n  GPT-5.5 default · /work";
+    const SPLASH: &str =
+        "  >_ OpenAI Codex (v0.171.0)\n\n› Ask Codex to do anything\n\n  ? for shortcuts";
+    const HISTORY: &str = "› Say hello\n\n• Hello\n\n  Worked for <1s • 19:00\n› Type here";
+    const TYPED: &str = "› first line\n  second line\n\n\n  GPT-5.5 default · /work\n";
+    const MIGRATION: &str = "  Meet GPT-6 Sol\n\n› 1. Try new model\n  2. Use existing model\n\n  enter/esc confirm · ^c quit";
+    const TRUST: &str = "  Folder access\n  Trust this folder? Codex can read, edit, and run files here\n› 1. Trust and continue\n  2. Back to Agent Command Center\n\n  enter continue · esc back";
+    const UPDATE: &str = "  Update available · 0.171.0 → 0.999.0\n› 1. Update now (runs `npm install -g @openai/codex`)\n  2. Skip\n  3. Skip until next version\n\n  enter continue · esc skip";
+
+    #[test]
+    fn codex_is_ready_only_at_its_input_line() {
+        let spec = codex_spec();
+        spec.check().expect("the built-in spec is valid");
+        let rules = Rules::compile(&spec).expect("it compiles");
+        assert_eq!(rules.is_ready(COMPOSER), Some(true));
+        assert_eq!(rules.is_ready(TYPED), Some(true));
+        for busy in [WORKING, SPLASH, HISTORY, MIGRATION, TRUST, UPDATE] {
+            assert_eq!(rules.is_ready(busy), Some(false), "{busy}");
+        }
+    }
+
+    #[test]
+    fn codex_first_run_screens_are_answered() {
+        let mut rules = Rules::compile(&codex_spec()).expect("it compiles");
+        for (screen, answer) in [(TRUST, "\r"), (UPDATE, "2"), (MIGRATION, "2")] {
+            let found = rules.evaluate(screen, "", true);
+            let sent: Vec<&[u8]> = found.answers.iter().map(|(_, b)| b.as_slice()).collect();
+            assert_eq!(sent, vec![answer.as_bytes()], "{screen}");
+        }
+        assert!(rules.evaluate(COMPOSER, "", true).answers.is_empty());
+    }
 }

@@ -117,14 +117,14 @@ quiet_ms = 400
 }
 
 /// Starts a session of `adapter` and returns its id.
-async fn start(bridge: &TestBridge, body: Value) -> String {
+pub(crate) async fn start(bridge: &TestBridge, body: Value) -> String {
     let (status, record) = bridge.post("/v1/sessions", &body).await;
     assert_eq!(status, 201, "{record}");
     record["id"].as_str().expect("an id").to_owned()
 }
 
 /// The screen after waiting for `state`; panics with the 409's body when it is not reached.
-async fn screen_when(bridge: &TestBridge, id: &str, state: &str) -> Value {
+pub(crate) async fn screen_when(bridge: &TestBridge, id: &str, state: &str) -> Value {
     let (status, screen) = bridge
         .get(&format!(
             "/v1/sessions/{id}/screen?wait={state}&timeout_ms=20000"
@@ -134,7 +134,7 @@ async fn screen_when(bridge: &TestBridge, id: &str, state: &str) -> Value {
     screen
 }
 
-fn text(screen: &Value) -> String {
+pub(crate) fn text(screen: &Value) -> String {
     screen["lines"]
         .as_array()
         .expect("lines")
@@ -144,14 +144,18 @@ fn text(screen: &Value) -> String {
         .join("\n")
 }
 
-async fn input(bridge: &TestBridge, id: &str, body: Value) -> (reqwest::StatusCode, Value) {
+pub(crate) async fn input(
+    bridge: &TestBridge,
+    id: &str,
+    body: Value,
+) -> (reqwest::StatusCode, Value) {
     bridge
         .post(&format!("/v1/sessions/{id}/input"), &body)
         .await
 }
 
 /// Polls the record (which does not count as using the session) until it has exited.
-async fn record_when_exited(bridge: &TestBridge, id: &str, within: Duration) -> Value {
+pub(crate) async fn record_when_exited(bridge: &TestBridge, id: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let (status, record) = bridge.get(&format!("/v1/sessions/{id}")).await;
@@ -165,7 +169,7 @@ async fn record_when_exited(bridge: &TestBridge, id: &str, within: Duration) -> 
 }
 
 /// Processes still carrying the session's marker.
-fn leftovers(id: &str) -> usize {
+pub(crate) fn leftovers(id: &str) -> usize {
     processes_with_env(format!("{RUN_MARKER}={id}").as_bytes()).len()
 }
 

@@ -28,6 +28,9 @@ const READY_SETTLE: Duration = Duration::from_millis(100);
 const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// The output rate limit allows a burst of this many seconds' worth.
 const BURST_SECONDS: u64 = 4;
+/// How long a session stays busy after a rule's answer while the tool shows nothing: a loaded
+/// machine can take seconds to echo, and a quiet window alone would call the old prompt idle.
+const ANSWER_ECHO_WAIT: Duration = Duration::from_secs(5);
 /// How often the idle timeout is checked.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -75,6 +78,9 @@ struct Progress {
     /// Enter was typed: the tool counts as busy until this time, or until its busy pattern
     /// shows (and then for as long as it shows).
     submitted_until: Option<Instant>,
+    /// A rule typed an answer and the tool has shown nothing since: it counts as busy until
+    /// it does, or until this time (a tool that never echoes cannot hold a session busy).
+    answered_until: Option<Instant>,
 }
 
 impl Actor {
@@ -99,6 +105,7 @@ impl Actor {
                 .submit_wait
                 .filter(|_| self.settings.first_prompt)
                 .map(|wait| now + wait),
+            answered_until: None,
         };
         let lifetime_end = now + self.settings.lifetime;
         let mut idle_check = tokio::time::interval(IDLE_CHECK);
@@ -108,9 +115,10 @@ impl Actor {
         let (reason, status) = loop {
             let judge_at = progress.unjudged.then(|| {
                 let settled = progress.last_change + self.window();
-                progress
-                    .submitted_until
-                    .map_or(settled, |until| settled.max(until))
+                [progress.submitted_until, progress.answered_until]
+                    .into_iter()
+                    .flatten()
+                    .fold(settled, Instant::max)
             });
             tokio::select! {
                 chunk = output.recv(), if output_open => match chunk {
@@ -259,6 +267,7 @@ impl Actor {
         }
         progress.last_change = Instant::now();
         progress.output_since_input = true;
+        progress.answered_until = None;
         progress.unjudged = true;
 
         // Automatic answers go out at once unless the spec asks for a settled screen; the
@@ -326,6 +335,7 @@ impl Actor {
                 tracing::info!(session_id = %self.session.id, pattern, "answered a prompt by an expect rule");
                 self.type_bytes(answer, terminal, recording, progress);
             }
+            progress.answered_until = Some(Instant::now() + ANSWER_ECHO_WAIT);
             return;
         }
         let state = if let Some((pattern, question)) = found.question {
@@ -335,15 +345,17 @@ impl Actor {
             }
         } else if !settled {
             SessionState::Busy
-        } else if progress
-            .submitted_until
-            .is_some_and(|until| Instant::now() < until)
+        } else if [progress.submitted_until, progress.answered_until]
+            .into_iter()
+            .flatten()
+            .any(|until| Instant::now() < until)
         {
             // Judged again when the wait is over.
             progress.unjudged = true;
             SessionState::Busy
         } else {
             progress.submitted_until = None;
+            progress.answered_until = None;
             match self.rules.is_ready(&screen_text) {
                 Some(true) if progress.output_since_input => SessionState::Idle,
                 Some(_) => SessionState::Busy,

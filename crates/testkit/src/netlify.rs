@@ -3,17 +3,15 @@
 //! netlify-cli takes its API base from `NETLIFY_API_URL` (an origin alone means the path prefix
 //! `/api/v1`). The fake knows one site, [`FAKE_SITE_ID`] named [`FAKE_SITE_NAME`], in one
 //! account, and answers only requests carrying `Authorization: Bearer <its token>`; any other
-//! gets the API's 401 `{"code":401,"message":"Access Denied: ..."}`. It serves what
-//! `netlify deploy --no-build` and `netlify api` call, in the API's JSON shapes:
+//! gets a 401 with the API's `{"code", "message"}` error body. It serves what `netlify deploy
+//! --no-build` calls, in the API's JSON shapes:
 //!
 //! - `GET /user`, `GET /accounts`, `GET /accounts/{slug}/env` (no variables);
 //! - `GET /sites/{id}` and `GET /sites?name=N` (the list, filtered by name);
 //! - a file-digest deploy: `POST /sites/{id}/deploys` makes a draft, `PUT
 //!   /sites/{id}/deploys/{deploy}` with `{"files": {path: sha1}}` answers that every file is
-//!   `required`, `PUT /deploys/{deploy}/files/{path}` takes each upload, and `GET` of the
-//!   deploy says it is `ready`;
-//! - the extension lookup `@netlify/config` sends to the API host during a build
-//!   (`/site/{id}/integrations/safe`, no token): none installed.
+//!   `required`, `PUT /deploys/{deploy}/files/{path}` takes each upload, `GET` of the deploy
+//!   says it is `ready`; `POST /deploys/{deploy}/cancel` (sent when a deploy fails) ends it.
 //!
 //! Anything else is the API's 404 `{"code":404,"message":"Not Found"}`.
 
@@ -134,9 +132,6 @@ async fn handle(
     let call = RecordedCall::new(&method, &uri, &headers, &body);
     shared.recorder.record(call.clone());
     let segments: Vec<&str> = call.path.trim_matches('/').split('/').collect();
-    if let ["site", _, "integrations", "safe"] = segments.as_slice() {
-        return axum::Json(json!([])).into_response();
-    }
     let expected = format!("Bearer {}", shared.token);
     if call.header("authorization") != Some(expected.as_str()) {
         return error(
@@ -149,7 +144,10 @@ async fn handle(
     };
     let answer = match (&method, rest) {
         (&Method::GET, ["user"]) => json!({
-            "id": "user-fake", "email": "fake@example.com", "full_name": "Fake User", "slug": "fake",
+            "id": "user-fake",
+            "email": "fake@example.com",
+            "full_name": "Fake User",
+            "slug": "fake",
         }),
         (&Method::GET, ["accounts"]) => json!([{
             "id": "acc-fake", "slug": ACCOUNT_SLUG, "name": "Fake Team", "type": "personal",

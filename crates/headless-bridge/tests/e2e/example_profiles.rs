@@ -1,8 +1,8 @@
 //! The example profiles shipped in `adapters/examples/` (gh, vercel, netlify, terraform): they
 //! load as an operator would mount them, and the ones whose CLI is on this machine run for
 //! real, offline. gh (Debian) is driven against a loopback fake of the GitHub API, vercel and
-//! netlify (npm) against fakes of theirs; terraform plans a local module. Each test changes only what points the shipped profile at the test's
-//! fakes and secrets, and says so.
+//! netlify (npm) against fakes of theirs; terraform plans a local module. Each test changes
+//! only what points the shipped profile at the test's fakes and secrets, and says so.
 
 use std::path::{Path, PathBuf};
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the pinned Claude Code, Gemini and Vercel CLIs from the npm registry into
+# Installs the pinned Claude Code, Gemini, Vercel and Netlify CLIs from the npm registry into
 # .tools/<name> (inside the checkout, ignored by git) and prints the path of each executable,
 # one per line, in that order. Idempotent: a second call that finds the pinned versions
 # installed does no network work.
+#
+# Netlify CLI is the largest: about 420 MB and 1193 packages, 75 s to install on 2 cores.
 #
 # Vercel is pinned at 58.10.0: 61 and newer do not install from the registry this project
 # reaches (a dependency version is missing there).
@@ -11,6 +13,7 @@ set -euo pipefail
 CLAUDE_VERSION="${CLAUDE_VERSION:-2.1.197}"
 GEMINI_VERSION="${GEMINI_VERSION:-0.61.0}"
 VERCEL_VERSION="${VERCEL_VERSION:-58.10.0}"
+NETLIFY_VERSION="${NETLIFY_VERSION:-26.2.0}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 command -v npm >/dev/null || { echo "install-agent-clis: npm is required (apt-get install nodejs npm)" >&2; exit 1; }
@@ -31,6 +34,7 @@ install() {
 install claude @anthropic-ai/claude-code "$CLAUDE_VERSION"
 install gemini @google/gemini-cli "$GEMINI_VERSION"
 install vercel vercel "$VERCEL_VERSION"
+install netlify netlify-cli "$NETLIFY_VERSION"
 
 # Claude Code ships a native executable per platform as an optional dependency.
 claude_prefix="$root/.tools/claude"
@@ -44,20 +48,21 @@ if [[ -f "$claude_prefix/.version.pending" ]]; then
   if ldd --version 2>&1 | grep -qi musl; then libc="-musl"; fi
   ln -sfn "../node_modules/@anthropic-ai/claude-code-linux-$arch$libc/claude" "$claude_prefix/bin/claude"
 fi
-for name in gemini vercel; do
+for name in gemini vercel netlify; do
   if [[ -f "$root/.tools/$name/.version.pending" ]]; then
     ln -sfn "../node_modules/.bin/$name" "$root/.tools/$name/bin/$name"
   fi
 done
 
 # A version check in a throwaway HOME proves each binary runs before it is marked installed.
-for name in claude gemini vercel; do
+for name in claude gemini vercel netlify; do
   prefix="$root/.tools/$name"
   if [[ -f "$prefix/.version.pending" ]]; then
     probe_home="$(mktemp -d)"
-    # Claude Code sends nothing beyond its API with this set (other-clis.md §1.6.3).
+    # Claude Code sends nothing beyond its API with this set (other-clis.md §1.6.3); CI=1
+    # keeps Netlify's telemetry off.
     HOME="$probe_home" CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 VERCEL_TELEMETRY_DISABLED=1 \
-      NO_UPDATE_NOTIFIER=1 "$prefix/bin/$name" --version >&2
+      NO_UPDATE_NOTIFIER=1 CI=1 "$prefix/bin/$name" --version >&2
     rm -rf "$probe_home"
     mv "$prefix/.version.pending" "$prefix/.version"
   fi

@@ -7,6 +7,7 @@
 //! - [`anthropic::FakeAnthropic`], the Anthropic Messages API as Claude Code uses it;
 //! - [`gemini::FakeGemini`], the Gemini API as Gemini CLI uses it;
 //! - [`github::FakeGitHub`], the GitHub REST API as `gh` reaches it through a proxy;
+//! - [`netlify::FakeNetlify`], the Netlify API as the `netlify` CLI deploys through it;
 //! - [`rest::FakeRest`], any REST API answering one canned response (a refused token);
 //! - [`git::GitServer`], git smart HTTP backed by real `git http-backend`, optionally behind
 //!   basic authentication, with fixtures for submodules;
@@ -33,4 +34,5 @@ pub mod github;
 pub mod kube;
 mod loopback;
 pub mod model;
+pub mod netlify;
 pub mod rest;

@@ -1,8 +1,8 @@
 //! The example profiles shipped in `adapters/examples/` (gh, vercel, netlify, terraform): they
 //! load as an operator would mount them, and the ones whose CLI is on this machine run for
-//! real, offline. gh (Debian) is driven against a loopback fake of the GitHub API; terraform
-//! plans a local module. Each test changes only what points the shipped profile at the test's
-//! fakes and secrets, and says so.
+//! real, offline. gh (Debian) is driven against a loopback fake of the GitHub API, vercel and
+//! netlify (npm) against fakes of theirs; terraform plans a local module. Each test changes
+//! only what points the shipped profile at the test's fakes and secrets, and says so.
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use testkit::git::GitServer;
 use testkit::github::{FAKE_LOGIN, FakeGitHub};
+use testkit::netlify::{FAKE_SITE_ID, FAKE_SITE_NAME, FakeNetlify};
 
-use crate::support::{BridgeBuilder, TestBridge, secrets_dir};
+use crate::support::{BridgeBuilder, TestBridge, agent_cli_bin, in_private_network, secrets_dir};
 
 const TOKEN: &str = "ghp_canary0123456789abcdefABCDEF";
 
@@ -314,8 +315,8 @@ async fn vercel_with_a_refused_or_malformed_token_is_credentials_invalid() {
 }
 
 /// How each example profile reads output its CLI was seen to print (shared/notes/other-clis.md
-/// and runs in a network namespace). This is all that is tested of netlify: netlify-cli looked
-/// up a host name beyond its API URL even with CI=1, so it is not run here.
+/// and runs in a network namespace), including lines the tests above cannot make the real CLI
+/// print.
 #[rstest::rstest]
 #[case::netlify_refused("netlify", &[], &[" ›   Error: Unauthorized: could not retrieve project"], 1, Some("credentials_invalid"))]
 #[case::netlify_deployed("netlify", &["{", "  \"site_id\": \"s\",", "  \"deploy_url\": \"https://d--s.example\"", "}"], &[], 0, None)]
@@ -350,4 +351,180 @@ fn example_profiles_map_observed_output_to_reasons(
     if name == "netlify" && reason.is_none() {
         assert_eq!(reader.output(), "https://d--s.example");
     }
+}
+
+/// The shipped netlify profile pointed at `fake` (the only change: `NETLIFY_API_URL`, and the
+/// pinned binary) with `secrets`.
+///
+/// netlify-cli cannot be pointed wholly at a fake: for any command with a site id,
+/// `@netlify/config` also asks `https://api.netlifysdk.com` (hard-coded) for the site's
+/// extensions. Every netlify test therefore runs in a network namespace of its own
+/// ([`in_private_network`]), where that lookup fails at once; the CLI then resolves its
+/// configuration without the API and finds the site by name (`GET /sites?name=`), which is why
+/// the tests mount the site's name as `site_id`. An id there works only with that host up.
+fn netlify_against(fake: &FakeNetlify, secrets: &Path) -> TempDir {
+    derived("netlify", |t| {
+        let netlify = agent_cli_bin("netlify");
+        t.insert("executable".into(), netlify.display().to_string().into());
+        t.insert("secrets_dir".into(), secrets.display().to_string().into());
+        set_env(t, "NETLIFY_API_URL", &fake.api_url());
+    })
+}
+
+/// Every request to the fake carried the mounted token, as the profile passes it.
+fn assert_bearer(fake: &FakeNetlify, token: &str) {
+    let calls = fake.calls();
+    assert!(!calls.is_empty(), "the CLI reached the fake");
+    let expected = format!("Bearer {token}");
+    for call in calls {
+        assert_eq!(
+            call.header("authorization"),
+            Some(expected.as_str()),
+            "{call:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn netlify_deploys_the_repository_to_the_mounted_site_with_its_token() {
+    if !in_private_network(
+        "example_profiles::netlify_deploys_the_repository_to_the_mounted_site_with_its_token",
+    ) {
+        return;
+    }
+    let fake = FakeNetlify::start(TOKEN).await;
+    let git = GitServer::start().await;
+    let repo = git.create_repo("site", &[("index.html", "<h1>hello</h1>\n")]);
+    let secrets = secrets_dir(&[("token", TOKEN), ("site_id", FAKE_SITE_NAME)]);
+    let adapters = netlify_against(&fake, secrets.path());
+    let bridge = bridge_for(adapters.path()).await;
+
+    let (_, listed) = bridge.get("/v1/adapters").await;
+    let netlify = listed["adapters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "netlify")
+        .unwrap();
+    assert_eq!(netlify["health"]["ok"], true, "{netlify}");
+    assert!(
+        netlify["health"]["binary"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("netlify-cli/26.2.0 "),
+        "{netlify}"
+    );
+
+    let run = run(&bridge, "netlify", "first deploy", Some(&repo)).await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    // The bridge hides every secret value in what it returns, the mounted site name too, and
+    // the deploy URL holds that name. (With the site's id mounted, as in production, the URL
+    // comes back whole.)
+    let shown = FakeNetlify::deploy_url().replace(FAKE_SITE_NAME, "[REDACTED]");
+    assert_eq!(run["output"], shown, "{run}");
+    assert_eq!(
+        fake.uploads()
+            .get("index.html")
+            .map(|b| String::from_utf8_lossy(b).into_owned()),
+        Some("<h1>hello</h1>\n".to_owned()),
+        "the checkout's file was uploaded"
+    );
+    let created = fake
+        .calls()
+        .into_iter()
+        .find(|c| c.method == "POST" && c.path.ends_with("/deploys"))
+        .expect("a deploy was created");
+    assert_eq!(
+        created.path,
+        format!("/api/v1/sites/{FAKE_SITE_ID}/deploys")
+    );
+    assert_eq!(created.query.as_deref(), Some("title=first%20deploy"));
+    assert_bearer(&fake, TOKEN);
+}
+
+#[tokio::test]
+async fn netlify_with_a_refused_token_is_credentials_invalid() {
+    if !in_private_network("example_profiles::netlify_with_a_refused_token_is_credentials_invalid")
+    {
+        return;
+    }
+    let fake = FakeNetlify::start(TOKEN).await;
+    let wrong = "nfp_wrong0123456789abcdef";
+    let secrets = secrets_dir(&[("token", wrong), ("site_id", FAKE_SITE_NAME)]);
+    let adapters = netlify_against(&fake, secrets.path());
+    let bridge = bridge_for(adapters.path()).await;
+
+    let refused = run(&bridge, "netlify", "deploy", None).await;
+
+    assert_eq!(refused["reason"], "credentials_invalid", "{refused}");
+    assert!(!refused.to_string().contains(wrong), "{refused}");
+    assert_bearer(&fake, wrong);
+    assert!(
+        fake.calls().iter().all(|c| c.method == "GET"),
+        "nothing was deployed"
+    );
+}
+
+/// Without a site id `netlify deploy` in CI would create a new site, so the profile requires
+/// the secret: the bridge refuses the run before the CLI starts.
+#[tokio::test]
+async fn netlify_without_a_mounted_site_is_refused_before_the_cli_runs() {
+    if !in_private_network(
+        "example_profiles::netlify_without_a_mounted_site_is_refused_before_the_cli_runs",
+    ) {
+        return;
+    }
+    let fake = FakeNetlify::start(TOKEN).await;
+    let secrets = secrets_dir(&[("token", TOKEN)]);
+    let adapters = netlify_against(&fake, secrets.path());
+    let bridge = bridge_for(adapters.path()).await;
+
+    let refused = run(&bridge, "netlify", "deploy", None).await;
+
+    assert_eq!(refused["reason"], "credentials_missing", "{refused}");
+    assert_eq!(fake.calls(), [], "the CLI never started");
+}
+
+/// Commands that want a person (linking a folder to a site, setting one up) end at once as a
+/// blocked prompt: `link` says so in CI, `init` draws its menu anyway.
+#[rstest::rstest]
+#[case::link(
+    "link",
+    "example_profiles::netlify_waiting_for_a_person_is_a_blocked_prompt::case_1_link"
+)]
+#[case::init(
+    "init",
+    "example_profiles::netlify_waiting_for_a_person_is_a_blocked_prompt::case_2_init"
+)]
+#[tokio::test]
+async fn netlify_waiting_for_a_person_is_a_blocked_prompt(
+    #[case] command: &str,
+    #[case] test_name: &str,
+) {
+    if !in_private_network(test_name) {
+        return;
+    }
+    let fake = FakeNetlify::start(TOKEN).await;
+    let secrets = secrets_dir(&[("token", TOKEN)]);
+    let adapters = derived("netlify", |t| {
+        let netlify = agent_cli_bin("netlify");
+        t.insert("executable".into(), netlify.display().to_string().into());
+        t.insert(
+            "secrets_dir".into(),
+            secrets.path().display().to_string().into(),
+        );
+        set_env(t, "NETLIFY_API_URL", &fake.api_url());
+        t.insert("args".into(), toml::Value::Array(vec![command.into()]));
+        let secret_env = t["secret_env"].as_table_mut().unwrap();
+        secret_env.remove("NETLIFY_SITE_ID");
+    });
+    let bridge = bridge_for(adapters.path()).await;
+    let started = std::time::Instant::now();
+
+    let run = run(&bridge, "netlify", "unused", None).await;
+
+    assert_eq!(run["reason"], "interactive_prompt_blocked", "{run}");
+    assert!(started.elapsed().as_secs() < 30, "stopped at once");
+    assert_bearer(&fake, TOKEN);
 }

@@ -1,9 +1,9 @@
 //! End-to-end tests: the real bridge, serving on loopback, running the real CLIs (Codex,
-//! Claude Code, Gemini and Vercel pinned from npm by `scripts/install-codex.sh` and
+//! Claude Code, Gemini, Vercel and Netlify pinned from npm by `scripts/install-codex.sh` and
 //! `scripts/install-clis.sh`, gh from Debian) against loopback stand-ins from `testkit`: fakes
-//! of the Responses, Anthropic Messages, Gemini and GitHub APIs, real git over smart HTTP and
-//! over ssh to a real OpenSSH server, and a static file server. The runs page is tested in
-//! headless Chromium (Debian's) driven by playwright-core.
+//! of the Responses, Anthropic Messages, Gemini, GitHub and Netlify APIs, real git over smart
+//! HTTP and over ssh to a real OpenSSH server, and a static file server. The runs page is tested
+//! in headless Chromium (Debian's) driven by playwright-core.
 
 mod support;
 

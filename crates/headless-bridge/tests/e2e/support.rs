@@ -526,3 +526,36 @@ impl LogCapture {
         String::from_utf8_lossy(&self.buffer.lock().expect("not poisoned")).into_owned()
     }
 }
+
+/// For tests whose CLI contacts a host it cannot be pointed away from: runs the test called
+/// `name` (its path in this binary, such as `example_profiles::x`) again in a new network
+/// namespace with only loopback up, where such a lookup fails at once instead of reaching
+/// the internet, and returns false: the caller then returns. Inside that namespace it brings
+/// loopback up and returns true: the caller goes on with the test. Needs root (CI and the
+/// development machines run as root) and `ip` (scripts/install-deps.sh installs iproute2).
+pub fn in_private_network(name: &str) -> bool {
+    const INSIDE: &str = "HB_E2E_PRIVATE_NETWORK";
+    if std::env::var_os(INSIDE).is_some() {
+        let up = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .expect("ip runs");
+        assert!(up.success(), "bring loopback up in the namespace");
+        return true;
+    }
+    let out = std::process::Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(std::env::current_exe().expect("the test binary's path"))
+        .args(["--exact", name, "--nocapture"])
+        .env(INSIDE, "1")
+        .output()
+        .expect("unshare runs (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{name} in its own network namespace:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}

@@ -287,11 +287,15 @@ async fn sweep(pid: Option<Pid>, marker: &(String, String)) -> usize {
     tokio::task::spawn_blocking(move || {
         let mut killed = std::collections::HashSet::new();
         let deadline = Instant::now() + SWEEP_PATIENCE;
+        // A process in the middle of an exec shows an empty environment for a moment, so
+        // one empty look is not proof: the sweep ends on the second in a row.
+        let mut empty_before = false;
         loop {
             let found = processes_with_env(&needle);
-            if found.is_empty() || Instant::now() > deadline {
+            if (found.is_empty() && empty_before) || Instant::now() > deadline {
                 return killed.len();
             }
+            empty_before = found.is_empty();
             for pid in &found {
                 let _ = kill(*pid, Signal::SIGKILL);
                 killed.insert(*pid);

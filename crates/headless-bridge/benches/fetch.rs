@@ -4,9 +4,10 @@
 //! Run with `scripts/bench-fetch.sh` (or `cargo bench -p headless-bridge --bench fetch`).
 //! `HB_BENCH_MB` sets the file size (default 256), `HB_BENCH_RUNS` the runs per contender
 //! (default 3; the best run counts, as the least disturbed by the other tenants of a shared
-//! machine). Targets, from issue 8: the fetcher reaches at least 90% of curl's throughput
-//! including verification; a cache hit takes under 1 ms (judged at the 99th percentile). The fetcher's figure includes what
-//! curl's does not: writing the file, fsync, and the rename into the cache.
+//! machine). The bar: the fetcher reaches at least 90% of curl's throughput including
+//! verification, and a cache hit takes under 1 ms (judged at the 99th percentile). The
+//! fetcher's figure includes what curl's does not: writing the file, fsync, and the rename into
+//! the cache.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

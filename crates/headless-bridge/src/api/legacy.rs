@@ -56,8 +56,6 @@ pub struct LegacyResponse {
     responses(
         (status = 200, description = "the run finished; `status` says how", body = LegacyResponse),
         (status = 409, description = "`idempotency_conflict`: the contract id was used with a different request", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: the body must be JSON", body = ErrorBody),
         (status = 429, description = "`queue_full`", body = ErrorBody),
         (status = 503, description = "`shutting_down`", body = ErrorBody),
     ),

@@ -148,6 +148,11 @@ fn add_common_answers(operation: &mut Operation) {
             "`internal_error`: the bridge's own fault; its log says why",
         ),
     ];
+    // Every JSON body passes the same limit and content-type check before its handler.
+    if operation.request_body.is_some() {
+        common.push(("413", "`body_too_large`"));
+        common.push(("415", "`unsupported_media_type`: the body must be JSON"));
+    }
     if !public {
         common.push(("401", "`unauthorized`: no valid bearer token"));
         common.push((

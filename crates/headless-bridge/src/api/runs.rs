@@ -68,8 +68,6 @@ pub struct ListQuery {
         (status = 202, description = "the run is queued or running", body = RunRecord,
          headers(("Location" = String, description = "the run's URL"))),
         (status = 409, description = "`idempotency_conflict`: the key was used with a different body", body = ErrorBody),
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: the body must be JSON", body = ErrorBody),
         (status = 429, description = "`queue_full`: retry after `Retry-After` seconds", body = ErrorBody,
          headers(("Retry-After" = u64, description = "seconds"))),
         (status = 503, description = "`shutting_down`", body = ErrorBody,

@@ -60,8 +60,6 @@ const INPUT_FIELDS: &[&str] = &["text", "keys", "paste", "wait_idle", "wait", "t
     description = "Starts an adapter's CLI in a pseudo-terminal of the given size, with a workspace, private HOME and credentials as a run gets.",
     request_body(content = Object, content_type = "application/json", description = "`adapter`, optional `rows`, `cols`, `prompt`, `idle_timeout_s`, `max_lifetime_s`, `quiet_ms`"),
     responses(
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: send JSON", body = ErrorBody),
         (status = 201, description = "the session's record", body = Object),
         (status = 422, description = "the CLI or its login cannot start: `cli_not_found`, `credentials_*`", body = ErrorBody),
         (status = 429, description = "`too_many_sessions`", body = ErrorBody),
@@ -224,8 +222,6 @@ pub async fn screen(
     params(("id" = String, Path, description = "the session's id")),
     request_body(content = Object, content_type = "application/json", description = "one of `text`, `keys`, `paste`; optional `wait_idle` or `wait`"),
     responses(
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: send JSON", body = ErrorBody),
         (status = 200, description = "typed; with a wait, the screen once the state is reached", body = Object),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 409, description = "`session_exited`, or the state waited for was not reached", body = Object),
@@ -275,8 +271,6 @@ pub async fn input(
     params(("id" = String, Path, description = "the session's id")),
     request_body(content = Object, content_type = "application/json", description = "`rows` and `cols`"),
     responses(
-        (status = 413, description = "`body_too_large`", body = ErrorBody),
-        (status = 415, description = "`unsupported_media_type`: send JSON", body = ErrorBody),
         (status = 200, description = "the session's record", body = Object),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
         (status = 409, description = "`session_exited`", body = ErrorBody),

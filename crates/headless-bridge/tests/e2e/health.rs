@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use testkit::model::Behavior;
 
-use crate::support::{BridgeBuilder, CANARY_KEY, Model};
+use crate::support::{BridgeBuilder, CANARY_KEY, Model, unsigned_jwt};
 
 async fn health(bridge: &crate::support::TestBridge, query: &str) -> (StatusCode, Value) {
     let response = bridge
@@ -69,11 +69,7 @@ async fn deep_health_is_503_with_the_remedy_when_the_login_is_missing() {
 #[tokio::test]
 async fn deep_health_is_503_when_the_login_has_expired_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let jwt = |claims: &str| {
-        use base64::Engine as _;
-        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        format!("{}.{}.sig", enc(r#"{"alg":"none"}"#), enc(claims))
-    };
+    let jwt = |claims: &str| unsigned_jwt(&serde_json::from_str(claims).unwrap());
     let auth = serde_json::json!({
         "auth_mode": "chatgpt",
         "tokens": {"id_token": jwt(r#"{"email":"a@b.c"}"#), "access_token": jwt(r#"{"exp":1000}"#), "account_id": "acct"},
@@ -100,11 +96,7 @@ async fn deep_health_is_503_when_the_login_has_expired_for_good() {
 
 /// A ChatGPT login without a refresh token whose access token expires in an hour.
 fn login_expiring_in_an_hour(dir: &std::path::Path) {
-    let jwt = |claims: &str| {
-        use base64::Engine as _;
-        let enc = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        format!("{}.{}.sig", enc(r#"{"alg":"none"}"#), enc(claims))
-    };
+    let jwt = |claims: &str| unsigned_jwt(&serde_json::from_str(claims).unwrap());
     let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
     let auth = serde_json::json!({
         "auth_mode": "chatgpt",

@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use base64::Engine as _;
 use serde_json::{Value, json};
 use testkit::model::{Behavior, FakeModel};
 
-use crate::support::BridgeProcess;
+use crate::support::{BridgeProcess, unsigned_jwt};
 
 /// What the token endpoint saw.
 #[derive(Default)]
@@ -74,33 +73,25 @@ async fn refresh(
     (StatusCode::OK, Json(answer))
 }
 
-fn jwt(claims: Value) -> String {
-    let encode = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!(
-        "{}.{}.signature",
-        encode(json!({"alg": "none"})),
-        encode(claims)
-    )
-}
-
-fn auth_claims() -> Value {
+/// The ChatGPT account claims every test token carries.
+pub(crate) fn auth_claims() -> Value {
     json!({"chatgpt_plan_type": "pro", "chatgpt_user_id": "user-1", "chatgpt_account_id": "acct-1"})
 }
 
 fn id_token() -> String {
-    jwt(json!({"email": "dev@example.com", "https://api.openai.com/auth": auth_claims()}))
+    unsigned_jwt(&json!({"email": "dev@example.com", "https://api.openai.com/auth": auth_claims()}))
 }
 
 /// The access token of the mounted login: expired, so the first run must refresh it.
 pub(crate) fn expired_access_token() -> String {
-    jwt(json!({"exp": 1000, "https://api.openai.com/auth": auth_claims()}))
+    unsigned_jwt(&json!({"exp": 1000, "https://api.openai.com/auth": auth_claims()}))
 }
 
 /// The access token a refresh issues, the only one the fake model accepts. A run that starts
 /// from the mounted login instead of the refreshed one must refresh again, with a refresh token
 /// that was already used.
 pub(crate) fn fresh_access_token() -> String {
-    jwt(json!({"exp": 4_000_000_000_i64, "https://api.openai.com/auth": auth_claims()}))
+    unsigned_jwt(&json!({"exp": 4_000_000_000_i64, "https://api.openai.com/auth": auth_claims()}))
 }
 
 pub(crate) fn chatgpt_login(refresh_token: &str) -> String {

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{Form, State};
 use axum::http::StatusCode;
-use base64::Engine as _;
 use serde_json::{Value, json};
 use testkit::model::{Behavior, FakeModel};
 
-use crate::support::{BridgeProcess, TestBridge};
+use crate::login::auth_claims;
+use crate::support::{BridgeProcess, TestBridge, unsigned_jwt};
 
 const LOGIN: &str = "/v1/credentials/codex/login";
 const USER_CODE: &str = "WXYZ-2345";
@@ -103,27 +103,16 @@ async fn exchange(
     (StatusCode::OK, Json(tokens))
 }
 
-fn jwt(claims: Value) -> String {
-    let encode = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-    format!(
-        "{}.{}.signature",
-        encode(json!({"alg": "none", "typ": "JWT"})),
-        encode(claims)
-    )
-}
-
-fn auth_claims() -> Value {
-    json!({"chatgpt_plan_type": "pro", "chatgpt_user_id": "user-1", "chatgpt_account_id": "acct-1"})
-}
-
 fn id_token() -> String {
-    jwt(json!({"email": "dev@example.com", "exp": 4_000_000_000_i64,
-        "https://api.openai.com/auth": auth_claims()}))
+    unsigned_jwt(
+        &json!({"email": "dev@example.com", "exp": 4_000_000_000_i64,
+        "https://api.openai.com/auth": auth_claims()}),
+    )
 }
 
 /// The access token the issuer grants: the only one the fake model accepts.
 fn access_token() -> String {
-    jwt(json!({"exp": 4_000_000_000_i64, "https://api.openai.com/auth": auth_claims()}))
+    unsigned_jwt(&json!({"exp": 4_000_000_000_i64, "https://api.openai.com/auth": auth_claims()}))
 }
 
 /// A model that accepts only the relayed login, a credential directory with a config.toml

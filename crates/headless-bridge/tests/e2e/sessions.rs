@@ -595,17 +595,8 @@ async fn bad_session_requests_get_clear_codes() {
 /// A ChatGPT login (whose sessions hold its single writer) and a stand-in for the Codex TUI
 /// that only waits: what matters here is who holds the writer, not what Codex does.
 fn chatgpt_world() -> TempDir {
-    use base64::Engine as _;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let jwt = |claims: Value| {
-        let encode =
-            |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
-        format!(
-            "{}.{}.signature",
-            encode(json!({"alg": "none"})),
-            encode(claims)
-        )
-    };
+    let jwt = |claims: Value| crate::support::unsigned_jwt(&claims);
     let auth_claims = json!({"chatgpt_plan_type": "pro", "chatgpt_account_id": "acct-1"});
     let auth = json!({
         "auth_mode": "chatgpt",

@@ -559,3 +559,15 @@ pub fn in_private_network(name: &str) -> bool {
     );
     false
 }
+
+/// A JWT with these claims and no signature: what the Codex CLI and the bridge read of a
+/// ChatGPT token is its claims, never its signature.
+pub fn unsigned_jwt(claims: &Value) -> String {
+    use base64::Engine as _;
+    let encode = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.signature",
+        encode(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        encode(claims)
+    )
+}

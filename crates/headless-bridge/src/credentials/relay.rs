@@ -397,19 +397,9 @@ impl Drop for GroupGuard {
 /// Stops the login's processes: SIGTERM to the group (the shim passes it on and cleans up),
 /// SIGKILL if it lingers.
 async fn stop(child: &mut tokio::process::Child, pid: Option<u32>) {
-    use nix::sys::signal::{Signal, killpg};
-    use nix::unistd::Pid;
-    if let Some(pid) = pid {
-        let group = Pid::from_raw(pid as i32);
-        let _ = killpg(group, Signal::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(3), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = killpg(group, Signal::SIGKILL);
-            let _ = child.wait().await;
-        }
-    }
+    let group = pid.map(|pid| nix::unistd::Pid::from_raw(pid as i32));
+    crate::run::supervisor::stop_group(group, child).await;
+    let _ = child.wait().await;
     crate::reaper::forget(pid);
 }
 

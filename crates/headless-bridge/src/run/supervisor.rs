@@ -251,7 +251,7 @@ fn command(spec: &ProcessSpec) -> Command {
 }
 
 /// SIGTERM to the group, then SIGKILL if the leader has not exited within the grace period.
-async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
+pub(crate) async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Child) {
     let Some(pid) = pid else { return };
     let _ = killpg(pid, Signal::SIGTERM);
     if tokio::time::timeout(TERM_GRACE, child.wait())

@@ -21,7 +21,7 @@ if [[ -z "${HB_API_FUZZ_INSIDE:-}" ]]; then
   scripts/install-deps.sh >/dev/null
   scripts/install-codex.sh >/dev/null
   scripts/install-python-tools.sh >/dev/null
-  cargo build --locked --quiet --bin headless-bridge --bin hb-testkit
+  cargo build --locked --quiet --bin headless-bridge --bin headless-bridge-shim --bin hb-testkit
   [[ $(id -u) == 0 ]] || { echo "api-fuzz: needs root for a network namespace (unshare --net)" >&2; exit 1; }
   exec unshare --net env HB_API_FUZZ_INSIDE=1 "$0" "$@"
 fi

@@ -49,8 +49,8 @@ fi
 mkdir -p "$cache" "$(dirname "$archive")"
 
 # hb-testkit serves the smoke test's stand-in model, git and download hosts.
-step "cargo build --release --locked --bin headless-bridge --bin hb-testkit"
-cargo build --release --locked --quiet --bin headless-bridge --bin hb-testkit
+step "cargo build --release --locked --bin headless-bridge --bin headless-bridge-shim --bin hb-testkit"
+cargo build --release --locked --quiet --bin headless-bridge --bin headless-bridge-shim --bin hb-testkit
 
 if [[ "${HB_IMAGE_BUILD:-1}" == 1 ]]; then
 # The base: what debian:bookworm-slim would be, made locally. The same apt sources as the

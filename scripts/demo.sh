@@ -9,7 +9,7 @@ root=$(pwd)
 
 scripts/install-deps.sh
 codex_bin=$(scripts/install-codex.sh)
-cargo build --locked --quiet --bin headless-bridge --bin hb-testkit
+cargo build --locked --quiet --bin headless-bridge --bin headless-bridge-shim --bin hb-testkit
 
 state="$root/.data/demo"
 rm -rf "$state"

@@ -183,8 +183,8 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// A directory of adapter profiles (`*.toml`), one CLI each.
     pub adapters_dir: Option<PathBuf>,
-    /// The executable whose `shim` subcommand wraps each CLI so none of its processes
-    /// outlives it; the `headless-bridge` binary itself unless set. Without one, runs rely on
+    /// The run shim (`headless-bridge-shim`) that wraps each CLI so none of its processes
+    /// outlives it; the one beside the bridge's binary unless set. Without one, runs rely on
     /// process groups and the marker sweep alone.
     pub shim_bin: Option<PathBuf>,
     /// More Codex logins by name (another account, say), each a directory like HB_CODEX_DIR;

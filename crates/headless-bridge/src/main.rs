@@ -52,20 +52,6 @@ enum Command {
     },
     #[command(flatten)]
     Client(client_command::ClientCommand),
-    /// Internal: run a CLI so that no process it starts outlives it (used by `serve`).
-    #[command(hide = true)]
-    Shim {
-        /// The CLI runs on a terminal (an interactive session): the terminal's job-control
-        /// signals are the CLI's, not the shim's, and a hangup stops the CLI.
-        #[arg(long)]
-        tty: bool,
-        /// Start the CLI as this `uid:gid` (the shim must run as root).
-        #[arg(long, value_name = "UID:GID", value_parser = parse_run_as)]
-        run_as: Option<(u32, u32)>,
-        /// The CLI and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
-        command: Vec<std::ffi::OsString>,
-    },
 }
 
 /// `secret` subcommands.
@@ -190,25 +176,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Worker { run } => worker(&run),
-        Command::Shim {
-            tty,
-            run_as,
-            mut command,
-        } => {
-            let program = command.remove(0);
-            let options = headless_bridge::run::shim::Options { tty, run_as };
-            let code = headless_bridge::run::shim::main(program, command, options);
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
     }
-}
-
-/// `uid:gid`, both numeric.
-fn parse_run_as(text: &str) -> Result<(u32, u32), String> {
-    let parsed = text
-        .split_once(':')
-        .and_then(|(uid, gid)| Some((uid.parse().ok()?, gid.parse().ok()?)));
-    parsed.ok_or_else(|| format!("expected numeric UID:GID, got `{text}`"))
 }
 
 fn doctor(args: ServeArgs) -> ExitCode {
@@ -236,7 +204,9 @@ fn worker(run: &std::path::Path) -> ExitCode {
     raw.merge_env(|name| std::env::var(name).ok());
     let config = match raw.build() {
         Ok(mut config) => {
-            config.shim_bin = config.shim_bin.or_else(|| std::env::current_exe().ok());
+            config.shim_bin = config
+                .shim_bin
+                .or_else(headless_bridge::run::shim::beside_current_exe);
             config
         }
         Err(e) => {
@@ -261,9 +231,11 @@ fn worker(run: &std::path::Path) -> ExitCode {
 
 fn serve(args: ServeArgs) -> ExitCode {
     let config = match args.config() {
-        // The bridge is its own run shim unless told otherwise.
+        // The shim installed beside the bridge unless told otherwise.
         Ok(mut config) => {
-            config.shim_bin = config.shim_bin.or_else(|| std::env::current_exe().ok());
+            config.shim_bin = config
+                .shim_bin
+                .or_else(headless_bridge::run::shim::beside_current_exe);
             config
         }
         Err(e) => {
@@ -272,6 +244,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    if config.shim_bin.is_none() {
+        tracing::warn!(
+            "no run shim (HB_SHIM_BIN, or headless-bridge-shim beside the bridge): a run's \
+             processes are stopped by process group and environment marker only"
+        );
+    }
 
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     match runtime.block_on(run_server(config)) {

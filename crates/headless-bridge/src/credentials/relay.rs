@@ -332,7 +332,7 @@ impl LoginRelay {
         let mut command = match &self.shim {
             Some(shim) => {
                 let mut command = Command::new(shim);
-                command.arg("shim").arg("--").arg(&self.config.bin);
+                command.arg("--").arg(&self.config.bin);
                 command
             }
             None => Command::new(&self.config.bin),

@@ -227,7 +227,7 @@ fn command(spec: &ProcessSpec) -> Command {
     let mut cmd = match &spec.shim {
         Some(shim) => {
             let mut cmd = Command::new(shim);
-            cmd.arg("shim").arg("--").arg(&spec.program);
+            cmd.arg("--").arg(&spec.program);
             cmd
         }
         None => Command::new(&spec.program),

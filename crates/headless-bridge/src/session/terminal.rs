@@ -151,7 +151,7 @@ fn builder(command: &TerminalCommand) -> Result<CommandBuilder, SpawnError> {
     let mut argv: Vec<OsString> = Vec::new();
     match &command.shim {
         Some(shim) => {
-            argv.extend([shim.clone().into(), "shim".into(), "--tty".into()]);
+            argv.extend([shim.clone().into(), "--tty".into()]);
             if let Some((uid, gid)) = command.run_as {
                 argv.extend(["--run-as".into(), format!("{uid}:{gid}").into()]);
             }

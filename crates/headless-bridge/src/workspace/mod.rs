@@ -19,11 +19,12 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub mod prepare;
+mod spares;
 
 use crate::adapter::codex::RunDirs;
 
@@ -60,13 +61,10 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Creates the tree for `id` (a run's or a session's) under `workspaces_dir`.
+    /// Creates the tree for `id` (a run's or a session's) under `workspaces_dir`, from a spare
+    /// tree when there is one.
     pub fn create(workspaces_dir: &Path, id: impl std::fmt::Display) -> io::Result<Self> {
         let root = workspaces_dir.join(id.to_string());
-        fs::create_dir_all(workspaces_dir)?;
-        fs::create_dir(&root)?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
-
         let dirs = RunDirs {
             work: root.join("work"),
             bin: root.join("bin"),
@@ -75,15 +73,17 @@ impl Workspace {
             tmp: root.join("tmp"),
             last_message: root.join("out").join("last-message.txt"),
         };
+        if spares::take(workspaces_dir, &root) {
+            return Ok(Self { root, dirs });
+        }
+        fs::create_dir_all(workspaces_dir)?;
+        fs::create_dir(&root)?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
         // The work directory is left for `git clone` to create when there is a repository.
-        for dir in [
-            &dirs.bin,
-            &dirs.home,
-            &dirs.codex_home,
-            &dirs.tmp,
-            &root.join("out"),
-        ] {
-            fs::create_dir(dir)?;
+        let mut builder = fs::DirBuilder::new();
+        builder.mode(spares::SKELETON_MODE);
+        for name in spares::SKELETON {
+            builder.create(root.join(name))?;
         }
         Ok(Self { root, dirs })
     }
@@ -108,8 +108,12 @@ impl Workspace {
         Ok(dir)
     }
 
-    /// Removes the whole tree.
+    /// Removes the tree: whatever the run put in it goes, and the empty skeleton is kept as a
+    /// spare for a later run when it is exactly as [`Workspace::create`] made it.
     pub fn remove(self) -> io::Result<()> {
+        if spares::recycle(&self.root) {
+            return Ok(());
+        }
         fs::remove_dir_all(&self.root)
     }
 }

@@ -735,7 +735,7 @@ async fn a_login_refreshed_in_a_job_becomes_the_working_copy_and_goes_back_to_it
         ("HB_WORKSPACE_MIN_FREE_BYTES", "1M".to_owned()),
         (
             "HB_SHIM_BIN",
-            env!("CARGO_BIN_EXE_headless-bridge").to_owned(),
+            env!("CARGO_BIN_EXE_headless-bridge-shim").to_owned(),
         ),
     ];
     let (_model, tokens, bridge, _codex, _data) =

@@ -28,5 +28,6 @@ mod runs_page;
 mod service;
 mod session_attach;
 mod sessions;
+mod shim;
 mod ssh_repos;
 mod workspaces;

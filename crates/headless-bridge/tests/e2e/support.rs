@@ -83,7 +83,7 @@ impl BridgeBuilder {
             ("HB_SHUTDOWN_GRACE", "1".to_owned()),
             (
                 "HB_SHIM_BIN",
-                env!("CARGO_BIN_EXE_headless-bridge").to_owned(),
+                env!("CARGO_BIN_EXE_headless-bridge-shim").to_owned(),
             ),
         ];
         Self {

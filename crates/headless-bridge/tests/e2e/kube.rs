@@ -670,8 +670,9 @@ fn run_jobs_pass_the_schemas_and_the_hardening_policy() {
             .unwrap(),
     );
     let job = headless_bridge::k8s::job::job(&config, &settings, &record);
-    let secret =
-        headless_bridge::k8s::job::run_secret(NS, &record, "token", Some((b"{}", None)), "uid");
+    let mut carried = headless_bridge::k8s::carry::Carried::default();
+    carried.codex_login(b"{}", None);
+    let secret = headless_bridge::k8s::job::run_secret(NS, &record, "token", carried, "uid");
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let venv = root.join(".tools/k8s-venv/bin");

@@ -9,7 +9,8 @@
 //!   `config.toml`; the Secret's mount is the worker's `HB_CODEX_DIR`;
 //! - a profile run: the profile as the bridge has it (`adapter.json`: a built-in with the
 //!   operator's settings applied, or a profile mounted only in the bridge), each secret source
-//!   pointed at the key holding its bytes (`profile-secret-<n>`). Only that profile's secrets
+//!   renamed to the key holding its bytes (`profile-secret-<n>`), which the worker reads from
+//!   wherever the Secret is mounted. Only that profile's secrets
 //!   are read. An optional secret that is absent stays absent; a required one that is missing
 //!   fails the run on the bridge with the local run's reason code, before any Job exists. The
 //!   worker's pipeline then fills the private HOME as a local run does. A profile's HOME files
@@ -75,9 +76,8 @@ impl Carried {
         }
     }
 
-    /// Carries `profile` with the secrets it names, its sources pointed at `run_dir` (where
-    /// the pod mounts the Secret).
-    pub fn profile(&mut self, profile: &Profile, run_dir: &Path) -> Result<(), PrepareError> {
+    /// Carries `profile` with the secrets it names, each source renamed to its key.
+    pub fn profile(&mut self, profile: &Profile) -> Result<(), PrepareError> {
         let mut carried = profile.clone();
         let mut next = 0;
         let mut carry = |file: &Path, optional: bool| -> Result<PathBuf, PrepareError> {
@@ -87,7 +87,7 @@ impl Carried {
             if let Some(bytes) = read_secret(&profile.name, &path, optional)? {
                 self.entries.insert(key.clone(), bytes);
             }
-            Ok(run_dir.join(key))
+            Ok(PathBuf::from(key))
         };
         for source in carried.secret_env.values_mut() {
             source.file = carry(&source.file, source.optional)?;
@@ -98,7 +98,7 @@ impl Carried {
             }
         }
         check_alternatives(profile)?;
-        // Every source is absolute now; the bridge's secrets directory means nothing in a pod.
+        // The bridge's secrets directory means nothing in a pod; the worker sets its own.
         carried.secrets_dir = None;
         let json = serde_json::to_vec(&carried).expect("a profile serializes");
         self.entries.insert(ADAPTER_KEY.to_owned(), json);
@@ -154,7 +154,8 @@ pub enum CarryError {
     },
 }
 
-/// The profile named `name` that the run's Secret in `run_dir` carries, if it carries one.
+/// The profile named `name` that the run's Secret mounted at `run_dir` carries, if it carries
+/// one, reading its secrets from there.
 pub fn carried_profile(run_dir: &Path, name: &str) -> Result<Option<Profile>, CarryError> {
     let path = run_dir.join(ADAPTER_KEY);
     let bytes = match std::fs::read(&path) {
@@ -166,6 +167,7 @@ pub fn carried_profile(run_dir: &Path, name: &str) -> Result<Option<Profile>, Ca
         .map_err(|source| CarryError::Profile { path, source })?;
     profile.name = name.to_owned();
     profile.origin = format!("the run's Secret ({ADAPTER_KEY})");
+    profile.secrets_dir = Some(run_dir.to_owned());
     Ok(Some(profile))
 }
 
@@ -243,7 +245,7 @@ mod tests {
         std::fs::write(secrets.path().join("unrelated"), "not this profile's").unwrap();
         let mut carried = Carried::default();
         carried
-            .profile(&claude_like(secrets.path()), Path::new("/run/x"))
+            .profile(&claude_like(secrets.path()))
             .unwrap();
 
         let entries = carried.into_entries();
@@ -253,27 +255,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(ADAPTER_KEY), &entries[ADAPTER_KEY]).unwrap();
         let profile = carried_profile(dir.path(), "tool").unwrap().unwrap();
+        let at = |file: &Path| profile.secret_path(file);
         assert_eq!(
-            profile.secret_env["KEY"].file,
-            Path::new("/run/x/profile-secret-0")
+            at(&profile.secret_env["KEY"].file),
+            dir.path().join("profile-secret-0")
         );
         assert_eq!(
-            profile.secret_env["OAUTH"].file,
-            Path::new("/run/x/profile-secret-1")
+            at(&profile.secret_env["OAUTH"].file),
+            dir.path().join("profile-secret-1")
         );
-        assert_eq!(
-            profile.files[0].source.as_deref(),
-            Some(Path::new("/run/x/profile-secret-2"))
-        );
+        let source = profile.files[0].source.as_deref().unwrap();
+        assert_eq!(at(source), dir.path().join("profile-secret-2"));
         assert_eq!(profile.files[1].content.as_deref(), Some("{}"));
-        assert_eq!(profile.secrets_dir, None);
     }
 
     #[test]
     fn a_profile_without_any_of_its_alternatives_fails_on_the_bridge() {
         let secrets = tempfile::tempdir().unwrap();
         let err = Carried::default()
-            .profile(&claude_like(secrets.path()), Path::new("/run/x"))
+            .profile(&claude_like(secrets.path()))
             .unwrap_err();
         assert!(matches!(err, PrepareError::NoAlternative { .. }), "{err}");
     }

@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -191,7 +191,6 @@ impl JobExecutor {
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
         let mut carried = Carried::default();
-        let run_dir = Path::new(job::RUN_DIR);
         let (given, _writer) = match &pipeline.adapter {
             Adapter::Codex => {
                 // As a local run: fail fast on a broken login, then wait for any other run
@@ -206,7 +205,7 @@ impl JobExecutor {
                 (Some(given), Some(writer))
             }
             Adapter::Profile(profile) => {
-                carried.profile(profile, run_dir)?;
+                carried.profile(profile)?;
                 (None, None)
             }
         };

@@ -119,7 +119,8 @@ pub fn keep(store: &Path, path: &str, bytes: &[u8]) -> io::Result<()> {
 
 /// Checks that `store` holds `artifact` exactly as described (size and digest); says why not.
 pub fn check_kept(store: &Path, artifact: &Artifact) -> Result<(), String> {
-    let bytes = read(store, &artifact.path).map_err(|_| "the bridge never received it".to_owned())?;
+    let bytes =
+        read(store, &artifact.path).map_err(|_| "the bridge never received it".to_owned())?;
     let digest = Sha256Digest::of(&bytes).to_string();
     if bytes.len() as u64 != artifact.size || digest != artifact.sha256 {
         return Err(format!(

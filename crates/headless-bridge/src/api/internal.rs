@@ -53,7 +53,10 @@ pub async fn artifact(
                 format!("the artifact is larger than {max} bytes (HB_ARTIFACT_MAX_BYTES)"),
             )
         } else {
-            ApiError::bad_request("invalid_body", format!("failed to read the body: {rejection}"))
+            ApiError::bad_request(
+                "invalid_body",
+                format!("failed to read the body: {rejection}"),
+            )
         }
     })?;
     let jobs = jobs.clone();
@@ -88,7 +91,9 @@ fn refused(e: DeliverError) -> ApiError {
     match e {
         DeliverError::UnknownRun => no_run(),
         DeliverError::Unauthorized => ApiError::unauthorized(),
-        DeliverError::Undeclared(_) => ApiError::bad_request("artifact_not_declared", e.to_string()),
+        DeliverError::Undeclared(_) => {
+            ApiError::bad_request("artifact_not_declared", e.to_string())
+        }
         DeliverError::Keep(source) => ApiError::internal(&source),
     }
 }

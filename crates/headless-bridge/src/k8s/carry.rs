@@ -70,9 +70,11 @@ impl Carried {
 
     /// Carries the Codex login as the bridge's working copy holds it.
     pub fn codex_login(&mut self, auth: &[u8], config_toml: Option<Vec<u8>>) {
-        self.entries.insert(CODEX_AUTH_KEY.to_owned(), auth.to_vec());
+        self.entries
+            .insert(CODEX_AUTH_KEY.to_owned(), auth.to_vec());
         if let Some(config_toml) = config_toml {
-            self.entries.insert(CODEX_CONFIG_KEY.to_owned(), config_toml);
+            self.entries
+                .insert(CODEX_CONFIG_KEY.to_owned(), config_toml);
         }
     }
 
@@ -163,8 +165,8 @@ pub fn carried_profile(run_dir: &Path, name: &str) -> Result<Option<Profile>, Ca
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(CarryError::Read { path, source }),
     };
-    let mut profile: Profile = serde_json::from_slice(&bytes)
-        .map_err(|source| CarryError::Profile { path, source })?;
+    let mut profile: Profile =
+        serde_json::from_slice(&bytes).map_err(|source| CarryError::Profile { path, source })?;
     profile.name = name.to_owned();
     profile.origin = format!("the run's Secret ({ADAPTER_KEY})");
     profile.secrets_dir = Some(run_dir.to_owned());
@@ -244,9 +246,7 @@ mod tests {
         std::fs::write(secrets.path().join("api_key"), "key-0123456789abcdef").unwrap();
         std::fs::write(secrets.path().join("unrelated"), "not this profile's").unwrap();
         let mut carried = Carried::default();
-        carried
-            .profile(&claude_like(secrets.path()))
-            .unwrap();
+        carried.profile(&claude_like(secrets.path())).unwrap();
 
         let entries = carried.into_entries();
         let keys: Vec<&str> = entries.keys().map(String::as_str).collect();
@@ -304,7 +304,11 @@ mod tests {
     fn an_ssh_repository_carries_its_hosts_key_and_known_hosts() {
         let creds = tempfile::tempdir().unwrap();
         std::fs::write(creds.path().join("git.example.ssh"), "KEY").unwrap();
-        std::fs::write(creds.path().join("known_hosts"), "git.example ssh-ed25519 AAAA").unwrap();
+        std::fs::write(
+            creds.path().join("known_hosts"),
+            "git.example ssh-ed25519 AAAA",
+        )
+        .unwrap();
         std::fs::write(creds.path().join("git.example"), "a token ssh never uses").unwrap();
         let url = Url::parse("ssh://git@git.example/org/repo.git").unwrap();
         let mut carried = Carried::default();

@@ -182,7 +182,11 @@ fn pipeline(
     };
     // The repository host's credential, laid out as the bridge's credentials directory holds
     // it; a URL that does not parse is refused by the clone as it would be in the bridge.
-    let url = record.spec.repo.as_ref().and_then(|r| url::Url::parse(&r.url).ok());
+    let url = record
+        .spec
+        .repo
+        .as_ref()
+        .and_then(|r| url::Url::parse(&r.url).ok());
     if let Some(url) = url {
         let dest = config.data_dir.join("git-credentials");
         config.git_credentials_dir = carry::lay_out_git(run_dir, &url, &dest)?;
@@ -211,7 +215,11 @@ async fn send_artifacts(reporter: &Reporter, config: &Config, finished: &mut Run
     let mut sent = Vec::with_capacity(finished.artifacts.len());
     for artifact in std::mem::take(&mut finished.artifacts) {
         let result = match crate::artifacts::read(&store, &artifact.path) {
-            Ok(bytes) => reporter.send_artifact(finished.id, &artifact.path, bytes).await,
+            Ok(bytes) => {
+                reporter
+                    .send_artifact(finished.id, &artifact.path, bytes)
+                    .await
+            }
             Err(e) => Err(format!("the worker could not read it back ({e})")),
         };
         match result {

@@ -30,9 +30,7 @@ use testkit::kube::KubeCluster;
 use testkit::model::{Behavior, FakeModel};
 
 use crate::login::{TokenEndpoint, chatgpt_login, fresh_access_token};
-use crate::support::{
-    BridgeBuilder, BridgeProcess, Model, TestBridge, agent_cli_bin, secrets_dir,
-};
+use crate::support::{BridgeBuilder, BridgeProcess, Model, TestBridge, agent_cli_bin, secrets_dir};
 
 const NS: &str = "headless-bridge";
 /// The login Secret the base Role lets the bridge read and update.
@@ -976,7 +974,11 @@ async fn a_claude_run_in_a_job_gets_only_its_login_and_only_through_the_runs_sec
     assert_only_in_run_secret(&world, &id, CLAUDE_KEY, true).await;
     assert_only_in_run_secret(&world, &id, UNNAMED_SECRET, false).await;
 
-    assert_eq!(play_kubelet(&world.admin, &pod).await, 0, "the worker reported");
+    assert_eq!(
+        play_kubelet(&world.admin, &pod).await,
+        0,
+        "the worker reported"
+    );
     bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
     let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
     assert_eq!(finished["outcome"], "succeeded", "{finished}");
@@ -1010,10 +1012,7 @@ async fn a_job_clones_a_private_repo_with_its_hosts_token_and_its_artifact_is_se
     let bridge = job_builder(&world)
         .await
         .codex_dir(model.codex_dir.path())
-        .var(
-            "HB_GIT_CREDENTIALS_DIR",
-            creds.path().display().to_string(),
-        )
+        .var("HB_GIT_CREDENTIALS_DIR", creds.path().display().to_string())
         .var("HB_ARTIFACT_MAX_BYTES", "1K")
         .start()
         .await;
@@ -1034,12 +1033,17 @@ async fn a_job_clones_a_private_repo_with_its_hosts_token_and_its_artifact_is_se
     let put = |path: &str, token: &str, body: Vec<u8>| {
         bridge
             .client
-            .put(format!("{}/internal/v1/runs/{id}/artifacts/{path}", bridge.url))
+            .put(format!(
+                "{}/internal/v1/runs/{id}/artifacts/{path}",
+                bridge.url
+            ))
             .bearer_auth(token)
             .body(body)
             .send()
     };
-    let refused = put("summary.txt", crate::support::TOKEN, b"x".to_vec()).await.unwrap();
+    let refused = put("summary.txt", crate::support::TOKEN, b"x".to_vec())
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 401, "an API token is not a run's token");
     let refused = put("other.txt", &run_token, b"x".to_vec()).await.unwrap();
     assert_eq!(refused.status(), 400);
@@ -1050,12 +1054,19 @@ async fn a_job_clones_a_private_repo_with_its_hosts_token_and_its_artifact_is_se
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "artifact_too_large", "{body}");
 
-    assert_eq!(play_kubelet(&world.admin, &pod).await, 0, "the worker reported");
+    assert_eq!(
+        play_kubelet(&world.admin, &pod).await,
+        0,
+        "the worker reported"
+    );
     bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
     let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
     assert_eq!(finished["outcome"], "succeeded", "{finished}");
     assert!(
-        finished["output"].as_str().unwrap().contains("private-readme-in-a-job"),
+        finished["output"]
+            .as_str()
+            .unwrap()
+            .contains("private-readme-in-a-job"),
         "{finished}"
     );
     assert!(git.refused() >= 1, "the server asked for credentials first");

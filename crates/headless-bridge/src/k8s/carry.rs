@@ -2,7 +2,7 @@
 //! nothing else.
 //!
 //! Everything here travels as keys of the run's own Secret (`job.rs`: owned by the Job,
-//! deleted with it, mounted read-only at [`job::RUN_DIR`]), never in the Job's spec, an
+//! deleted with it, mounted read-only at [`super::job::RUN_DIR`]), never in the Job's spec, an
 //! environment value or argv. The bridge decides what goes in; the worker puts each piece
 //! where the local pipeline looks for it, so preparing the run is the same code either way:
 //! - a Codex run: the bridge's working copy of the login (`auth.json`) and its optional

@@ -127,7 +127,7 @@ impl JobExecutor {
     }
 
     /// Keeps an artifact that run `id`'s worker sends, if `token` is that run's and the run
-    /// declared `path`; the final report then lists it (see [`Self::finish`]).
+    /// declared `path`; the final report then lists it if the bytes match.
     pub fn keep_artifact(
         &self,
         id: RunId,

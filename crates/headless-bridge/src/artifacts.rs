@@ -110,6 +110,29 @@ fn collect_one(
     })
 }
 
+/// Keeps `bytes` as the artifact `path` in `store`: what a run in a Kubernetes Job collected
+/// and its worker sent back, already capped and redacted there.
+pub fn keep(store: &Path, path: &str, bytes: &[u8]) -> io::Result<()> {
+    check_declared(path).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+    write_private(&store.join(path), bytes)
+}
+
+/// Checks that `store` holds `artifact` exactly as described (size and digest); says why not.
+pub fn check_kept(store: &Path, artifact: &Artifact) -> Result<(), String> {
+    let bytes =
+        read(store, &artifact.path).map_err(|_| "the bridge never received it".to_owned())?;
+    let digest = Sha256Digest::of(&bytes).to_string();
+    if bytes.len() as u64 != artifact.size || digest != artifact.sha256 {
+        return Err(format!(
+            "the bridge received {} bytes with sha256 {digest}, not {} with {}",
+            bytes.len(),
+            artifact.size,
+            artifact.sha256
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a kept artifact named in a run's record.
 pub fn read(store: &Path, path: &str) -> io::Result<Vec<u8>> {
     check_declared(path).map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;

@@ -140,7 +140,7 @@ fn secret_env(
 }
 
 /// The secret's bytes; `None` when it is optional and absent.
-fn read_secret(
+pub(crate) fn read_secret(
     adapter: &str,
     path: &Path,
     optional: bool,
@@ -204,7 +204,7 @@ fn secret_strings(bytes: &[u8]) -> Vec<String> {
 }
 
 /// Optional sources are alternatives: at least one must have been present.
-fn check_alternatives(profile: &Profile) -> Result<(), PrepareError> {
+pub(crate) fn check_alternatives(profile: &Profile) -> Result<(), PrepareError> {
     let mut optional: Vec<PathBuf> = profile
         .secret_env
         .values()

@@ -29,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::run::ReasonCode;
 
@@ -42,7 +42,7 @@ pub const PATH_PLACEHOLDERS: &[&str] = &["{work_dir}", "{home}", "{tmp_dir}"];
 pub const RESERVED_NAMES: &[&str] = &["codex", "claude", "gemini"];
 
 /// A CLI described by a profile.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// The adapter's name: the file name without `.toml`.
@@ -77,13 +77,17 @@ pub struct Profile {
     pub prompt_patterns: Vec<String>,
     #[serde(default)]
     pub output: OutputSpec,
+    /// Not carried into a run's pod (see [`crate::k8s::carry`]): only the bridge probes.
+    #[serde(skip_serializing)]
     pub health: Option<HealthSpec>,
-    /// How the CLI runs in an interactive session (see [`crate::session::spec`]).
+    /// How the CLI runs in an interactive session (see [`crate::session::spec`]); sessions
+    /// run in the bridge only, so this is not carried into a run's pod either.
+    #[serde(skip_serializing)]
     pub session: Option<crate::session::spec::SessionSpec>,
 }
 
 /// A secret read from a file: relative to the profile's `secrets_dir`, or absolute.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSource {
     pub file: PathBuf,
@@ -95,7 +99,7 @@ pub struct SecretSource {
 
 /// A file in the run's HOME: a copy of a secret file, or fixed content (state that keeps a CLI
 /// from asking first-run questions).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HomeFile {
     /// Where, relative to the run's HOME.
@@ -125,7 +129,7 @@ impl HomeFile {
 }
 
 /// A numeric user and group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunAs {
     pub uid: u32,
@@ -133,7 +137,7 @@ pub struct RunAs {
 }
 
 /// How to read what the CLI prints, and what counts as success.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
     #[serde(default)]
@@ -164,7 +168,7 @@ pub struct OutputSpec {
 }
 
 /// Which events carry the final message's text.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextEvents {
     /// The `type` of those events.
@@ -178,7 +182,7 @@ pub struct TextEvents {
 }
 
 /// Output formats a profile can declare.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     /// Plain text: exit code 0 is success, the end of stdout is the output.

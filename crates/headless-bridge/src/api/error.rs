@@ -9,7 +9,9 @@ use serde_json::json;
 /// Every code an error answer of the API can carry. The OpenAPI document lists exactly these,
 /// and debug builds refuse to make an error with any other, so the two cannot drift apart.
 pub const ERROR_CODES: &[&str] = &[
+    "artifact_not_declared",
     "artifact_not_found",
+    "artifact_too_large",
     "body_too_large",
     "cli_not_found",
     "credentials_expired",

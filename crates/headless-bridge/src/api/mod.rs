@@ -126,14 +126,25 @@ pub fn router(state: AppState) -> Router {
     let (app, _documented) = public.merge(protected).split_for_parts();
     let mcp = mcp::McpEndpoint::new(state.clone(), state.shutdown.clone());
 
-    // The Job workers' report route: internal, not part of the documented API, and
-    // authenticated by the run's own token rather than the API's.
+    // The Job workers' report and artifact routes: internal, not part of the documented API,
+    // and authenticated by the run's own token rather than the API's. An artifact is capped
+    // as a local run's is.
+    let artifact_limit =
+        usize::try_from(state.config.workspace.artifact_max_bytes).unwrap_or(usize::MAX);
     let internal = Router::new()
         .route(
             crate::k8s::report::REPORT_ROUTE,
             axum::routing::post(internal::report),
         )
-        .route_layer(DefaultBodyLimit::max(crate::k8s::report::MAX_REPORT_BYTES));
+        .route_layer(DefaultBodyLimit::max(crate::k8s::report::MAX_REPORT_BYTES))
+        .merge(
+            Router::new()
+                .route(
+                    crate::k8s::report::ARTIFACT_ROUTE,
+                    axum::routing::put(internal::artifact),
+                )
+                .route_layer(DefaultBodyLimit::max(artifact_limit)),
+        );
 
     // A session's WebSocket: browsers cannot set headers on one, so it checks the token
     // itself or takes a single-use ticket (see `attach`). Not in the document: OpenAPI has no

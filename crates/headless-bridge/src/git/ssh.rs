@@ -68,19 +68,38 @@ pub fn for_url(
     helpers_dir: &Path,
     secrets_dir: impl FnOnce() -> io::Result<PathBuf>,
 ) -> io::Result<Option<SshAuth>> {
-    let (Some(dir), Some(host)) = (credentials_dir, url.host_str()) else {
+    let Some(dir) = credentials_dir else {
+        return Ok(None);
+    };
+    let Some(key) = find_key(dir, url)? else {
+        return Ok(None);
+    };
+    install(helpers_dir, &secrets_dir()?, key, &dir.join(KNOWN_HOSTS)).map(Some)
+}
+
+/// The operator's private key for an `ssh://` `url`'s host (`<host>.ssh` in
+/// `credentials_dir`), if there is one; other URLs get `None`.
+pub fn find_key(credentials_dir: &Path, url: &Url) -> io::Result<Option<String>> {
+    let Some(host) = url.host_str() else {
         return Ok(None);
     };
     if url.scheme() != "ssh" || host.starts_with('.') || host.contains('/') {
         return Ok(None);
     }
-    let key = match std::fs::read_to_string(dir.join(format!("{host}.ssh"))) {
-        Ok(key) => key,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    install(helpers_dir, &secrets_dir()?, key, &dir.join("known_hosts")).map(Some)
+    match std::fs::read_to_string(credentials_dir.join(key_file_name(host))) {
+        Ok(key) => Ok(Some(key)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
+
+/// The file in `HB_GIT_CREDENTIALS_DIR` holding the key for `host`.
+pub fn key_file_name(host: &str) -> String {
+    format!("{host}.ssh")
+}
+
+/// The file in `HB_GIT_CREDENTIALS_DIR` holding the hosts' public keys.
+pub const KNOWN_HOSTS: &str = "known_hosts";
 
 /// Writes a 0600 copy of `key` into `secrets_dir` and makes sure the wrapper is in
 /// `helpers_dir`.

@@ -3,12 +3,16 @@
 //! Theory of operation. The engine hands a run to `JobExecutor::execute` once it has a slot,
 //! as it would hand it to the local pipeline. The executor takes the login as a local run does
 //! (a ChatGPT login's writer lock is held until the run ends, so runs of one login still never
-//! refresh at once), makes a random report token, creates the Job, then the run's Secret
-//! owned by it (`job.rs`), and waits for whichever comes first:
+//! refresh at once; a profile's secrets are read from its secrets directory), gathers what the
+//! run carries into its pod (`carry.rs`: that login, and the repository host's credential),
+//! makes a random report token, creates the Job, then the run's Secret owned by it (`job.rs`),
+//! and waits for whichever comes first:
 //! - the worker's reports (`report.rs`): each batch of sink calls is applied to the run's own
-//!   event sink, so events, logs and the state in the store come out as for a local run; the
-//!   last report carries the finished record and any refreshed login, which is checked in
-//!   (and written back to the login's Secret) exactly as after a local run;
+//!   event sink, so events, logs and the state in the store come out as for a local run; before
+//!   its last report the worker sends each artifact it kept, which the bridge stores where a
+//!   local run's go; the last report carries the finished record and any refreshed Codex
+//!   login, which is checked in (and written back to the login's Secret) exactly as after a
+//!   local run;
 //! - the Job ending without a final report (the pod failed, or Kubernetes' deadline passed);
 //! - a cancel request or shutdown: the Job is deleted with foreground propagation, so the pod
 //!   goes before the Job does;
@@ -22,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::io::Read as _;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -33,6 +38,7 @@ use subtle::ConstantTimeEq as _;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
+use super::carry::Carried;
 use super::job;
 use super::report::Report;
 use crate::adapter::Adapter;
@@ -41,7 +47,7 @@ use crate::credentials::LoadedAuth;
 use crate::run::events::{EventSink, Relayed};
 use crate::run::failure::{Failure, apply_failure};
 use crate::run::pipeline::Pipeline;
-use crate::run::{Outcome, ReasonCode, RunId, RunRecord, RunState};
+use crate::run::{Outcome, ReasonCode, RunId, RunRecord, RunSpec, RunState};
 
 /// Reports buffered per run before a worker's POST waits: backpressure for a flood of output.
 const REPORT_QUEUE: usize = 16;
@@ -49,13 +55,17 @@ const REPORT_QUEUE: usize = 16;
 /// anyway.
 const FINISH_GRACE: Duration = Duration::from_secs(30);
 
-/// Why a report was not taken.
+/// Why a report or an artifact was not taken.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
     #[error("no run in progress has this id")]
     UnknownRun,
     #[error("the token is not this run's")]
     Unauthorized,
+    #[error("the run did not declare the artifact `{0}`")]
+    Undeclared(String),
+    #[error("failed to keep the artifact")]
+    Keep(#[source] std::io::Error),
 }
 
 /// Runs runs as Kubernetes Jobs. Cheap to share behind an `Arc`.
@@ -69,6 +79,18 @@ pub struct JobExecutor {
 struct Registered {
     token_digest: [u8; 32],
     reports: mpsc::Sender<Report>,
+    /// The artifact paths the run declared: the only ones its worker may send.
+    declared: Vec<String>,
+    /// Where the bridge keeps this run's artifacts, as for a local run.
+    artifacts_dir: PathBuf,
+}
+
+/// What following a run's Job needs besides the run: the Codex login it was given, if any,
+/// and its report token.
+#[derive(Clone, Copy)]
+struct Follow<'a> {
+    given: Option<&'a LoadedAuth>,
+    token: &'a str,
 }
 
 /// How the wait for a Job ended.
@@ -96,20 +118,45 @@ impl JobExecutor {
         token: &str,
         report: Report,
     ) -> Result<(), DeliverError> {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let sender = {
-            let runs = self.lock();
-            let run = runs.get(&id).ok_or(DeliverError::UnknownRun)?;
-            if !bool::from(run.token_digest.ct_eq(&presented)) {
-                return Err(DeliverError::Unauthorized);
-            }
-            run.reports.clone()
-        };
+        let sender = self.authorized(id, token, |run| run.reports.clone())?;
         // A run that just ended has dropped its receiver; its last report was already taken.
         sender
             .send(report)
             .await
             .map_err(|_| DeliverError::UnknownRun)
+    }
+
+    /// Keeps an artifact that run `id`'s worker sends, if `token` is that run's and the run
+    /// declared `path`; the final report then lists it if the bytes match.
+    pub fn keep_artifact(
+        &self,
+        id: RunId,
+        token: &str,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<(), DeliverError> {
+        let dir = self.authorized(id, token, |run| {
+            let declared = run.declared.iter().any(|d| d == path);
+            declared.then(|| run.artifacts_dir.clone())
+        })?;
+        let dir = dir.ok_or_else(|| DeliverError::Undeclared(path.to_owned()))?;
+        crate::artifacts::keep(&dir, path, bytes).map_err(DeliverError::Keep)
+    }
+
+    /// What `take` reads of run `id`'s registration, if `token` is that run's.
+    fn authorized<T>(
+        &self,
+        id: RunId,
+        token: &str,
+        take: impl FnOnce(&Registered) -> T,
+    ) -> Result<T, DeliverError> {
+        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let runs = self.lock();
+        let run = runs.get(&id).ok_or(DeliverError::UnknownRun)?;
+        if !bool::from(run.token_digest.ct_eq(&presented)) {
+            return Err(DeliverError::Unauthorized);
+        }
+        Ok(take(run))
     }
 
     /// Deletes the Jobs of runs a previous process left unfinished (their reports would find
@@ -143,37 +190,47 @@ impl JobExecutor {
         record: &mut RunRecord,
         sink: &mut EventSink,
     ) -> Result<(), Failure> {
-        if let Adapter::Profile(profile) = &pipeline.adapter {
-            return Err(Failure::failed(
-                ReasonCode::ExecutorError,
-                format!(
-                    "the `{}` adapter cannot run as a Kubernetes Job yet: its login would not \
-                     reach the pod; only `codex` runs do",
-                    profile.name
-                ),
-            ));
-        }
-        // As a local run: fail fast on a broken login, then wait for any other run that may
-        // refresh it, and take the working copy as that run left it.
-        let peek = pipeline.login.checkout()?;
-        let _writer = tokio::select! {
-            writer = pipeline.login.writer(&peek) => writer,
-            () = pipeline.stop.cancelled() => return Err(pipeline.stop_failure()),
+        let mut carried = Carried::default();
+        let (given, _writer) = match &pipeline.adapter {
+            Adapter::Codex => {
+                // As a local run: fail fast on a broken login, then wait for any other run
+                // that may refresh it, and take the working copy as that run left it.
+                let peek = pipeline.login.checkout()?;
+                let writer = tokio::select! {
+                    writer = pipeline.login.writer(&peek) => writer,
+                    () = pipeline.stop.cancelled() => return Err(pipeline.stop_failure()),
+                };
+                let given = pipeline.login.checkout()?;
+                carried.codex_login(given.bytes(), config_toml(pipeline.login.config()));
+                (Some(given), Some(writer))
+            }
+            Adapter::Profile(profile) => {
+                carried.profile(profile)?;
+                (None, None)
+            }
         };
-        let given = pipeline.login.checkout()?;
+        carry_git(pipeline, &record.spec, &mut carried).await?;
 
         let token = random_token().map_err(|e| executor_error("make a report token", &e))?;
         let (tx, mut reports) = mpsc::channel(REPORT_QUEUE);
         let token_digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let artifacts_dir =
+            crate::artifacts::store_dir(&pipeline.config.data_dir, &record.id.to_string());
         self.lock().insert(
             record.id,
             Registered {
                 token_digest,
                 reports: tx,
+                declared: record.spec.artifacts.clone(),
+                artifacts_dir,
             },
         );
+        let follow = Follow {
+            given: given.as_ref(),
+            token: &token,
+        };
         let result = self
-            .create_and_follow(pipeline, record, sink, &given, &token, &mut reports)
+            .create_and_follow(pipeline, record, sink, carried, follow, &mut reports)
             .await;
         self.lock().remove(&record.id);
         result
@@ -184,13 +241,14 @@ impl JobExecutor {
         pipeline: &Pipeline,
         record: &mut RunRecord,
         sink: &mut EventSink,
-        given: &LoadedAuth,
-        token: &str,
+        carried: Carried,
+        follow: Follow<'_>,
         reports: &mut mpsc::Receiver<Report>,
     ) -> Result<(), Failure> {
+        let Follow { given, token } = follow;
         let name = job::name(record.id);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        self.start_job(pipeline, record, given, token, &jobs)
+        self.start_job(pipeline, record, carried, token, &jobs)
             .await?;
         sink.notice(format!(
             "running as Kubernetes Job {}/{name}",
@@ -251,7 +309,7 @@ impl JobExecutor {
         &self,
         pipeline: &Pipeline,
         record: &RunRecord,
-        given: &LoadedAuth,
+        carried: Carried,
         token: &str,
         jobs: &Api<Job>,
     ) -> Result<(), Failure> {
@@ -263,8 +321,7 @@ impl JobExecutor {
             .await
             .map_err(|e| executor_error("create the run's Job", &e))?;
         let uid = created.metadata.uid.unwrap_or_default();
-        let login = (given.bytes(), config_toml(pipeline.login.config()));
-        let secret = job::run_secret(&self.settings.namespace, record, token, Some(login), &uid);
+        let secret = job::run_secret(&self.settings.namespace, record, token, carried, &uid);
         if let Err(e) = secrets.create(&PostParams::default(), &secret).await {
             self.delete(jobs, &name, DeleteParams::foreground()).await;
             return Err(executor_error("create the run's Secret", &e));
@@ -317,12 +374,13 @@ impl JobExecutor {
         }
     }
 
-    /// Takes the worker's finished record, and its refreshed login if any.
+    /// Takes the worker's finished record, the artifacts it sent, and its refreshed login if
+    /// any.
     async fn finish(
         &self,
         pipeline: &Pipeline,
         record: &mut RunRecord,
-        given: &LoadedAuth,
+        given: Option<&LoadedAuth>,
         report: Report,
     ) -> Result<(), Failure> {
         let finished = report.finished.expect("a final report has a record");
@@ -335,10 +393,17 @@ impl JobExecutor {
         record.diff = finished.diff;
         record.usage = finished.usage;
         record.exit_code = finished.exit_code;
-        if !finished.artifacts.is_empty() {
-            record.logs.push_str(
-                "\nartifacts stay in the run's pod: the Job executor does not collect them yet",
-            );
+        let artifacts_dir =
+            crate::artifacts::store_dir(&pipeline.config.data_dir, &record.id.to_string());
+        for artifact in finished.artifacts {
+            // The record lists only what the bridge holds, byte for byte.
+            match crate::artifacts::check_kept(&artifacts_dir, &artifact) {
+                Ok(()) => record.artifacts.push(artifact),
+                Err(why) => record.logs.push_str(&format!(
+                    "\nartifact `{}` not kept: the run's worker listed it, but {why}",
+                    artifact.path
+                )),
+            }
         }
         let result = match (finished.outcome, finished.reason) {
             (Some(Outcome::Succeeded), _) => Ok(()),
@@ -349,6 +414,9 @@ impl JobExecutor {
                     record.message.clone().unwrap_or_default(),
                 )
             }),
+        };
+        let Some(given) = given else {
+            return Ok(());
         };
         let incoming = pipeline
             .config
@@ -437,6 +505,27 @@ fn executor_error(what: &str, e: &dyn std::error::Error) -> Failure {
     let message = format!("failed to {what}: {}", crate::error_chain(e));
     tracing::error!(%message);
     Failure::failed(ReasonCode::ExecutorError, message)
+}
+
+/// Carries the operator's credential for the run's repository host, as the local clone would
+/// find it. A URL the policy refuses carries nothing: the worker refuses it the same way.
+async fn carry_git(
+    pipeline: &Pipeline,
+    spec: &RunSpec,
+    carried: &mut Carried,
+) -> Result<(), Failure> {
+    let (Some(dir), Some(repo)) = (&pipeline.config.git_credentials_dir, &spec.repo) else {
+        return Ok(());
+    };
+    let Ok(url) = pipeline.policy.check_repo(&repo.url).await else {
+        return Ok(());
+    };
+    carried.git(dir, &url).map_err(|e| {
+        Failure::failed(
+            ReasonCode::WorkspaceError,
+            format!("failed to prepare the repository's credential: {e}"),
+        )
+    })
 }
 
 /// The optional config.toml that goes with the login.

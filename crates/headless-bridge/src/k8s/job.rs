@@ -2,9 +2,9 @@
 //!
 //! The pod runs the bridge's own image with the `worker` subcommand. What the worker needs
 //! that is not a plain setting travels in a per-run Secret, never in the Job's spec (which
-//! anyone who may read Jobs sees) nor in argv: the run (`run.json`, the prompt included), the
-//! login the run may use (`auth.json`, the bridge's working copy as it stands, and the
-//! optional `config.toml`), and the token the worker reports back with (`token`, read into
+//! anyone who may read Jobs sees) nor in argv: the run (`run.json`, the prompt included), what
+//! it carries (`carry.rs`: the Codex login or the profile and its secrets, and the repository
+//! host's credential), and the token the worker reports back with (`token`, read into
 //! `HB_WORKER_TOKEN` with `secretKeyRef`). The Secret is mounted as the worker's Codex
 //! directory; the Job owns it, so the garbage collector deletes it with the Job.
 //!
@@ -21,6 +21,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::json;
 
+use super::carry::Carried;
 use crate::config::{Config, JobSettings};
 use crate::run::{RunId, RunRecord};
 
@@ -116,26 +117,24 @@ pub fn job(config: &Config, settings: &JobSettings, record: &RunRecord) -> Job {
     serde_json::from_value(job).expect("the Job literal matches the Job schema")
 }
 
-/// The per-run Secret: the run, its login and its report token, owned by the Job `owner_uid`
-/// names so that deleting the Job deletes it.
+/// The per-run Secret: the run, what it carries (its login and keys, see `carry.rs`) and its
+/// report token, owned by the Job `owner_uid` names so that deleting the Job deletes it.
 pub fn run_secret(
     namespace: &str,
     record: &RunRecord,
     token: &str,
-    login: Option<(&[u8], Option<Vec<u8>>)>,
+    carried: Carried,
     owner_uid: &str,
 ) -> Secret {
     let name = name(record.id);
-    let mut data = BTreeMap::new();
+    let mut data: BTreeMap<String, ByteString> = carried
+        .into_entries()
+        .into_iter()
+        .map(|(key, bytes)| (key, ByteString(bytes)))
+        .collect();
     let run = serde_json::to_vec(record).expect("a run record serializes");
     data.insert(RUN_KEY.to_owned(), ByteString(run));
     data.insert(TOKEN_KEY.to_owned(), ByteString(token.as_bytes().to_vec()));
-    if let Some((auth, config_toml)) = login {
-        data.insert("auth.json".to_owned(), ByteString(auth.to_vec()));
-        if let Some(config_toml) = config_toml {
-            data.insert("config.toml".to_owned(), ByteString(config_toml));
-        }
-    }
     let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -290,7 +289,9 @@ mod tests {
     #[test]
     fn the_run_secret_is_owned_by_its_job_and_carries_the_run() {
         let record = record();
-        let secret = run_secret("runs", &record, "tok", Some((b"{}", None)), "uid-1");
+        let mut carried = Carried::default();
+        carried.codex_login(b"{}", None);
+        let secret = run_secret("runs", &record, "tok", carried, "uid-1");
         let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("Job", "uid-1"));
         let data = secret.data.unwrap();

@@ -6,6 +6,7 @@
 //! kubelet rotates it, and its CA); [`crate::config::KubeApi`] lets a test or an operator
 //! outside a cluster name another API server.
 
+pub mod carry;
 pub mod executor;
 pub mod job;
 pub mod report;

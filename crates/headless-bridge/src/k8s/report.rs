@@ -6,7 +6,10 @@
 //! run's Secret, and forgotten by the bridge when the run ends. A report carries the sink
 //! calls made since the last one, in order; the last report also carries the finished record
 //! and, when the CLI refreshed its login, the new `auth.json`, which the bridge takes into its
-//! working copy as it would from a local run.
+//! working copy as it would from a local run. Before that last report the worker `PUT`s each
+//! artifact it kept to `/internal/v1/runs/{id}/artifacts/{path}`, with the same token; the
+//! bridge takes only paths the run declared, at most `HB_ARTIFACT_MAX_BYTES` each (413
+//! `artifact_too_large` beyond), and the finished record lists only those it holds.
 
 use std::fmt;
 
@@ -17,6 +20,9 @@ use crate::run::events::Relayed;
 
 /// The route a worker reports to, with `{id}` for the run id.
 pub const REPORT_ROUTE: &str = "/internal/v1/runs/{id}/report";
+/// The route a worker sends each kept artifact to (`PUT`, the file's bytes as the body),
+/// before its final report.
+pub const ARTIFACT_ROUTE: &str = "/internal/v1/runs/{id}/artifacts/{*path}";
 /// The largest report the bridge takes: a batch of output lines, or a finished record with
 /// its logs (capped at 1 MiB), output and diff.
 pub const MAX_REPORT_BYTES: usize = 64 << 20;

@@ -1,11 +1,13 @@
 //! `headless-bridge worker`: runs one run inside its Kubernetes Job's pod and reports it.
 //!
 //! The worker is the local executor's pipeline in a pod of its own: it reads the run from the
-//! run's Secret (`--run`, mounted by `job.rs`), prepares the workspace (clone, tools, the
-//! login from the same Secret) and runs the CLI under the same shim, limits and judgement as
-//! the bridge would. Its event sink relays every call to the bridge as it is made, in batches
-//! (`report.rs`); when the run has ended it sends the finished record, and the login if the
-//! CLI refreshed it, then exits. The exit code says whether the bridge got the outcome (0), not
+//! run's Secret (`--run`, mounted by `job.rs`), takes what the run carried in the same Secret
+//! (`carry.rs`: the Codex login, or the profile and its secrets; the repository host's
+//! credential), prepares the workspace (clone, tools, the private HOME) and runs the CLI under
+//! the same shim, limits and judgement as the bridge would. Its event sink relays every call
+//! to the bridge as it is made, in batches (`report.rs`); when the run has ended it sends each
+//! artifact it kept, then the finished record, and the login if the CLI refreshed it, then
+//! exits. The exit code says whether the bridge got the outcome (0), not
 //! how the run went.
 //!
 //! SIGTERM (the Job deleted: a cancel, or Kubernetes' deadline) stops the CLI as a bridge
@@ -20,7 +22,9 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::report::{Login, REPORT_ROUTE, Report};
+use super::carry::{self, CarryError};
+use super::report::{ARTIFACT_ROUTE, Login, REPORT_ROUTE, Report};
+use crate::adapter::Adapter;
 use crate::config::Config;
 use crate::credentials::WorkingCopy;
 use crate::fetch::Fetcher;
@@ -60,6 +64,8 @@ pub enum WorkerError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Profile(#[from] crate::adapter::profile::ProfileError),
+    #[error(transparent)]
+    Carried(#[from] CarryError),
     #[error("the bridge refused the report ({status}): {body}")]
     Refused { status: u16, body: String },
     #[error("failed to reach the bridge at {url}")]
@@ -74,6 +80,8 @@ pub enum WorkerError {
 struct Reporter {
     client: reqwest::Client,
     url: String,
+    /// The bridge's base URL, for the artifact route.
+    bridge_url: String,
     token: String,
 }
 
@@ -109,9 +117,11 @@ pub async fn run(config: Config, run_file: &Path) -> Result<(), WorkerError> {
             bridge_url.trim_end_matches('/'),
             REPORT_ROUTE.replace("{id}", &record.id.to_string())
         ),
+        bridge_url: bridge_url.trim_end_matches('/').to_owned(),
         token,
     });
-    let pipeline = pipeline(config, &record)?;
+    let run_dir = run_file.parent().unwrap_or(Path::new("."));
+    let pipeline = pipeline(config, &record, run_dir)?;
     let stop = pipeline.stop.clone();
     tokio::spawn(async move {
         terminated().await;
@@ -133,6 +143,7 @@ pub async fn run(config: Config, run_file: &Path) -> Result<(), WorkerError> {
 
     finished.state = RunState::Finished;
     finished.finished_at = Some(OffsetDateTime::now_utc());
+    send_artifacts(&reporter, &pipeline.config, &mut finished).await;
     // The working copy holds whatever the CLI refreshed during the run.
     let working = pipeline.config.data_dir.join("credentials/codex/auth.json");
     let login = std::fs::read(working)
@@ -150,17 +161,36 @@ pub async fn run(config: Config, run_file: &Path) -> Result<(), WorkerError> {
     forwarded
 }
 
-/// The local pipeline, set up in the pod as the engine would set it up in the bridge.
-fn pipeline(config: Config, record: &RunRecord) -> Result<Pipeline, WorkerError> {
+/// The local pipeline, set up in the pod as the engine would set it up in the bridge, with
+/// what the run carried in `run_dir`.
+fn pipeline(
+    mut config: Config,
+    record: &RunRecord,
+    run_dir: &Path,
+) -> Result<Pipeline, WorkerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| WorkerError::ReadRun {
         path: config.data_dir.clone(),
         source,
     })?;
     let store = Store::open(&config.data_dir.join("runs.sqlite3"))?;
-    let adapters = crate::server::load_adapters(&config)?;
-    let adapter = adapters
-        .get(&record.spec.adapter)
-        .ok_or_else(|| WorkerError::UnknownAdapter(record.spec.adapter.clone()))?;
+    let name = &record.spec.adapter;
+    let adapter = match carry::carried_profile(run_dir, name)? {
+        Some(profile) => Adapter::Profile(Arc::new(profile)),
+        None => crate::server::load_adapters(&config)?
+            .get(name)
+            .ok_or_else(|| WorkerError::UnknownAdapter(name.clone()))?,
+    };
+    // The repository host's credential, laid out as the bridge's credentials directory holds
+    // it; a URL that does not parse is refused by the clone as it would be in the bridge.
+    let url = record
+        .spec
+        .repo
+        .as_ref()
+        .and_then(|r| url::Url::parse(&r.url).ok());
+    if let Some(url) = url {
+        let dest = config.data_dir.join("git-credentials");
+        config.git_credentials_dir = carry::lay_out_git(run_dir, &url, &dest)?;
+    }
     let policy = UrlPolicy::new(&config.allowed_hosts);
     let login = Arc::new(WorkingCopy::new(&config.data_dir, config.codex.clone()));
     Ok(Pipeline {
@@ -175,6 +205,34 @@ fn pipeline(config: Config, record: &RunRecord) -> Result<Pipeline, WorkerError>
         metrics: Arc::default(),
         config: Arc::new(config),
     })
+}
+
+/// Sends each artifact the run kept to the bridge. One the bridge does not take is left out
+/// of the record, with the reason in its logs, as a local run notes an artifact it could not
+/// keep; the run's outcome stands.
+async fn send_artifacts(reporter: &Reporter, config: &Config, finished: &mut RunRecord) {
+    let store = crate::artifacts::store_dir(&config.data_dir, &finished.id.to_string());
+    let mut sent = Vec::with_capacity(finished.artifacts.len());
+    for artifact in std::mem::take(&mut finished.artifacts) {
+        let result = match crate::artifacts::read(&store, &artifact.path) {
+            Ok(bytes) => {
+                reporter
+                    .send_artifact(finished.id, &artifact.path, bytes)
+                    .await
+            }
+            Err(e) => Err(format!("the worker could not read it back ({e})")),
+        };
+        match result {
+            Ok(()) => sent.push(artifact),
+            Err(why) => {
+                tracing::warn!(path = %artifact.path, %why, "an artifact was not taken");
+                finished
+                    .logs
+                    .push_str(&format!("\nartifact `{}` not kept: {why}", artifact.path));
+            }
+        }
+    }
+    finished.artifacts = sent;
 }
 
 /// Sends the sink's calls in batches until the sink is dropped.
@@ -201,6 +259,53 @@ async fn forward(
 }
 
 impl Reporter {
+    /// PUTs one artifact; says why when the bridge did not take it. A refusal (such as 413
+    /// `artifact_too_large`) is final; an unreachable bridge is tried again as reports are.
+    async fn send_artifact(
+        &self,
+        id: crate::run::RunId,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), String> {
+        let route = ARTIFACT_ROUTE
+            .replace("{id}", &id.to_string())
+            .replace("/{*path}", "");
+        let mut url = url::Url::parse(&format!("{}{route}", self.bridge_url))
+            .map_err(|e| format!("the bridge URL does not parse ({e})"))?;
+        url.path_segments_mut()
+            .map_err(|()| "the bridge URL cannot take a path".to_owned())?
+            .extend(path.split('/'));
+        let bytes = axum::body::Bytes::from(bytes);
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            let answer = self
+                .client
+                .put(url.clone())
+                .bearer_auth(&self.token)
+                .body(bytes.clone())
+                .send()
+                .await;
+            let why = match answer {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) if !response.status().is_server_error() => {
+                    let status = response.status().as_u16();
+                    let body = response.text().await.unwrap_or_default();
+                    return Err(format!("the bridge refused it ({status}): {body}"));
+                }
+                Ok(response) => format!("the bridge answered {}", response.status()),
+                Err(e) => format!("the bridge could not be reached ({e})"),
+            };
+            if attempt >= ATTEMPTS {
+                return Err(why);
+            }
+            tracing::warn!(attempt, "the bridge did not take an artifact; trying again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(16));
+            attempt += 1;
+        }
+    }
+
     /// POSTs `report`, retrying with backoff while the bridge is unreachable or answers 5xx.
     async fn send(&self, report: &Report) -> Result<(), WorkerError> {
         let mut delay = Duration::from_millis(500);

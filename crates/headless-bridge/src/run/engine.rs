@@ -174,8 +174,8 @@ impl Engine {
     }
 
     /// The Job executor, when runs execute as Kubernetes Jobs.
-    pub fn jobs(&self) -> Option<&JobExecutor> {
-        self.inner.jobs.as_deref()
+    pub fn jobs(&self) -> Option<&Arc<JobExecutor>> {
+        self.inner.jobs.as_ref()
     }
 
     /// Starts a device-code login of the Codex login `name` (the default one for `None`), or

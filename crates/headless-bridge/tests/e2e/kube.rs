@@ -11,6 +11,7 @@
 //! The clusters are heavy (about 470 MiB each), so these tests take turns.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,11 +23,14 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
+use testkit::agent_api::AgentBehavior;
+use testkit::anthropic::FakeAnthropic;
+use testkit::git::GitServer;
 use testkit::kube::KubeCluster;
 use testkit::model::{Behavior, FakeModel};
 
 use crate::login::{TokenEndpoint, chatgpt_login, fresh_access_token};
-use crate::support::{BridgeBuilder, BridgeProcess, Model, TestBridge};
+use crate::support::{BridgeBuilder, BridgeProcess, Model, TestBridge, agent_cli_bin, secrets_dir};
 
 const NS: &str = "headless-bridge";
 /// The login Secret the base Role lets the bridge read and update.
@@ -199,14 +203,21 @@ async fn pod_of(admin: &kube::Client, id: &str) -> Pod {
     found.expect("the Job controller made the run's Pod")
 }
 
-/// Plays the kubelet for `pod`: runs its container (the worker binary) with its arguments,
-/// environment and volumes, then reports the Pod's phase by the exit code. Returns the exit
-/// code.
+/// Plays the kubelet for `pod`: runs its container (the worker binary) as the Pod's user with
+/// its arguments, environment and volumes, then reports the Pod's phase by the exit code.
+/// Returns the exit code.
 async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
     let spec = pod.spec.clone().unwrap();
     let container = &spec.containers[0];
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let security = spec.security_context.clone().unwrap_or_default();
+    let uid = security.run_as_user.expect("the pod names its user") as u32;
+    let gid = security.run_as_group.expect("the pod names its group") as u32;
+    let fs_group = security.fs_group.map(|g| g as u32);
     let root = tempfile::tempdir().unwrap();
+    // As on a node: the pod's directories can be passed through, and an emptyDir is writable
+    // by all (a profile's CLI may run as another user).
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
 
     // Volumes: Secrets (waiting for them, as the kubelet does) and emptyDirs.
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
@@ -220,11 +231,19 @@ async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
             .unwrap();
         let dir = root.path().join(&mount.name);
         std::fs::create_dir_all(&dir).unwrap();
+        if volume.empty_dir.is_some() {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         if let Some(source) = &volume.secret {
             let name = source.secret_name.clone().unwrap();
             let secret = wait_for_secret(&secrets, &name).await;
+            // The kubelet's Secret files: root's, of the pod's fsGroup, in the default mode.
+            let mode = source.default_mode.unwrap_or(0o644) as u32;
             for (key, value) in secret.data.unwrap_or_default() {
-                std::fs::write(dir.join(key), value.0).unwrap();
+                let path = dir.join(key);
+                std::fs::write(&path, value.0).unwrap();
+                std::os::unix::fs::chown(&path, Some(0), fs_group).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             }
         }
         mounts.push((mount.mount_path.clone(), dir));
@@ -265,6 +284,8 @@ async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
         command.env(&var.name, value);
     }
     let output = command
+        .uid(uid)
+        .gid(gid)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -302,10 +323,18 @@ async fn wait_for_secret(secrets: &Api<Secret>, name: &str) -> Secret {
 
 /// A bridge with the Job executor against `world`, using `model`'s login.
 async fn job_bridge(world: &World, model: &Model) -> TestBridge {
+    job_builder(world)
+        .await
+        .codex_dir(model.codex_dir.path())
+        .start()
+        .await
+}
+
+/// The settings of a bridge with the Job executor against `world`, on a listener bound now.
+async fn job_builder(world: &World) -> BridgeBuilder {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut builder = BridgeBuilder::new()
-        .codex_dir(model.codex_dir.path())
         .listener(listener)
         .var("HB_EXECUTOR", "kubernetes")
         .var("HB_JOB_NAMESPACE", NS)
@@ -315,7 +344,7 @@ async fn job_bridge(world: &World, model: &Model) -> TestBridge {
     for (name, value) in world.bridge_vars() {
         builder = builder.var(name, value);
     }
-    builder.start().await
+    builder
 }
 
 fn uuid_like() -> &'static str {
@@ -670,8 +699,9 @@ fn run_jobs_pass_the_schemas_and_the_hardening_policy() {
             .unwrap(),
     );
     let job = headless_bridge::k8s::job::job(&config, &settings, &record);
-    let secret =
-        headless_bridge::k8s::job::run_secret(NS, &record, "token", Some((b"{}", None)), "uid");
+    let mut carried = headless_bridge::k8s::carry::Carried::default();
+    carried.codex_login(b"{}", None);
+    let secret = headless_bridge::k8s::job::run_secret(NS, &record, "token", carried, "uid");
 
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let venv = root.join(".tools/k8s-venv/bin");
@@ -861,4 +891,197 @@ async fn a_bridge_killed_mid_run_deletes_the_runs_job_when_it_starts_again() {
         .unwrap();
     let (_, record) = restarted.client().get(&format!("/v1/runs/{id}")).await;
     assert_eq!(record["outcome"], "interrupted", "{record}");
+}
+
+/// The key the fake Anthropic API takes: a canary that may travel in the run's Secret only.
+const CLAUDE_KEY: &str = "sk-ant-canary-job-5e2a9c0d7b1f3e48";
+/// A file of the secrets directory that the profile does not name: it must not travel at all.
+const UNNAMED_SECRET: &str = "unnamed-secret-canary-0c7d94e1";
+
+/// Whether `bytes` contain `needle`.
+fn holds(bytes: &[u8], needle: &str) -> bool {
+    bytes
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// Asserts that `value` appears nowhere in the cluster's view of run `id` but its own Secret
+/// (there only when `in_run_secret`): not in the Job, not in the Pod (its env literals and
+/// argv), not in any other Secret.
+async fn assert_only_in_run_secret(world: &World, id: &str, value: &str, in_run_secret: bool) {
+    let name = format!("hb-run-{id}");
+    let job = Api::<Job>::namespaced(world.admin.clone(), NS)
+        .get(&name)
+        .await
+        .expect("the run's Job");
+    let pods = Api::<Pod>::namespaced(world.admin.clone(), NS)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let specs = format!(
+        "{}{}",
+        serde_json::to_string(&job).unwrap(),
+        serde_json::to_string(&pods).unwrap()
+    );
+    assert!(!specs.contains(value), "a secret in a Job or Pod: {specs}");
+    let secrets = Api::<Secret>::namespaced(world.admin.clone(), NS)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    for secret in secrets {
+        let held = secret
+            .data
+            .unwrap_or_default()
+            .values()
+            .any(|v| holds(&v.0, value));
+        let secret_name = secret.metadata.name.unwrap_or_default();
+        assert_eq!(
+            held,
+            in_run_secret && secret_name == name,
+            "Secret {secret_name}: the value belongs in the run's Secret only, if anywhere"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_claude_run_in_a_job_gets_only_its_login_and_only_through_the_runs_secret() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let fake = FakeAnthropic::start(
+        AgentBehavior::Reply("answered by Claude in a Job".into()),
+        CLAUDE_KEY,
+    )
+    .await;
+    let secrets = secrets_dir(&[("api_key", CLAUDE_KEY), ("unrelated", UNNAMED_SECRET)]);
+    let bridge = job_builder(&world)
+        .await
+        .var(
+            "HB_CLAUDE_BIN",
+            agent_cli_bin("claude").display().to_string(),
+        )
+        .var("HB_CLAUDE_DIR", secrets.path().display().to_string())
+        .var("HB_CLAUDE_BASE_URL", fake.base_url())
+        .start()
+        .await;
+
+    let body = json!({"adapter": "claude", "prompt": "say hello"});
+    let (status, run) = bridge.post("/v1/runs", &body).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let pod = pod_of(&world.admin, &id).await;
+    let secrets_api: Api<Secret> = Api::namespaced(world.admin.clone(), NS);
+    wait_for_secret(&secrets_api, &format!("hb-run-{id}")).await;
+    assert_only_in_run_secret(&world, &id, CLAUDE_KEY, true).await;
+    assert_only_in_run_secret(&world, &id, UNNAMED_SECRET, false).await;
+
+    assert_eq!(
+        play_kubelet(&world.admin, &pod).await,
+        0,
+        "the worker reported"
+    );
+    bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    assert_eq!(finished["output"], "answered by Claude in a Job");
+    assert!(!finished.to_string().contains(CLAUDE_KEY), "{finished}");
+    let calls = fake.message_calls();
+    assert!(!calls.is_empty(), "the real CLI called the API");
+    assert_eq!(calls[0].header("x-api-key"), Some(CLAUDE_KEY));
+}
+
+/// The token the private repository's server takes: it may travel in the run's Secret only.
+const GIT_TOKEN: &str = "git-token-canary-job-81c4f2d07e";
+/// The operator's token for another host: no run of this repository may carry it.
+const OTHER_HOST_TOKEN: &str = "git-token-canary-other-host-3a9b";
+const README: &str = "private-readme-in-a-job-6d1e\n";
+
+#[tokio::test]
+async fn a_job_clones_a_private_repo_with_its_hosts_token_and_its_artifact_is_served() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let git = GitServer::start_with_password(GIT_TOKEN).await;
+    let repo_url = git.create_repo("private", &[("README.md", README)]);
+    let creds = crate::workspaces::credentials_dir(&repo_url, GIT_TOKEN);
+    std::fs::write(creds.path().join("other.example"), OTHER_HOST_TOKEN).unwrap();
+    let model = Model::start(Behavior::RunThenReply {
+        command: "cp README.md summary.txt && head -c 4096 /dev/zero > big.bin && cat README.md"
+            .into(),
+        yield_time_ms: 10_000,
+    })
+    .await;
+    let bridge = job_builder(&world)
+        .await
+        .codex_dir(model.codex_dir.path())
+        .var("HB_GIT_CREDENTIALS_DIR", creds.path().display().to_string())
+        .var("HB_ARTIFACT_MAX_BYTES", "1K")
+        .start()
+        .await;
+
+    let request = json!({"adapter": "codex", "prompt": "summarize the repository",
+        "repo": {"url": repo_url}, "artifacts": ["summary.txt", "big.bin"]});
+    let (status, run) = bridge.post("/v1/runs", &request).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let pod = pod_of(&world.admin, &id).await;
+    let secrets_api: Api<Secret> = Api::namespaced(world.admin.clone(), NS);
+    let run_secret = wait_for_secret(&secrets_api, &format!("hb-run-{id}")).await;
+    assert_only_in_run_secret(&world, &id, GIT_TOKEN, true).await;
+    assert_only_in_run_secret(&world, &id, OTHER_HOST_TOKEN, false).await;
+
+    // The artifact route takes the run's own token, declared paths, and no more than the cap.
+    let run_token = String::from_utf8(run_secret.data.unwrap()["token"].0.clone()).unwrap();
+    let put = |path: &str, token: &str, body: Vec<u8>| {
+        bridge
+            .client
+            .put(format!(
+                "{}/internal/v1/runs/{id}/artifacts/{path}",
+                bridge.url
+            ))
+            .bearer_auth(token)
+            .body(body)
+            .send()
+    };
+    let refused = put("summary.txt", crate::support::TOKEN, b"x".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401, "an API token is not a run's token");
+    let refused = put("other.txt", &run_token, b"x".to_vec()).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "artifact_not_declared", "{body}");
+    let refused = put("summary.txt", &run_token, vec![0; 2048]).await.unwrap();
+    assert_eq!(refused.status(), 413);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "artifact_too_large", "{body}");
+
+    assert_eq!(
+        play_kubelet(&world.admin, &pod).await,
+        0,
+        "the worker reported"
+    );
+    bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    assert!(
+        finished["output"]
+            .as_str()
+            .unwrap()
+            .contains("private-readme-in-a-job"),
+        "{finished}"
+    );
+    assert!(git.refused() >= 1, "the server asked for credentials first");
+    assert!(!finished.to_string().contains(GIT_TOKEN), "{finished}");
+
+    // The artifact under the cap is served by the bridge; the one over it is explained.
+    let artifacts = finished["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 1, "{finished}");
+    assert_eq!(artifacts[0]["path"], "summary.txt");
+    assert_eq!(artifacts[0]["size"], README.len());
+    let logs = finished["logs"].as_str().unwrap();
+    assert!(logs.contains("artifact `big.bin` not kept"), "{logs}");
+    let (status, bytes) = bridge
+        .get_bytes(&format!("/v1/runs/{id}/artifacts/summary.txt"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, README.as_bytes());
 }

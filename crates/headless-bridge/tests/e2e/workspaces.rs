@@ -26,7 +26,7 @@ fn host_port(url: &str) -> String {
 }
 
 /// An operator's credentials directory with `token` for the host of `repo_url`.
-fn credentials_dir(repo_url: &str, token: &str) -> tempfile::TempDir {
+pub(crate) fn credentials_dir(repo_url: &str, token: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("a temp dir");
     let path = dir.path().join(host_port(repo_url));
     std::fs::write(&path, format!("{token}\n")).expect("write the token");

@@ -91,6 +91,11 @@ impl Bridge {
         }
         // No run of this process exists yet, so every workspace left is a dead run's.
         remove_children(&data_dir.join("workspaces"));
+        let workspaces = data_dir.join("workspaces");
+        prepare_workspaces_dir(&workspaces).map_err(|source| ServeError::DataDir {
+            path: workspaces,
+            source,
+        })?;
         // Likewise every login home: a relayed login of a dead process can no longer be
         // adopted, and its home may hold the tokens of one a person completed.
         remove_children(&data_dir.join("credentials").join("logins"));
@@ -231,6 +236,15 @@ fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, ServeError> {
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| ServeError::Locked {
         path: data_dir.to_owned(),
     })
+}
+
+/// Makes the directory of workspaces, passable but not listable by others (0711): a CLI that
+/// runs as another user must reach its own workspace through it, and the bridge's umask would
+/// make it 0700.
+fn prepare_workspaces_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
 }
 
 fn remove_children(dir: &Path) {

@@ -104,7 +104,7 @@ pub struct EventSink {
     next_seq: u64,
     tx: mpsc::UnboundedSender<RunEvent>,
     head_left: usize,
-    tail: VecDeque<(EventKind, Value, usize)>,
+    tail: VecDeque<(EventKind, TailLine, usize)>,
     tail_bytes: usize,
     dropped_lines: u64,
     dropped_bytes: u64,
@@ -200,15 +200,17 @@ impl EventSink {
         if let Some(spill) = &mut self.spill {
             spill.write(kind, line);
         }
-        let data = parsed.unwrap_or_else(|| json!({ "line": line }));
         let size = line.len() + 1;
         if size <= self.head_left {
             self.head_left -= size;
-            self.emit(kind, data);
+            self.emit(kind, TailLine::new(line, parsed).into_data());
             return;
         }
         self.head_left = 0;
-        self.tail.push_back((kind, data, size));
+        // Most of a flood's lines are dropped again from the tail: they stay plain strings
+        // until they are known to be kept.
+        self.tail
+            .push_back((kind, TailLine::new(line, parsed), size));
         self.tail_bytes += size;
         while self.tail_bytes > TAIL_BYTES {
             let Some((_, _, dropped)) = self.tail.pop_front() else {
@@ -229,8 +231,8 @@ impl EventSink {
             );
             self.emit(EventKind::Notice, json!({ "message": message, "dropped_lines": self.dropped_lines, "dropped_bytes": self.dropped_bytes }));
         }
-        for (kind, data, _) in std::mem::take(&mut self.tail) {
-            self.emit(kind, data);
+        for (kind, line, _) in std::mem::take(&mut self.tail) {
+            self.emit(kind, line.into_data());
         }
         if let Some(spill) = self.spill.take() {
             spill.close();
@@ -267,6 +269,29 @@ async fn write_events(
     }
 }
 
+/// An output line waiting in the tail: the CLI's parsed event, or the line as printed.
+enum TailLine {
+    Parsed(Value),
+    Text(String),
+}
+
+impl TailLine {
+    fn new(line: &str, parsed: Option<Value>) -> Self {
+        match parsed {
+            Some(value) => Self::Parsed(value),
+            None => Self::Text(line.to_owned()),
+        }
+    }
+
+    /// The event's data.
+    fn into_data(self) -> Value {
+        match self {
+            Self::Parsed(value) => value,
+            Self::Text(line) => json!({ "line": line }),
+        }
+    }
+}
+
 /// The full output stream of a run in a file, up to a cap.
 struct Spill {
     file: std::io::BufWriter<std::fs::File>,
@@ -280,7 +305,7 @@ impl Spill {
         let opened = std::fs::File::create(&path);
         match opened {
             Ok(file) => Some(Self {
-                file: std::io::BufWriter::new(file),
+                file: std::io::BufWriter::with_capacity(64 << 10, file),
                 written: 0,
                 cap,
                 dropped: 0,

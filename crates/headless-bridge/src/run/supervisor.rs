@@ -35,6 +35,13 @@ const TERM_GRACE: Duration = Duration::from_secs(3);
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// A single stdout line longer than this is cut; JSON event lines are far shorter.
 const MAX_LINE_BYTES: usize = 4 << 20;
+/// The buffer output is read into: a pipe's default capacity.
+const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Lines sent to the run in one message at most, counted in bytes (one line may pass it).
+const BATCH_BYTES: usize = 64 << 10;
+/// Messages of lines waiting for the run before the readers wait: with [`BATCH_BYTES`] and
+/// [`MAX_LINE_BYTES`], what a run's output can hold in memory stays bounded.
+const BATCHES_QUEUED: usize = 16;
 /// How much stderr is kept; the rest is counted and dropped.
 const MAX_STDERR_BYTES: usize = 256 << 10;
 /// How long the sweep keeps killing before it gives up on a process that will not die
@@ -117,7 +124,7 @@ pub async fn run(
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
 
-    let (line_tx, mut lines) = mpsc::channel(256);
+    let (line_tx, mut lines) = mpsc::channel(BATCHES_QUEUED);
     let readers = [
         tokio::spawn(read_lines(stdout, Stream::Stdout, line_tx.clone()).in_current_span()),
         tokio::spawn(read_lines(stderr, Stream::Stderr, line_tx).in_current_span()),
@@ -146,8 +153,8 @@ pub async fn run(
     let mut stopped = None;
     let status = loop {
         tokio::select! {
-            Some((stream, line)) = lines.recv() => {
-                observe(stream, &line);
+            Some((stream, batch)) = lines.recv() => {
+                batch.iter().for_each(|line| observe(stream, line));
                 idle.as_mut().reset(idle_end(Instant::now()).into());
             }
             status = child.wait() => break status?,
@@ -185,8 +192,8 @@ pub async fn run(
         sweep(pid, &spec.marker).await
     };
     let drain = async {
-        while let Some((stream, line)) = lines.recv().await {
-            observe(stream, &line);
+        while let Some((stream, batch)) = lines.recv().await {
+            batch.iter().for_each(|line| observe(stream, line));
         }
     };
     if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
@@ -328,27 +335,40 @@ pub fn processes_with_env(needle: &[u8]) -> Vec<Pid> {
         .collect()
 }
 
+/// Reads `stream` line by line and sends the lines in batches: every whole line already read
+/// goes in one message, so a flood costs one wake-up per buffer rather than per line, and a
+/// line is never held back waiting for the next.
 async fn read_lines(
     stream: impl AsyncRead + Unpin,
     which: Stream,
-    tx: mpsc::Sender<(Stream, String)>,
+    tx: mpsc::Sender<(Stream, Vec<String>)>,
 ) {
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     let mut buf = Vec::new();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
     loop {
         buf.clear();
-        match (&mut reader)
+        let read = (&mut reader)
             .take(MAX_LINE_BYTES as u64)
             .read_until(b'\n', &mut buf)
-            .await
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = text::clean_line(&buf);
-                if tx.send((which, line)).await.is_err() {
-                    return;
-                }
+            .await;
+        let end = matches!(read, Ok(0) | Err(_));
+        if !end {
+            batch_bytes += buf.len();
+            batch.push(text::clean_line(&buf));
+        }
+        // Send when the next line is not already here (reading it may wait), or enough is
+        // gathered; memchr stops at the next line's end, so this looks at each byte once more.
+        let more_here = reader.buffer().contains(&b'\n');
+        if !batch.is_empty() && (end || !more_here || batch_bytes >= BATCH_BYTES) {
+            batch_bytes = 0;
+            if tx.send((which, std::mem::take(&mut batch))).await.is_err() {
+                return;
             }
+        }
+        if end {
+            return;
         }
     }
 }

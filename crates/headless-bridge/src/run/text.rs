@@ -3,7 +3,11 @@
 
 /// Cleans one raw output line.
 pub fn clean_line(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
+    // Valid UTF-8 is the common case, and checking it is much faster than the lossy path.
+    let text = match std::str::from_utf8(raw) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(raw),
+    };
     let text = text.trim_end_matches(['\n', '\r']);
     if text.contains('\u{1b}') {
         strip_ansi(text)

@@ -129,20 +129,29 @@ async fn main() {
     );
 
     table.section("one Codex turn (fake model on loopback), median of 10");
-    let direct_codex = codex_direct(&codex_dir, work.path(), 10).await;
+    let direct_codex = codex_direct(&codex_dir, work.path(), 10, false).await;
+    let fresh_codex = codex_direct(&codex_dir, work.path(), 10, true).await;
     let through_codex = load(&client, 10, 1, || bridge.run_request("codex")).await;
     table.row(
-        "`codex exec --json` directly",
+        "`codex exec --json` directly, one CODEX_HOME",
         format!("{:.1} ms", ms(direct_codex.p(50))),
         "baseline",
     );
+    table.row(
+        "`codex exec --json` directly, a new CODEX_HOME each",
+        format!("{:.1} ms", ms(fresh_codex.p(50))),
+        "what a private home costs Codex",
+    );
     let added = ms(through_codex.p(50)) - ms(direct_codex.p(50));
+    let added_fresh = ms(through_codex.p(50)) - ms(fresh_codex.p(50));
     table.row(
         "through the bridge",
-        format!("{:.1} ms (+{added:.1} ms)", ms(through_codex.p(50))),
+        format!(
+            "{:.1} ms (+{added:.1} ms; +{added_fresh:.1} ms over a new home)",
+            ms(through_codex.p(50))
+        ),
         "target <= +20 ms",
     );
-
     table.print();
     drop(webhook);
     drop(bridge);
@@ -374,16 +383,27 @@ async fn flood(client: &reqwest::Client, bridge: &Bridge) -> (Duration, Duration
     (plain, through.wall, bridge.peak_kib())
 }
 
-async fn codex_direct(codex_dir: &Path, work: &Path, turns: usize) -> Stats {
+/// `turns` Codex turns run directly, one at a time: in one CODEX_HOME used for every turn,
+/// as a person at a laptop would (`fresh` false), or in a new one per turn made before the
+/// turn's clock starts, as each run through the bridge has (`fresh` true).
+async fn codex_direct(codex_dir: &Path, work: &Path, turns: usize, fresh: bool) -> Stats {
     let client = reqwest::Client::new();
-    let home = work.join("direct-codex-home");
-    std::fs::create_dir_all(&home).expect("a codex home");
-    for file in ["auth.json", "config.toml"] {
-        std::fs::copy(codex_dir.join(file), home.join(file)).expect("copy the login");
-    }
-    let home = Arc::new(home);
+    let root = work.join(if fresh { "direct-fresh" } else { "direct-warm" });
+    let homes: Vec<PathBuf> = (0..if fresh { turns } else { 1 })
+        .map(|n| {
+            let home = root.join(n.to_string());
+            std::fs::create_dir_all(&home).expect("a codex home");
+            for file in ["auth.json", "config.toml"] {
+                std::fs::copy(codex_dir.join(file), home.join(file)).expect("copy the login");
+            }
+            home
+        })
+        .collect();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let homes = Arc::new(homes);
     load(&client, turns, 1, || {
-        let home = home.clone();
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let home = homes[n % homes.len()].clone();
         async move {
             let output = Command::new(codex_bin())
                 .args([
@@ -401,9 +421,9 @@ async fn codex_direct(codex_dir: &Path, work: &Path, turns: usize) -> Stats {
                     "unbounded_connection_retries",
                 ])
                 .args(["--", "hi"])
-                .current_dir(home.as_path())
-                .env("CODEX_HOME", home.as_path())
-                .env("HOME", home.as_path())
+                .current_dir(&home)
+                .env("CODEX_HOME", &home)
+                .env("HOME", &home)
                 .stdin(Stdio::null())
                 .output()
                 .await;

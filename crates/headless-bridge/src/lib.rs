@@ -26,6 +26,7 @@ pub mod digest;
 pub mod fetch;
 pub mod git;
 pub mod k8s;
+pub mod lazy_client;
 pub mod metrics;
 pub mod policy;
 pub mod reaper;

@@ -35,6 +35,7 @@ pub use self::cache::{Cache, copy_verified};
 use self::download::Download;
 pub use self::error::{FetchError, ResponseFacts, shown_url};
 use crate::digest::Sha256Digest;
+use crate::lazy_client::LazyClient;
 use crate::policy::UrlPolicy;
 
 /// Redirect hops followed before giving up; release hosts use one or two.
@@ -107,7 +108,7 @@ pub struct FetchStats {
 /// Downloads and caches tools. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    client: LazyClient,
     settings: Arc<FetchSettings>,
     cache: Arc<Cache>,
     in_flight: Arc<Mutex<HashMap<Sha256Digest, Arc<tokio::sync::Mutex<()>>>>>,
@@ -118,25 +119,29 @@ impl Fetcher {
     /// A fetcher whose connections and redirects obey `policy`.
     pub fn new(policy: UrlPolicy, settings: FetchSettings) -> Self {
         let cache = Cache::new(&settings.cache_dir);
-        let resolver = Arc::new(resolver::PolicyResolver::new(policy.clone()));
-        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
-                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
-            }
-            match resolver::redirect_allowed(&policy, attempt.url()) {
-                Ok(()) => attempt.follow(),
-                Err(reason) => attempt.error(reason),
-            }
+        let (connect_timeout, read_timeout) = (settings.connect_timeout, settings.read_timeout);
+        let client = LazyClient::new(move || {
+            let policy = policy.clone();
+            let resolver = Arc::new(resolver::PolicyResolver::new(policy.clone()));
+            let redirect = reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= MAX_REDIRECTS {
+                    return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                }
+                match resolver::redirect_allowed(&policy, attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(reason) => attempt.error(reason),
+                }
+            });
+            reqwest::Client::builder()
+                .user_agent(concat!("headless-bridge/", env!("CARGO_PKG_VERSION")))
+                .redirect(redirect)
+                .dns_resolver(resolver)
+                .no_proxy()
+                .connect_timeout(connect_timeout)
+                .read_timeout(read_timeout)
+                .build()
+                .expect("a client with static settings builds")
         });
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("headless-bridge/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect)
-            .dns_resolver(resolver)
-            .no_proxy()
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.read_timeout)
-            .build()
-            .expect("a client with static settings builds");
         Self {
             client,
             settings: Arc::new(settings),
@@ -263,7 +268,7 @@ impl Fetcher {
         let mut worst: Option<FetchError> = None;
         for url in &urls {
             let download = Download {
-                client: &self.client,
+                client: self.client.get(),
                 settings: &self.settings,
                 url,
                 expected: source.sha256.as_ref(),

@@ -7,6 +7,7 @@
 //! backoff and jitter; any other answer ends the delivery. The URL is checked against the host
 //! policy at every attempt and redirects are not followed.
 
+use crate::lazy_client::LazyClient;
 use std::time::Duration;
 
 use hmac::{KeyInit as _, Mac as _};
@@ -30,7 +31,7 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// Delivers completion webhooks in the background.
 #[derive(Clone)]
 pub struct Webhooks {
-    client: reqwest::Client,
+    client: LazyClient,
     policy: UrlPolicy,
     secret: Option<Secret>,
     stop: CancellationToken,
@@ -40,13 +41,15 @@ pub struct Webhooks {
 impl Webhooks {
     /// Webhooks checked by `policy` and signed with `secret`.
     pub fn new(policy: UrlPolicy, secret: Option<Secret>) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("headless-bridge/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .expect("a client with static settings builds");
+        let client = LazyClient::new(|| {
+            reqwest::Client::builder()
+                .user_agent(concat!("headless-bridge/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .no_proxy()
+                .timeout(REQUEST_TIMEOUT)
+                .build()
+                .expect("a client with static settings builds")
+        });
         Self {
             client,
             policy,
@@ -104,6 +107,7 @@ impl Webhooks {
             let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
             let request = self
                 .client
+                .get()
                 .post(checked)
                 .header("content-type", "application/json")
                 .header(

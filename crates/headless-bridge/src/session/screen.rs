@@ -16,6 +16,9 @@ pub struct Snapshot {
     pub alternate_screen: bool,
     /// The program asked for bracketed paste.
     pub bracketed_paste: bool,
+    /// The program chose application cursor keys (DECCKM): a terminal typing for it sends
+    /// `ESC O A` for Up rather than `ESC [ A`.
+    pub application_cursor: bool,
     /// Rows of runs of cells with one look each, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cells: Option<Vec<Vec<Value>>>,
@@ -53,6 +56,7 @@ pub fn snapshot(
         },
         alternate_screen: screen.alternate_screen(),
         bracketed_paste: screen.bracketed_paste(),
+        application_cursor: screen.application_cursor(),
         cells: with_cells.then(|| cell_runs(screen, rows, cols, &redact)),
     }
 }

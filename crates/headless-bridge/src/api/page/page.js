@@ -110,7 +110,13 @@
       case 'queued':
       case 'preparing':
       case 'running':
+      case 'starting':
+      case 'busy':
         return 'badge busy';
+      case 'idle':
+        return 'badge good';
+      case 'waiting_for_input':
+        return 'badge ask';
       default:
         return 'badge';
     }
@@ -157,6 +163,7 @@
     sessionStorage.removeItem(TOKEN_KEY);
     stopFollowing();
     stopRefreshing();
+    closeSession();
     view.signedIn = false;
     $('app').hidden = true;
     $('sign-out').hidden = true;
@@ -302,7 +309,8 @@
     stopRefreshing();
     view.refresh = setInterval(() => {
       if (document.hidden) return;
-      loadRuns(false).catch(showError);
+      if ($('app').dataset.view === 'sessions') loadSessions().catch(showError);
+      else loadRuns(false).catch(showError);
     }, LIST_REFRESH_MS);
   }
 
@@ -402,11 +410,15 @@
   // browser as a blob.
   async function download(id, path) {
     const encoded = path.split('/').map(encodeURIComponent).join('/');
-    const blob = await (await api(`/v1/runs/${encodeURIComponent(id)}/artifacts/${encoded}`)).blob();
+    await saveAs(`/v1/runs/${encodeURIComponent(id)}/artifacts/${encoded}`, path.split('/').pop());
+  }
+
+  async function saveAs(path, name) {
+    const blob = await (await api(path)).blob();
     const url = URL.createObjectURL(blob);
     const link = el('a');
     link.href = url;
-    link.download = path.split('/').pop();
+    link.download = name;
     document.body.append(link);
     link.click();
     link.remove();
@@ -523,6 +535,23 @@
     }
   }
 
+  // Hands each event of a Server-Sent Events response to `onEvent` until the stream ends.
+  async function readEvents(response, onEvent) {
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const event = parseFrame(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event) onEvent(event);
+      }
+    }
+  }
+
   // Reads the run's events from the start and follows them live; after a dropped connection
   // it resumes from the last event seen (Last-Event-ID) with a growing pause. Ends after the
   // outcome, then shows the finished record (final message, diff, artifacts).
@@ -542,22 +571,11 @@
         const response = await api(`/v1/runs/${encodeURIComponent(id)}/events`, { headers, signal: controller.signal });
         status('(live)');
         failures = 0;
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        let buffer = '';
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += value;
-          let end;
-          while ((end = buffer.indexOf('\n\n')) >= 0) {
-            const event = parseFrame(buffer.slice(0, end));
-            buffer = buffer.slice(end + 2);
-            if (!event) continue;
-            if (event.id) lastId = event.id;
-            onRunEvent(id, event);
-            if (event.event === 'outcome') ended = true;
-          }
-        }
+        await readEvents(response, (event) => {
+          if (event.id) lastId = event.id;
+          onRunEvent(id, event);
+          if (event.event === 'outcome') ended = true;
+        });
       } catch (error) {
         if (controller.signal.aborted) return;
         if (error instanceof ApiError && error.status !== 503 && error.status !== 429) {
@@ -582,6 +600,476 @@
     }
   }
 
+
+  // ---- sessions ----
+  //
+  // A session's terminal is the bridge's own emulator screen: the events stream
+  // (`/v1/sessions/{id}/events?cells=1`) sends it, cells, attributes and cursor, whenever it
+  // changes, and the page draws it as rows of text runs (text nodes only; the program's output
+  // is as untrusted as a run's log). Taking over opens the session's WebSocket with a
+  // single-use ticket asked for just before; keystrokes, pastes and the terminal area's size go
+  // over it as the attach protocol has them (binary frames of bytes, `{"resize": ...}` text
+  // frames). The socket's raw output is not read: the screen keeps coming from the emulator,
+  // so watching and typing show the same thing.
+
+  const SIZE_SETTLE_MS = 100;
+  const MIN_ROWS = 2;
+  const MIN_COLS = 10;
+  const MAX_ROWS = 500;
+  const MAX_COLS = 1000;
+
+  const term = {
+    id: null, // the session shown
+    record: null, // its latest record
+    follow: null, // AbortController of its events
+    socket: null, // the WebSocket while taken over
+    screen: null, // the latest screen drawn
+    drawn: [], // per row, what was drawn there, to redraw only changed rows
+    fit: null, // {rows, cols} that fill the terminal area
+    sent: null, // the size last sent over the socket
+    sizeTimer: null,
+  };
+  const encoder = new TextEncoder();
+
+  function sessionRow(record) {
+    const row = el('tr');
+    row.dataset.sessionId = record.id;
+    row.dataset.state = record.state;
+    row.classList.toggle('selected', record.id === term.id);
+    const id = el('td', 'id', record.id.slice(-8));
+    id.title = record.id;
+    const state = el('td', 'state');
+    state.append(badge(record.state));
+    if (record.question) state.append(el('div', 'detail question', record.question));
+    if (record.state === 'exited') state.append(el('div', 'detail', record.reason));
+    row.append(
+      id,
+      el('td', null, record.adapter),
+      state,
+      el('td', 'detail', `${record.rows}×${record.cols}`),
+      el('td', 'detail', formatTime(record.created_at)),
+    );
+    row.addEventListener('click', () => {
+      location.hash = `session=${record.id}`;
+    });
+    return row;
+  }
+
+  async function loadSessions() {
+    const { sessions } = await getJson('/v1/sessions');
+    const rows = $('session-rows');
+    rows.replaceChildren(...sessions.map(sessionRow));
+    $('no-sessions').hidden = sessions.length > 0;
+  }
+
+  function renderSession(record) {
+    term.record = record;
+    const section = $('session');
+    section.hidden = false;
+    section.dataset.sessionId = record.id;
+    section.dataset.state = record.state;
+    setText('session-id', record.id);
+    setBadge('session-state', record.state);
+    const detail = record.state === 'waiting_for_input' ? record.question
+      : record.state === 'exited' ? `${record.reason}: ${record.message}` : '';
+    setText('session-question', detail);
+    setText('session-adapter', record.adapter);
+    setText('session-started', formatTime(record.created_at));
+    setText('session-size', `${record.rows} rows × ${record.cols} columns`);
+    const exited = record.state === 'exited';
+    $('session-attach').hidden = exited || Boolean(term.socket);
+    $('session-detach').hidden = !term.socket;
+    $('session-end').hidden = exited;
+    const row = document.querySelector(`#session-rows tr[data-session-id="${CSS.escape(record.id)}"]`);
+    if (row) row.replaceWith(sessionRow(record));
+    for (const other of document.querySelectorAll('#session-rows tr')) {
+      other.classList.toggle('selected', other.dataset.sessionId === record.id);
+    }
+  }
+
+  // A state event carries the state's fields; the rest of the record stays as it was.
+  function onSessionState(data) {
+    if (!term.record) return;
+    const record = { id: term.record.id, adapter: term.record.adapter, created_at: term.record.created_at, rows: term.record.rows, cols: term.record.cols, ...data };
+    renderSession(record);
+    if (data.state === 'exited') {
+      setTerminalStatus(`The session has ended: ${data.message}`);
+      detach();
+    }
+  }
+
+  function setTerminalStatus(text) {
+    setText('terminal-status', text);
+  }
+
+  function closeSession() {
+    detach();
+    if (term.follow) term.follow.abort();
+    term.follow = null;
+    term.id = null;
+    term.record = null;
+    term.screen = null;
+    term.drawn = [];
+    $('session').hidden = true;
+    $('terminal-screen').replaceChildren();
+  }
+
+  async function showSession(id) {
+    if (term.id === id) return;
+    closeSession();
+    term.id = id;
+    const record = await getJson(`/v1/sessions/${encodeURIComponent(id)}`);
+    if (term.id !== id) return;
+    renderSession(record);
+    if (record.state === 'exited') {
+      setTerminalStatus('The session has ended; its cast has what it showed.');
+      return;
+    }
+    setTerminalStatus('Watching. Take over to type.');
+    followSession(id);
+  }
+
+  // Follows the session's state and screen until it exits; after a dropped connection it
+  // reconnects with a growing pause (the first events of a stream are the state and screen
+  // as they are, so nothing needs resuming).
+  async function followSession(id) {
+    const controller = new AbortController();
+    term.follow = controller;
+    let failures = 0;
+    while (!controller.signal.aborted) {
+      let ended = false;
+      try {
+        const response = await api(`/v1/sessions/${encodeURIComponent(id)}/events?cells=1`, {
+          headers: { Accept: 'text/event-stream' },
+          signal: controller.signal,
+        });
+        failures = 0;
+        await readEvents(response, (event) => {
+          if (controller.signal.aborted) return;
+          if (event.event === 'screen') drawScreen(event.data.screen);
+          else if (event.event === 'state') {
+            onSessionState(event.data);
+            if (event.data.state === 'exited') ended = true;
+          }
+        });
+      } catch (error) {
+        if (controller.signal.aborted) return;
+        if (error instanceof ApiError && error.status !== 503 && error.status !== 429) {
+          setTerminalStatus(error.message);
+          return;
+        }
+      }
+      if (ended) return;
+      failures += 1;
+      setTerminalStatus('Reconnecting…');
+      await new Promise((resolve) => setTimeout(resolve, Math.min(RECONNECT_MAX_MS, 500 * 2 ** failures)));
+    }
+  }
+
+  // ---- drawing the screen ----
+
+  // xterm's 256 colours beyond the 16 base ones: a 6×6×6 cube, then 24 greys.
+  function colour256(index) {
+    if (index >= 232) {
+      const level = 8 + 10 * (index - 232);
+      return `rgb(${level}, ${level}, ${level})`;
+    }
+    const n = index - 16;
+    const level = (v) => (v === 0 ? 0 : 55 + 40 * v);
+    return `rgb(${level(Math.floor(n / 36))}, ${level(Math.floor(n / 6) % 6)}, ${level(n % 6)})`;
+  }
+
+  // Gives `node` the colour `value` (`"default"`, 0-255 or `"#rrggbb"`) as text or background.
+  function paint(node, value, background) {
+    const prefix = background ? 'bg' : 'fg';
+    if (value === 'default' || value === undefined || value === null) return;
+    if (value === 'inverse-default') {
+      node.classList.add(background ? 'bg-fg' : 'fg-bg');
+    } else if (Number.isInteger(value) && value >= 0 && value < 16) {
+      node.classList.add(`${prefix}-${value}`);
+    } else if (Number.isInteger(value) && value < 256) {
+      node.style.setProperty(background ? 'background-color' : 'color', colour256(value));
+    } else if (typeof value === 'string' && /^#[0-9a-f]{6}$/i.test(value)) {
+      node.style.setProperty(background ? 'background-color' : 'color', value);
+    }
+  }
+
+  function runSpan(run, text, cursor) {
+    const span = el('span', cursor ? 'cursor' : null, text);
+    let { fg, bg } = run;
+    if (run.inverse) {
+      [fg, bg] = [bg === 'default' ? 'inverse-default' : bg, fg === 'default' ? 'inverse-default' : fg];
+    }
+    paint(span, fg, false);
+    paint(span, bg, true);
+    if (run.bold) span.classList.add('b');
+    if (run.dim) span.classList.add('d');
+    if (run.italic) span.classList.add('i');
+    if (run.underline) span.classList.add('u');
+    return span;
+  }
+
+  // Columns a character takes: two for East Asian wide and emoji ranges, as the emulator
+  // counts them; approximate, and only used to place the cursor.
+  function charWidth(ch) {
+    const c = ch.codePointAt(0);
+    const wide = (c >= 0x1100 && c <= 0x115f) || (c >= 0x2e80 && c <= 0xa4cf) || (c >= 0xac00 && c <= 0xd7a3)
+      || (c >= 0xf900 && c <= 0xfaff) || (c >= 0xfe30 && c <= 0xfe4f) || (c >= 0xff00 && c <= 0xff60)
+      || (c >= 0xffe0 && c <= 0xffe6) || (c >= 0x1f300 && c <= 0x1faff) || (c >= 0x20000 && c <= 0x3fffd);
+    return wide ? 2 : 1;
+  }
+
+  // One row: its runs, with the run under the cursor split around it.
+  function drawRow(runs, cursorCol) {
+    const row = el('div', 'row');
+    let placed = cursorCol === null;
+    for (const run of runs) {
+      const chars = [...run.text];
+      if (!placed && cursorCol >= run.col) {
+        let col = run.col;
+        const at = chars.findIndex((ch) => {
+          const hit = col >= cursorCol;
+          col += charWidth(ch);
+          return hit || col > cursorCol;
+        });
+        if (at >= 0) {
+          if (at > 0) row.append(runSpan(run, chars.slice(0, at).join(''), false));
+          row.append(runSpan(run, chars[at], true));
+          if (at + 1 < chars.length) row.append(runSpan(run, chars.slice(at + 1).join(''), false));
+          placed = true;
+          continue;
+        }
+      }
+      row.append(runSpan(run, run.text, false));
+    }
+    if (!placed) row.append(el('span', 'cursor', ' '));
+    return row;
+  }
+
+  function drawScreen(screen) {
+    if (!screen || !Array.isArray(screen.cells)) return;
+    term.screen = screen;
+    const grid = $('terminal-screen');
+    grid.dataset.rows = String(screen.rows);
+    grid.dataset.cols = String(screen.cols);
+    const cursor = screen.cursor || {};
+    while (grid.childElementCount > screen.cells.length) grid.lastChild.remove();
+    screen.cells.forEach((runs, index) => {
+      const cursorCol = cursor.visible && cursor.row === index ? cursor.col : null;
+      const key = `${cursorCol}|${JSON.stringify(runs)}`;
+      const old = grid.children[index];
+      if (old && term.drawn[index] === key) return;
+      term.drawn[index] = key;
+      const row = drawRow(runs, cursorCol);
+      if (old) old.replaceWith(row);
+      else grid.append(row);
+    });
+    term.drawn.length = screen.cells.length;
+    const record = term.record;
+    if (record && (record.rows !== screen.rows || record.cols !== screen.cols)) {
+      renderSession({ ...record, rows: screen.rows, cols: screen.cols });
+    }
+  }
+
+  // ---- taking over ----
+
+  // What fills the terminal area, from the size of one character cell.
+  function measureFit(width, height) {
+    const cell = $('terminal-measure').getBoundingClientRect();
+    const cellWidth = cell.width / 10;
+    if (!cellWidth || !cell.height || !width || !height) return null;
+    const clamp = (n, lo, hi) => Math.max(lo, Math.min(hi, n));
+    return {
+      rows: clamp(Math.floor(height / cell.height), MIN_ROWS, MAX_ROWS),
+      cols: clamp(Math.floor(width / cellWidth), MIN_COLS, MAX_COLS),
+    };
+  }
+
+  function onTerminalResized(entries) {
+    const box = entries[entries.length - 1].contentRect;
+    const fit = measureFit(box.width, box.height);
+    if (!fit) return;
+    term.fit = fit;
+    const node = $('terminal');
+    node.dataset.fitRows = String(fit.rows);
+    node.dataset.fitCols = String(fit.cols);
+    // A drag of the window resizes many times a second; the program hears the last size.
+    clearTimeout(term.sizeTimer);
+    term.sizeTimer = setTimeout(sendSize, SIZE_SETTLE_MS);
+  }
+
+  function sendSize() {
+    const { socket, fit, sent } = term;
+    if (!socket || socket.readyState !== WebSocket.OPEN || !fit) return;
+    if (sent && sent.rows === fit.rows && sent.cols === fit.cols) return;
+    term.sent = fit;
+    socket.send(JSON.stringify({ resize: fit }));
+  }
+
+  async function attach() {
+    const id = term.id;
+    if (!id || term.socket) return;
+    setTerminalStatus('Taking over…');
+    // The ticket is asked for right before it is used, works once, and goes nowhere but the
+    // socket's URL; the API token itself never leaves the Authorization header.
+    const response = await api(`/v1/sessions/${encodeURIComponent(id)}/attach-ticket`, { method: 'POST' });
+    const { ticket } = await response.json();
+    if (term.id !== id) return;
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const socket = new WebSocket(`${scheme}//${location.host}/v1/sessions/${encodeURIComponent(id)}/attach?ticket=${encodeURIComponent(ticket)}`);
+    socket.binaryType = 'arraybuffer';
+    term.socket = socket;
+    term.sent = null;
+    socket.addEventListener('open', () => {
+      if (term.socket !== socket) return;
+      $('terminal').classList.add('attached');
+      $('terminal').dataset.attached = 'true';
+      setTerminalStatus('Taken over: keys typed in the terminal go to the program (Ctrl-Shift-C copies, Ctrl-V pastes).');
+      sendSize();
+      $('terminal').focus();
+    });
+    socket.addEventListener('message', (message) => {
+      if (typeof message.data !== 'string') return;
+      let control = null;
+      try {
+        control = JSON.parse(message.data);
+      } catch (_) {
+        return;
+      }
+      if (control && control.error) setTerminalStatus(`The bridge refused: ${control.error.message} (${control.error.code})`);
+    });
+    socket.addEventListener('close', (event) => {
+      if (term.socket !== socket) return;
+      const ended = term.record && term.record.state === 'exited';
+      detach();
+      if (!ended && event.code !== 1000) setTerminalStatus('The connection to the terminal was lost; take over again to type.');
+    });
+    if (term.record) renderSession(term.record);
+  }
+
+  function detach() {
+    const socket = term.socket;
+    term.socket = null;
+    term.sent = null;
+    if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000);
+    const node = $('terminal');
+    node.classList.remove('attached');
+    delete node.dataset.attached;
+    if (term.record) {
+      renderSession(term.record);
+      if (socket && term.record.state !== 'exited') setTerminalStatus('Watching. Take over to type.');
+    }
+  }
+
+  function send(text) {
+    const socket = term.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(encoder.encode(text));
+    return true;
+  }
+
+  const FUNCTION_KEYS = {
+    F1: '\x1bOP', F2: '\x1bOQ', F3: '\x1bOR', F4: '\x1bOS', F5: '\x1b[15~', F6: '\x1b[17~',
+    F7: '\x1b[18~', F8: '\x1b[19~', F9: '\x1b[20~', F10: '\x1b[21~', F11: '\x1b[23~', F12: '\x1b[24~',
+  };
+
+  // What an xterm sends for a key press (its ctlseqs, "PC-Style Function Keys"), or null for
+  // one the browser should keep: Ctrl-Shift-letter (copy, paste...) and Ctrl-V (paste).
+  function keyBytes(event) {
+    const { key } = event;
+    if (event.isComposing || event.metaKey) return null;
+    const cursor = term.screen && term.screen.application_cursor ? '\x1bO' : '\x1b[';
+    const named = {
+      Enter: '\r',
+      Backspace: '\x7f',
+      Tab: event.shiftKey ? '\x1b[Z' : '\t',
+      Escape: '\x1b',
+      ArrowUp: `${cursor}A`,
+      ArrowDown: `${cursor}B`,
+      ArrowRight: `${cursor}C`,
+      ArrowLeft: `${cursor}D`,
+      Home: `${cursor}H`,
+      End: `${cursor}F`,
+      PageUp: '\x1b[5~',
+      PageDown: '\x1b[6~',
+      Delete: '\x1b[3~',
+      Insert: '\x1b[2~',
+      ...FUNCTION_KEYS,
+    };
+    const alt = event.altKey && !event.getModifierState('AltGraph') ? '\x1b' : '';
+    if (Object.hasOwn(named, key)) return alt + named[key];
+    if ([...key].length !== 1) return null;
+    if (event.ctrlKey && !event.getModifierState('AltGraph')) {
+      if (event.shiftKey && /^[a-z]$/i.test(key)) return null;
+      const lower = key.toLowerCase();
+      if (lower === 'v') return null;
+      if (/^[a-z]$/.test(lower)) return alt + String.fromCharCode(lower.charCodeAt(0) - 96);
+      const controls = { ' ': '\x00', '@': '\x00', '[': '\x1b', '\\': '\x1c', ']': '\x1d', '^': '\x1e', _: '\x1f', '?': '\x7f' };
+      return Object.hasOwn(controls, key) ? alt + controls[key] : null;
+    }
+    return alt + key;
+  }
+
+  function onTerminalKey(event) {
+    if (!term.socket) return;
+    const bytes = keyBytes(event);
+    if (bytes === null) return;
+    event.preventDefault();
+    send(bytes);
+  }
+
+  // A paste goes as one piece: newlines as Enter (a terminal's convention), and wrapped as a
+  // bracketed paste when the program asked for one, without any ESC that could end it early.
+  function onTerminalPaste(event) {
+    if (!term.socket) return;
+    event.preventDefault();
+    let text = (event.clipboardData && event.clipboardData.getData('text/plain')) || '';
+    if (!text) return;
+    text = text.replace(/\r?\n/g, '\r');
+    if (term.screen && term.screen.bracketed_paste) {
+      text = `\x1b[200~${text.replace(/[\x1b\x9b]/g, '')}\x1b[201~`;
+    }
+    send(text);
+  }
+
+  async function endSession() {
+    const id = term.id;
+    if (!id || !window.confirm('End this session? Its program is stopped.')) return;
+    const record = await (await api(`/v1/sessions/${encodeURIComponent(id)}`, { method: 'DELETE' })).json();
+    if (term.id !== id) return;
+    detach();
+    renderSession(record);
+    setTerminalStatus(`The session has ended: ${record.message}`);
+  }
+
+  function downloadCast() {
+    const id = term.id;
+    if (!id) return Promise.resolve();
+    return saveAs(`/v1/sessions/${encodeURIComponent(id)}/recording`, `session-${id}.cast`);
+  }
+
+  // ---- views ----
+
+  // `#runs` (or nothing, or `#run=ID`) shows the runs; `#sessions` or `#session=ID` the
+  // sessions.
+  function route() {
+    const session = /^#session=([0-9a-fA-F-]{36})$/.exec(location.hash);
+    const view = session || location.hash === '#sessions' ? 'sessions' : 'runs';
+    $('app').dataset.view = view;
+    $('nav-runs').toggleAttribute('aria-current', false);
+    $('nav-sessions').toggleAttribute('aria-current', false);
+    $(`nav-${view}`).setAttribute('aria-current', 'page');
+    if (view === 'sessions') {
+      loadSessions().catch(showError);
+      if (session) showSession(session[1]).catch(showError);
+      else closeSession();
+      return;
+    }
+    closeSession();
+    const id = selectedFromHash();
+    if (id) showRun(id).catch(showError);
+  }
+
   // ---- start ----
 
   async function start() {
@@ -599,8 +1087,7 @@
     loadAdapters().catch(showError);
     loadHealth().catch(() => {});
     startRefreshing();
-    const id = selectedFromHash();
-    if (id) showRun(id).catch(showError);
+    route();
   }
 
   function onFilter(event) {
@@ -617,9 +1104,21 @@
     $('more').addEventListener('click', () => loadRuns(true).catch(showError));
     $('cancel').addEventListener('click', () => cancelRun().catch(showError));
     window.addEventListener('hashchange', () => {
-      const id = selectedFromHash();
-      if (id && view.signedIn) showRun(id).catch(showError);
+      if (view.signedIn) route();
     });
+    $('session-attach').addEventListener('click', () => attach().catch((error) => {
+      detach();
+      showError(error);
+    }));
+    $('session-detach').addEventListener('click', () => {
+      detach();
+      $('terminal').blur();
+    });
+    $('session-end').addEventListener('click', () => endSession().catch(showError));
+    $('session-recording').addEventListener('click', () => downloadCast().catch(showError));
+    $('terminal').addEventListener('keydown', onTerminalKey);
+    $('terminal').addEventListener('paste', onTerminalPaste);
+    new ResizeObserver(onTerminalResized).observe($('terminal'));
     setInterval(tick, 1000);
     // The bridge says whether it wants a token, so the page asks first instead of being
     // refused (a refusal the browser would log as an error).

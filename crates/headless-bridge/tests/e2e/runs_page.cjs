@@ -191,9 +191,10 @@ const PROMPT = '^bash-[0-9.]+[#$]';
 
 // Records the attach socket: its URL and what the page sent over it.
 function watchSockets(page) {
-  const sockets = { urls: [], sent: [] };
+  const sockets = { urls: [], sent: [], all: [] };
   page.on('websocket', (socket) => {
     sockets.urls.push(socket.url());
+    sockets.all.push(socket);
     socket.on('framesent', (frame) => sockets.sent.push(Buffer.isBuffer(frame.payload) ? frame.payload.toString('utf8') : `text:${frame.payload}`));
   });
   return sockets;
@@ -308,6 +309,20 @@ async function terminal(page, problems) {
   check(events.some(([, kind, data]) => kind === 'r' && data === `${fit.cols}x${fit.rows}`), 'the resize is in the cast');
   step('cast-downloaded');
 
+  // Let go, the socket closes and the session runs on; taking over again needs a new ticket.
+  await page.click('#session-detach');
+  const [first] = sockets.all;
+  if (!first.isClosed()) await first.waitForEvent('close');
+  await page.waitForSelector('#terminal:not([data-attached])');
+  await page.waitForSelector('#session-attach:visible');
+  check((await page.locator('#session').getAttribute('data-state')) !== 'exited', 'the session runs on');
+  await page.click('#session-attach');
+  await page.waitForSelector('#terminal[data-attached="true"]');
+  await page.keyboard.type('echo taken-over-again');
+  await page.keyboard.press('Enter');
+  await waitForLine(page, '^taken-over-again$');
+  step('taken-over-again');
+
   // Ended from the page: the state says so and the socket is closed.
   page.once('dialog', (dialog) => dialog.accept());
   await page.click('#session-end');
@@ -324,12 +339,14 @@ async function terminal(page, problems) {
   check(typed.includes('\x03'), 'Ctrl-C went as ETX');
   check(typed.includes('\x1b[A'), 'Up went as its escape sequence');
   check(!requests.some((r) => r.includes('/input')), 'nothing typed through POST /input');
-  check(tickets.length === 1 && sockets.urls.length === 1, `one ticket for one socket: ${tickets.length}, ${sockets.urls.length}`);
-  const [ticket] = tickets;
-  check(sockets.urls[0].endsWith(`/v1/sessions/${SESSION_ID}/attach?ticket=${ticket}`), 'the socket URL holds the ticket');
-  check(!sockets.urls[0].includes(BRIDGE_TOKEN), 'the socket URL holds no token');
-  check(!requests.some((r) => r.includes(ticket)), 'no HTTP request carries the ticket');
-  check(!problems.some((p) => p.includes(ticket)), 'no message shows the ticket');
+  check(tickets.length === 2 && sockets.urls.length === 2, `one ticket for each socket: ${tickets.length}, ${sockets.urls.length}`);
+  check(tickets[0] !== tickets[1], 'a new ticket for the second socket');
+  tickets.forEach((ticket, index) => {
+    check(sockets.urls[index].endsWith(`/v1/sessions/${SESSION_ID}/attach?ticket=${ticket}`), 'the socket URL holds its ticket');
+    check(!sockets.urls[index].includes(BRIDGE_TOKEN), 'the socket URL holds no token');
+    check(!requests.some((r) => r.includes(ticket)), 'no HTTP request carries the ticket');
+    check(!problems.some((p) => p.includes(ticket)), 'no message shows the ticket');
+  });
 }
 
 main().then(

@@ -210,6 +210,7 @@ async fn the_runs_page_takes_over_a_bash_session_in_its_browser_terminal() {
             "drawn-as-text",
             "resized",
             "cast-downloaded",
+            "taken-over-again",
             "ended",
             "screenshot"
         ]

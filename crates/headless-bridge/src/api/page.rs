@@ -4,10 +4,14 @@
 //!
 //! The files hold no data and are served without authentication; everything the page shows
 //! it fetches from the authenticated API (`/v1/runs`, `/v1/runs/{id}/events`, `/v1/adapters`,
-//! `/health?deep=1`) with the operator's token in an `Authorization` header. Run logs and
-//! final messages are text a CLI printed, so the script puts them on the page as text only,
-//! and a strict Content-Security-Policy (scripts from this origin, no inline script or style,
-//! no connection elsewhere, no framing) backs that up should a mistake slip in.
+//! `/health?deep=1`, `/v1/sessions` and a session's events) with the operator's token in an
+//! `Authorization` header. Its browser terminal draws a session's screen from the bridge's own
+//! emulator and, once a person takes the session over, types into the session's WebSocket
+//! (`/v1/sessions/{id}/attach`) with a single-use ticket, since a WebSocket carries no
+//! header. Run logs, final messages and screens are text a CLI printed, so the script puts
+//! them on the page as text only, and a strict Content-Security-Policy (scripts from this
+//! origin, no inline script or style, no connection elsewhere, no framing) backs that up
+//! should a mistake slip in.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -21,7 +25,10 @@ const PAGE_JS: &str = include_str!("page/page.js");
 const FAVICON_SVG: &str = include_str!("page/favicon.svg");
 
 /// What the page may load and run: only its own files, only from this origin; data only
-/// through `fetch` to this origin; no plugins, forms, base changes or framing.
+/// through `fetch` and the attach WebSocket to this origin (CSP Level 3 has `'self'` match
+/// `ws:`/`wss:` on the page's own host and port); no plugins, forms, base changes or framing.
+/// A colour beyond the 16 base ones is set through the CSSOM (`style.setProperty`), which
+/// `style-src 'self'` allows, unlike a `style` attribute in markup.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";

@@ -457,7 +457,8 @@ impl Follow {
 
     fn push_screen(&mut self) {
         let revision = self.view.borrow().revision;
-        let data = json!({ "revision": revision, "screen": screen_json(&self.session, self.cells) });
+        let data =
+            json!({ "revision": revision, "screen": screen_json(&self.session, self.cells) });
         self.pending.push_back(
             Event::default()
                 .id(revision.to_string())

@@ -193,6 +193,14 @@ mod tests {
     }
 
     #[test]
+    fn the_cursor_key_mode_is_the_programs() {
+        let normal = snapshot(parser(b"").screen(), false, str::to_owned);
+        assert!(!normal.application_cursor);
+        let application = snapshot(parser(b"\x1b[?1h").screen(), false, str::to_owned);
+        assert!(application.application_cursor);
+    }
+
+    #[test]
     fn the_cursor_line_is_the_cursors_row() {
         let parser = parser(b"first\r\nName? ");
         let (screen, cursor_line) = texts(parser.screen());

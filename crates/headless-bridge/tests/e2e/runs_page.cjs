@@ -270,6 +270,13 @@ async function terminal(page, problems) {
   await page.keyboard.type("printf '\\033[1;31m%s\\033[0m\\n' red-and-bold");
   await page.keyboard.press('Enter');
   await page.waitForSelector('#terminal-screen span.b.fg-1:text-is("red-and-bold")');
+  // Beyond the 16 base colours, the colour is set through the CSSOM, which the policy allows.
+  await page.keyboard.type("printf '\\033[38;5;208m%s\\033[0m\\n' orange-208");
+  await page.keyboard.press('Enter');
+  const orange = page.locator('#terminal-screen span:text-is("orange-208")');
+  await orange.waitFor();
+  const colour = await orange.evaluate((node) => getComputedStyle(node).color);
+  check(colour === 'rgb(255, 135, 0)', `xterm colour 208 is drawn: ${colour}`);
   const markup = '<img src=x onerror="window.__hbInjected=1">';
   await page.keyboard.type(`echo '${markup}'`);
   await page.keyboard.press('Enter');

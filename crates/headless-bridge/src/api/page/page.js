@@ -1054,12 +1054,16 @@
   // sessions.
   function route() {
     const session = /^#session=([0-9a-fA-F-]{36})$/.exec(location.hash);
-    const view = session || location.hash === '#sessions' ? 'sessions' : 'runs';
-    $('app').dataset.view = view;
+    const shown = session || location.hash === '#sessions' ? 'sessions' : 'runs';
+    $('app').dataset.view = shown;
     $('nav-runs').toggleAttribute('aria-current', false);
     $('nav-sessions').toggleAttribute('aria-current', false);
-    $(`nav-${view}`).setAttribute('aria-current', 'page');
-    if (view === 'sessions') {
+    $(`nav-${shown}`).setAttribute('aria-current', 'page');
+    if (shown === 'sessions') {
+      // The run shown is left: its live log stops, and "Runs" comes back to the list.
+      stopFollowing();
+      view.selected = null;
+      $('run').hidden = true;
       loadSessions().catch(showError);
       if (session) showSession(session[1]).catch(showError);
       else closeSession();

@@ -238,10 +238,12 @@ async function terminal(page, problems) {
   await waitForLine(page, '^hi-from-browser$');
   step('typed');
 
-  // Ctrl-C reaches the program in the foreground: sleep dies of SIGINT (status 130).
-  await page.keyboard.type('sleep 600');
+  // Ctrl-C reaches the program in the foreground: sleep dies of SIGINT (status 130). The
+  // program says it runs before the key goes: bash echoes a command line before it has
+  // started the command, and a Ctrl-C in between may reach bash instead.
+  await page.keyboard.type("sh -c 'echo sleeping-now; exec sleep 600'");
   await page.keyboard.press('Enter');
-  await waitForLine(page, `${PROMPT} sleep 600$`);
+  await waitForLine(page, '^sleeping-now$');
   await page.keyboard.press('Control+C');
   await waitForLine(page, PROMPT, 3);
   await page.keyboard.type('echo "interrupted $?"');

@@ -334,9 +334,12 @@ async fn the_attach_command_joins_a_terminal_raw_and_detaches_on_ctrl_bracket() 
     pty.master.resize(size(30, 100)).unwrap();
     size_becomes(&bridge, &id, (30, 100)).await;
 
-    // Ctrl-C goes to the session's program, not to the command.
-    keyboard.write_all(b"sleep 30\r").unwrap();
-    screen.wait_for("sleep 30\r\n");
+    // Ctrl-C goes to the session's program, not to the command. The program says it runs
+    // first: bash echoes the line before it starts it, and a Ctrl-C in between can be lost.
+    keyboard
+        .write_all(b"sh -c 'echo sleeping-now; exec sleep 30'\r")
+        .unwrap();
+    screen.wait_for("\rsleeping-now\r\n");
     keyboard.write_all(b"\x03").unwrap();
     screen.wait_for("^C");
     keyboard.write_all(b"echo from-cli\r").unwrap();

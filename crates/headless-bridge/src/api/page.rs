@@ -22,6 +22,7 @@ use super::AppState;
 const INDEX_HTML: &str = include_str!("page/index.html");
 const PAGE_CSS: &str = include_str!("page/page.css");
 const PAGE_JS: &str = include_str!("page/page.js");
+const TERMINAL_JS: &str = include_str!("page/terminal.js");
 const FAVICON_SVG: &str = include_str!("page/favicon.svg");
 
 /// What the page may load and run: only its own files, only from this origin; data only
@@ -73,6 +74,18 @@ pub async fn stylesheet() -> Response {
 )]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+/// `GET /assets/terminal.js`: the browser terminal's drawing and keys, which `page.js`
+/// imports as an ES module.
+#[utoipa::path(
+    get, path = "/assets/terminal.js", tag = "page",
+    summary = "The runs page's terminal module",
+    responses((status = 200, description = "The runs page's terminal module", content_type = "text/javascript", body = String)),
+    security(()),
+)]
+pub async fn terminal_script() -> Response {
+    asset("text/javascript; charset=utf-8", TERMINAL_JS)
 }
 
 /// `GET /assets/favicon.svg`: without one, browsers ask for `/favicon.ico` and log its 404.
@@ -129,6 +142,7 @@ mod tests {
     }
 
     /// Data reaches the page only as text; `innerHTML` and friends would parse it as markup.
+    /// A screen's colours go through class names or the CSSOM, never a `style` attribute.
     #[test]
     fn the_script_never_parses_markup() {
         for sink in [
@@ -136,10 +150,14 @@ mod tests {
             "outerHTML",
             "insertAdjacentHTML",
             "document.write",
+            "setAttribute('style'",
+            "cssText",
             "eval(",
             "new Function",
         ] {
-            assert!(!PAGE_JS.contains(sink), "the script uses {sink}");
+            for (name, script) in [("page.js", PAGE_JS), ("terminal.js", TERMINAL_JS)] {
+                assert!(!script.contains(sink), "{name} uses {sink}");
+            }
         }
     }
 

@@ -48,6 +48,7 @@ async fn the_runs_page_is_served_without_a_token_under_a_strict_policy() {
 
     for (path, content_type) in [
         ("/assets/page.js", "text/javascript; charset=utf-8"),
+        ("/assets/terminal.js", "text/javascript; charset=utf-8"),
         ("/assets/page.css", "text/css; charset=utf-8"),
         ("/assets/favicon.svg", "image/svg+xml"),
     ] {

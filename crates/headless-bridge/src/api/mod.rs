@@ -83,6 +83,7 @@ fn route_table() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(page::index))
         .routes(routes!(page::stylesheet))
         .routes(routes!(page::script))
+        .routes(routes!(page::terminal_script))
         .routes(routes!(page::favicon));
     let protected = OpenApiRouter::new()
         .routes(routes!(legacy::run_codex_session))

@@ -4,10 +4,14 @@
 //!
 //! The files hold no data and are served without authentication; everything the page shows
 //! it fetches from the authenticated API (`/v1/runs`, `/v1/runs/{id}/events`, `/v1/adapters`,
-//! `/health?deep=1`) with the operator's token in an `Authorization` header. Run logs and
-//! final messages are text a CLI printed, so the script puts them on the page as text only,
-//! and a strict Content-Security-Policy (scripts from this origin, no inline script or style,
-//! no connection elsewhere, no framing) backs that up should a mistake slip in.
+//! `/health?deep=1`, `/v1/sessions` and a session's events) with the operator's token in an
+//! `Authorization` header. Its browser terminal draws a session's screen from the bridge's own
+//! emulator and, once a person takes the session over, types into the session's WebSocket
+//! (`/v1/sessions/{id}/attach`) with a single-use ticket, since a WebSocket carries no
+//! header. Run logs, final messages and screens are text a CLI printed, so the script puts
+//! them on the page as text only, and a strict Content-Security-Policy (scripts from this
+//! origin, no inline script or style, no connection elsewhere, no framing) backs that up
+//! should a mistake slip in.
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -18,10 +22,14 @@ use super::AppState;
 const INDEX_HTML: &str = include_str!("page/index.html");
 const PAGE_CSS: &str = include_str!("page/page.css");
 const PAGE_JS: &str = include_str!("page/page.js");
+const TERMINAL_JS: &str = include_str!("page/terminal.js");
 const FAVICON_SVG: &str = include_str!("page/favicon.svg");
 
 /// What the page may load and run: only its own files, only from this origin; data only
-/// through `fetch` to this origin; no plugins, forms, base changes or framing.
+/// through `fetch` and the attach WebSocket to this origin (CSP Level 3 has `'self'` match
+/// `ws:`/`wss:` on the page's own host and port); no plugins, forms, base changes or framing.
+/// A colour beyond the 16 base ones is set through the CSSOM (`style.setProperty`), which
+/// `style-src 'self'` allows, unlike a `style` attribute in markup.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
@@ -66,6 +74,18 @@ pub async fn stylesheet() -> Response {
 )]
 pub async fn script() -> Response {
     asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+/// `GET /assets/terminal.js`: the browser terminal's drawing and keys, which `page.js`
+/// imports as an ES module.
+#[utoipa::path(
+    get, path = "/assets/terminal.js", tag = "page",
+    summary = "The runs page's terminal module",
+    responses((status = 200, description = "The runs page's terminal module", content_type = "text/javascript", body = String)),
+    security(()),
+)]
+pub async fn terminal_script() -> Response {
+    asset("text/javascript; charset=utf-8", TERMINAL_JS)
 }
 
 /// `GET /assets/favicon.svg`: without one, browsers ask for `/favicon.ico` and log its 404.
@@ -122,6 +142,7 @@ mod tests {
     }
 
     /// Data reaches the page only as text; `innerHTML` and friends would parse it as markup.
+    /// A screen's colours go through class names or the CSSOM, never a `style` attribute.
     #[test]
     fn the_script_never_parses_markup() {
         for sink in [
@@ -129,10 +150,14 @@ mod tests {
             "outerHTML",
             "insertAdjacentHTML",
             "document.write",
+            "setAttribute('style'",
+            "cssText",
             "eval(",
             "new Function",
         ] {
-            assert!(!PAGE_JS.contains(sink), "the script uses {sink}");
+            for (name, script) in [("page.js", PAGE_JS), ("terminal.js", TERMINAL_JS)] {
+                assert!(!script.contains(sink), "{name} uses {sink}");
+            }
         }
     }
 

@@ -194,16 +194,7 @@ pub async fn screen(
     ApiQuery(query): ApiQuery<ScreenQuery>,
 ) -> Result<Response, ApiError> {
     let session = live(&state, &id)?;
-    let cells = match query.cells.as_deref() {
-        None | Some("0" | "false") => false,
-        Some("1" | "true") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("`cells` is 1 or 0, not `{other}`"),
-            ));
-        }
-    };
+    let cells = cells_flag(query.cells.as_deref())?;
     let wait = Wait::parse(query.wait.as_deref(), query.timeout_ms)?;
     if let Some(wait) = wait {
         let (reached, found) = wait.on(&session).await;
@@ -212,6 +203,18 @@ pub async fn screen(
         }
     }
     Ok(Json(screen_json(&session, cells)).into_response())
+}
+
+/// `?cells=`: whether a screen comes with its cells.
+fn cells_flag(value: Option<&str>) -> Result<bool, ApiError> {
+    match value {
+        None | Some("0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`cells` is 1 or 0, not `{other}`"),
+        )),
+    }
 }
 
 /// Types text, keys or a paste; with `"wait_idle": true` (or `"wait": "idle"|"settled"`)
@@ -288,14 +291,24 @@ pub async fn resize(
     Ok(Json(session.record()).into_response())
 }
 
+/// Query of the events stream.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    cells: Option<String>,
+}
+
 /// Server-Sent Events: `state` at every change of state (the first is the current one), and
 /// `screen` with the screen's lines when it changed (at most every 100 ms; the last screen
-/// goes out before the `exited` state). Each event's id is
-/// the screen's revision. The stream ends after the `exited` state.
+/// goes out before the `exited` state), with its cells when `?cells=1` (what the runs page
+/// draws its terminal from). Each event's id is the screen's revision. The stream ends after
+/// the `exited` state.
 #[utoipa::path(
     get, path = "/v1/sessions/{id}/events", tag = "sessions",
     summary = "Follow a session: Server-Sent Events of its state and screen",
-    params(("id" = String, Path, description = "the session's id")),
+    params(
+        ("id" = String, Path, description = "the session's id"),
+        ("cells" = Option<String>, Query, description = "`1` adds cells with attributes to each `screen` event"),
+    ),
     responses(
         (status = 200, description = "`state` and `screen` events, until the session exits", content_type = "text/event-stream", body = String),
         (status = 404, description = "`session_not_found`", body = ErrorBody),
@@ -305,9 +318,11 @@ pub async fn resize(
 pub async fn events(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
+    let cells = cells_flag(query.cells.as_deref())?;
     let session = live(&state, &id)?;
-    let follow = Follow::new(session);
+    let follow = Follow::new(session, cells);
     let stream = futures::stream::unfold(follow, |mut follow| async move {
         let event = follow.next().await?;
         Some((Ok::<_, Infallible>(event), follow))
@@ -324,7 +339,7 @@ pub async fn events(
     Ok(response)
 }
 
-/// The session's asciinema v2 cast.
+/// The session's asciinema v2 cast, with everything recorded up to the request.
 #[utoipa::path(
     get, path = "/v1/sessions/{id}/recording", tag = "sessions",
     summary = "The session's asciinema v2 recording",
@@ -339,6 +354,10 @@ pub async fn recording(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     state.sessions.record(&id).map_err(not_found)?;
+    // A running session's cast is written at pauses in its output; the download gets it all.
+    if let Ok(session) = state.sessions.get(&id) {
+        let _ = session.flush_recording().await;
+    }
     let parsed = id.parse().expect("a found session's id parses");
     let path = state.sessions.dir(parsed).join("recording.cast");
     let bytes = tokio::fs::read(&path).await.map_err(|_| {
@@ -360,6 +379,8 @@ pub async fn recording(
 /// Where a follower of a session's events is.
 struct Follow {
     session: Arc<Session>,
+    /// Screen events carry the cells.
+    cells: bool,
     states: broadcast::Receiver<SessionState>,
     view: tokio::sync::watch::Receiver<crate::session::View>,
     /// The view's sender is gone: the session's actor has ended.
@@ -374,10 +395,11 @@ struct Follow {
 }
 
 impl Follow {
-    fn new(session: Arc<Session>) -> Self {
+    fn new(session: Arc<Session>, cells: bool) -> Self {
         let (states, view) = session.subscribe();
         Self {
             session,
+            cells,
             states,
             view,
             view_closed: false,
@@ -435,7 +457,8 @@ impl Follow {
 
     fn push_screen(&mut self) {
         let revision = self.view.borrow().revision;
-        let data = json!({ "revision": revision, "screen": screen_json(&self.session, false) });
+        let data =
+            json!({ "revision": revision, "screen": screen_json(&self.session, self.cells) });
         self.pending.push_back(
             Event::default()
                 .id(revision.to_string())

@@ -148,6 +148,12 @@ impl Actor {
                         self.resize(rows, cols, &terminal, &mut recording);
                         let _ = reply.send(Ok(()));
                     }
+                    Command::FlushRecording { reply } => {
+                        if let Some(recording) = &mut recording {
+                            recording.flush();
+                        }
+                        let _ = reply.send(Ok(()));
+                    }
                     Command::Stop { reason, reply } => {
                         stop_replies.push(reply);
                         break (reason, stop(&terminal, &mut exit).await);

@@ -235,6 +235,10 @@ enum Command {
         reason: EndReason,
         reply: oneshot::Sender<()>,
     },
+    /// Writes out the cast's buffered events, for a download while the session runs.
+    FlushRecording {
+        reply: oneshot::Sender<Result<(), SessionState>>,
+    },
 }
 
 /// State changes a slow follower may fall behind by before it skips some.
@@ -327,6 +331,15 @@ impl Session {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Resize { rows, cols, reply }, answer)
             .await
+    }
+
+    /// Writes out what the cast holds in memory, so a download now has everything recorded
+    /// so far; the actor otherwise writes at each pause in the output, and a busy program may
+    /// not pause for a while. Refused with the state once the session has ended (its cast is
+    /// complete then).
+    pub async fn flush_recording(&self) -> Result<(), SessionState> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::FlushRecording { reply }, answer).await
     }
 
     /// Ends the session (unless it has ended) and returns its final record.

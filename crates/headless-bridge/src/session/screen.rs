@@ -16,6 +16,9 @@ pub struct Snapshot {
     pub alternate_screen: bool,
     /// The program asked for bracketed paste.
     pub bracketed_paste: bool,
+    /// The program chose application cursor keys (DECCKM): a terminal typing for it sends
+    /// `ESC O A` for Up rather than `ESC [ A`.
+    pub application_cursor: bool,
     /// Rows of runs of cells with one look each, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cells: Option<Vec<Vec<Value>>>,
@@ -53,6 +56,7 @@ pub fn snapshot(
         },
         alternate_screen: screen.alternate_screen(),
         bracketed_paste: screen.bracketed_paste(),
+        application_cursor: screen.application_cursor(),
         cells: with_cells.then(|| cell_runs(screen, rows, cols, &redact)),
     }
 }
@@ -186,6 +190,14 @@ mod tests {
         assert_eq!(runs[0][1]["text"], "red");
         assert_eq!(runs[0][1]["fg"], 1);
         assert_eq!(runs[0][1]["bold"], true);
+    }
+
+    #[test]
+    fn the_cursor_key_mode_is_the_programs() {
+        let normal = snapshot(parser(b"").screen(), false, str::to_owned);
+        assert!(!normal.application_cursor);
+        let application = snapshot(parser(b"\x1b[?1h").screen(), false, str::to_owned);
+        assert!(application.application_cursor);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The runs page at `/`: its headers over HTTP, and the page itself in headless Chromium
 //! (Debian's `chromium`, driven by playwright-core from `scripts/install-playwright.sh`)
-//! watching a real Codex run finish live, and cancelling one.
+//! watching a real Codex run finish live, cancelling one, and taking over a real bash session
+//! in its browser terminal.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -11,6 +12,7 @@ use testkit::git::GitServer;
 use testkit::model::Behavior;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 
+use crate::sessions::{leftovers, screen_when, start, text};
 use crate::support::{BridgeBuilder, Model, TOKEN};
 
 /// Debian's Chromium launcher, installed by `scripts/install-deps.sh`.
@@ -20,6 +22,8 @@ const BROWSER_DEADLINE: Duration = Duration::from_secs(180);
 /// Markup a run prints, which the page must show as text and never run.
 const INJECTED: &str =
     r#"<img src=x onerror="window.__hbInjected=1"><script>window.__hbInjected=2</script>"#;
+/// A python3 program that asks a person, for a session waiting for input.
+const ASKER: &str = "answer = input('Favourite colour? ')\nprint('you like ' + answer)\n";
 
 #[tokio::test]
 async fn the_runs_page_is_served_without_a_token_under_a_strict_policy() {
@@ -44,6 +48,7 @@ async fn the_runs_page_is_served_without_a_token_under_a_strict_policy() {
 
     for (path, content_type) in [
         ("/assets/page.js", "text/javascript; charset=utf-8"),
+        ("/assets/terminal.js", "text/javascript; charset=utf-8"),
         ("/assets/page.css", "text/css; charset=utf-8"),
         ("/assets/favicon.svg", "image/svg+xml"),
     ] {
@@ -93,7 +98,7 @@ async fn the_runs_page_shows_a_run_finishing_live_in_chromium() {
         screenshot: "runs-page.png",
     };
     let steps = browser
-        .run(&bridge.url, &id, async |step: &str| {
+        .run(&bridge.url, &[("RUN_ID", &id)], async |step: &str| {
             if step == "running-on-screen" {
                 // The page shows the run as running while the model still holds its answer.
                 let (_, now) = bridge.get(&format!("/v1/runs/{id}")).await;
@@ -141,7 +146,9 @@ async fn the_runs_page_cancels_a_run_on_an_open_loopback_bridge() {
         token: "",
         screenshot: "runs-page-cancel.png",
     };
-    let steps = browser.run(&bridge.url, &id, async |_: &str| {}).await;
+    let steps = browser
+        .run(&bridge.url, &[("RUN_ID", &id)], async |_: &str| {})
+        .await;
     assert_eq!(
         steps,
         ["running-on-screen", "cancelled-on-screen", "screenshot"]
@@ -149,6 +156,93 @@ async fn the_runs_page_cancels_a_run_on_an_open_loopback_bridge() {
 
     let (_, cancelled) = bridge.get(&format!("/v1/runs/{id}")).await;
     assert_eq!(cancelled["outcome"], "cancelled", "{cancelled}");
+}
+
+#[tokio::test]
+async fn the_runs_page_takes_over_a_bash_session_in_its_browser_terminal() {
+    // Codex gets a login only so that the page's deep health check is green: the browser
+    // must log no error at all.
+    let model = Model::start(Behavior::Reply("unused".into())).await;
+    let profiles = session_profiles();
+    let bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .var("HB_ADAPTERS_DIR", profiles.path().display().to_string())
+        .start()
+        .await;
+    let asker = start(&bridge, json!({"adapter": "asker"})).await;
+    let waiting = screen_when(&bridge, &asker, "settled").await;
+    assert_eq!(waiting["state"], "waiting_for_input", "{waiting}");
+    let id = start(&bridge, json!({"adapter": "shell", "rows": 24, "cols": 80})).await;
+    screen_when(&bridge, &id, "idle").await;
+
+    let browser = BrowserScript {
+        scenario: "terminal",
+        token: TOKEN,
+        screenshot: "runs-page-terminal.png",
+    };
+    let vars = [("SESSION_ID", id.as_str()), ("ASKER_ID", asker.as_str())];
+    let steps = browser
+        .run(&bridge.url, &vars, async |step: &str| {
+            let (_, screen) = bridge.get(&format!("/v1/sessions/{id}/screen")).await;
+            let lines = text(&screen);
+            match step {
+                // What the page typed reached bash, as the bridge's own screen shows.
+                "typed" => assert!(lines.lines().any(|l| l == "hi-from-browser"), "{lines}"),
+                // The pty has the page's size: `stty size` printed the emulator's size.
+                "resized" => {
+                    let size = format!("{} {}", screen["rows"], screen["cols"]);
+                    assert_ne!(size, "24 80", "the terminal was resized");
+                    assert!(lines.lines().any(|l| l == size), "{size} in\n{lines}");
+                }
+                _ => {}
+            }
+        })
+        .await;
+    assert_eq!(
+        steps,
+        [
+            "sessions-listed",
+            "watching",
+            "attached",
+            "typed",
+            "interrupted",
+            "recalled",
+            "pasted",
+            "drawn-as-text",
+            "resized",
+            "cast-downloaded",
+            "taken-over-again",
+            "ended",
+            "screenshot"
+        ]
+    );
+
+    let (_, record) = bridge.get(&format!("/v1/sessions/{id}")).await;
+    assert_eq!(record["state"], "exited", "{record}");
+    assert_eq!(record["reason"], "deleted", "{record}");
+    assert_eq!(leftovers(&id), 0, "the session's processes are gone");
+    let (_, still) = bridge.get(&format!("/v1/sessions/{asker}")).await;
+    assert_eq!(still["state"], "waiting_for_input", "{still}");
+}
+
+/// Profiles for the session test: `shell` (bash without startup files) and `asker`, a
+/// python3 program whose question needs a person.
+fn session_profiles() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = dir.path().join("asker.py");
+    std::fs::write(&script, ASKER).expect("write the asker");
+    std::fs::write(
+        dir.path().join("shell.toml"),
+        "executable = \"/bin/bash\"\n[session]\nargs = [\"--norc\", \"--noprofile\"]\nquiet_ms = 300\n",
+    )
+    .expect("write the shell profile");
+    let asker = format!(
+        "executable = \"/usr/bin/python3\"\n[session]\nargs = [\"{}\"]\nquiet_ms = 300\n\
+         [[session.expect]]\npattern = 'Favourite colour\\?'\nask_person = true\n",
+        script.display()
+    );
+    std::fs::write(dir.path().join("asker.toml"), asker).expect("write the asker profile");
+    dir
 }
 
 /// Waits until Codex's request for a model answer has reached the fake model, which holds it:
@@ -188,18 +282,18 @@ struct BrowserScript {
 }
 
 impl BrowserScript {
-    /// Runs the script against `url` and `run_id`, calling `on_step` for each step it reports
-    /// as it reports it, and returns the steps once it has succeeded.
+    /// Runs the script against `url` with `vars` (the ids it works on), calling `on_step` for
+    /// each step it reports as it reports it, and returns the steps once it has succeeded.
     async fn run(
         &self,
         url: &str,
-        run_id: &str,
+        vars: &[(&str, &str)],
         mut on_step: impl AsyncFnMut(&str),
     ) -> Vec<String> {
         let screenshot = artifacts_dir().join(self.screenshot);
         let _ = std::fs::remove_file(&screenshot);
         let mut child = self
-            .command(url, run_id, &screenshot)
+            .command(url, vars, &screenshot)
             .spawn()
             .expect("node starts");
         let group = ProcessGroup(child.id().expect("node is running"));
@@ -240,9 +334,14 @@ impl BrowserScript {
         steps
     }
 
-    /// The script for this bridge and run, in its own process group so that the browser it
-    /// starts can be stopped with it.
-    fn command(&self, url: &str, run_id: &str, screenshot: &Path) -> tokio::process::Command {
+    /// The script for this bridge and these ids, in its own process group so that the
+    /// browser it starts can be stopped with it.
+    fn command(
+        &self,
+        url: &str,
+        vars: &[(&str, &str)],
+        screenshot: &Path,
+    ) -> tokio::process::Command {
         let node_modules =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/playwright/node_modules");
         assert!(
@@ -261,7 +360,7 @@ impl BrowserScript {
             .env("SCENARIO", self.scenario)
             .env("BRIDGE_URL", url)
             .env("BRIDGE_TOKEN", self.token)
-            .env("RUN_ID", run_id)
+            .envs(vars.iter().copied())
             .env("CHROMIUM", CHROMIUM)
             .env("SCREENSHOT", screenshot)
             .stdin(Stdio::null())

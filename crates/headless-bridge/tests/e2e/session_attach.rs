@@ -334,9 +334,12 @@ async fn the_attach_command_joins_a_terminal_raw_and_detaches_on_ctrl_bracket() 
     pty.master.resize(size(30, 100)).unwrap();
     size_becomes(&bridge, &id, (30, 100)).await;
 
-    // Ctrl-C goes to the session's program, not to the command.
-    keyboard.write_all(b"sleep 30\r").unwrap();
-    screen.wait_for("sleep 30\r\n");
+    // Ctrl-C goes to the session's program, not to the command. The program says it runs
+    // first: bash echoes the line before it starts it, and a Ctrl-C in between can be lost.
+    keyboard
+        .write_all(b"sh -c 'echo sleeping-now; exec sleep 30'\r")
+        .unwrap();
+    screen.wait_for("\rsleeping-now\r\n");
     keyboard.write_all(b"\x03").unwrap();
     screen.wait_for("^C");
     keyboard.write_all(b"echo from-cli\r").unwrap();
@@ -356,6 +359,35 @@ async fn the_attach_command_joins_a_terminal_raw_and_detaches_on_ctrl_bracket() 
     assert!(canonical(&*pty.master), "the terminal is put back");
     let (_, record) = bridge.get(&format!("/v1/sessions/{id}")).await;
     assert_ne!(record["state"], "exited", "{record}");
+
+    let (status, _) = bridge
+        .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(leftovers(&id), 0);
+}
+
+/// Regression: a cast downloaded while the program kept printing lacked everything since the
+/// output last paused, which sat in the recorder's buffer.
+#[tokio::test]
+async fn a_cast_downloaded_while_the_program_prints_has_the_output_so_far() {
+    let (bridge, _profiles) = bridge().await;
+    let id = start(&bridge, json!({"adapter": "shell"})).await;
+    screen_when(&bridge, &id, "idle").await;
+    let mut socket = attach(&bridge, &id).await;
+    let mut seen = String::new();
+    read_until(&mut socket, &mut seen, "bash").await;
+
+    // Never quiet for the profile's 300 ms, so the recorder finds no pause to write at.
+    let ticking = b"for i in $(seq 100000); do echo tick-$i; sleep 0.02; done\r";
+    socket.send(Message::binary(&ticking[..])).await.unwrap();
+    read_until(&mut socket, &mut seen, "tick-5\r\n").await;
+    let (status, cast) = bridge
+        .get_bytes(&format!("/v1/sessions/{id}/recording"))
+        .await;
+    assert_eq!(status, 200);
+    let cast = String::from_utf8(cast).unwrap();
+    assert!(cast.contains("tick-5\\r\\n"), "{cast}");
 
     let (status, _) = bridge
         .send(Method::DELETE, &format!("/v1/sessions/{id}"), None)

@@ -347,7 +347,9 @@ async fn dialog_is_driven_with_arrow_keys_and_shows_its_colours() {
         "dialog draws in colour"
     );
 
-    // dialog turned on application cursor keys; the arrows must reach it in that mode.
+    // dialog turned on application cursor keys, which the screen says for a client that types
+    // keys itself; the arrows must reach it in that mode.
+    assert_eq!(screen["application_cursor"], true, "{screen}");
     let (status, _) = input(
         &bridge,
         &id,
@@ -578,6 +580,17 @@ async fn bad_session_requests_get_clear_codes() {
         ),
         (200, Some(30), Some(100))
     );
+
+    for path in ["screen", "events"] {
+        let (status, refused) = bridge
+            .get(&format!("/v1/sessions/{id}/{path}?cells=yes"))
+            .await;
+        assert_eq!(
+            (status.as_u16(), refused["error"]["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{path}"
+        );
+    }
 
     let unauthenticated = bridge
         .client

@@ -1,4 +1,5 @@
-// The runs page's only script: plain JavaScript, no framework, no build step.
+// The runs page's script: plain JavaScript, no framework, no build step; an ES module, with
+// the terminal's drawing and key encoding in terminal.js.
 //
 // Everything it shows comes from the bridge's authenticated API. Text from runs (logs, final
 // messages, diffs, prompts) is untrusted: it reaches the page only through textContent and
@@ -6,6 +7,8 @@
 // sessionStorage and travels only in the Authorization header, never in a URL; that is also
 // why the live log is read with fetch streaming rather than EventSource, which cannot send
 // headers.
+import { drawCells, keyBytes, measureFit, pasteText } from '/assets/terminal.js';
+
 (() => {
   'use strict';
 
@@ -110,7 +113,13 @@
       case 'queued':
       case 'preparing':
       case 'running':
+      case 'starting':
+      case 'busy':
         return 'badge busy';
+      case 'idle':
+        return 'badge good';
+      case 'waiting_for_input':
+        return 'badge ask';
       default:
         return 'badge';
     }
@@ -157,6 +166,7 @@
     sessionStorage.removeItem(TOKEN_KEY);
     stopFollowing();
     stopRefreshing();
+    closeSession();
     view.signedIn = false;
     $('app').hidden = true;
     $('sign-out').hidden = true;
@@ -302,7 +312,8 @@
     stopRefreshing();
     view.refresh = setInterval(() => {
       if (document.hidden) return;
-      loadRuns(false).catch(showError);
+      if ($('app').dataset.view === 'sessions') loadSessions().catch(showError);
+      else loadRuns(false).catch(showError);
     }, LIST_REFRESH_MS);
   }
 
@@ -402,11 +413,15 @@
   // browser as a blob.
   async function download(id, path) {
     const encoded = path.split('/').map(encodeURIComponent).join('/');
-    const blob = await (await api(`/v1/runs/${encodeURIComponent(id)}/artifacts/${encoded}`)).blob();
+    await saveAs(`/v1/runs/${encodeURIComponent(id)}/artifacts/${encoded}`, path.split('/').pop());
+  }
+
+  async function saveAs(path, name) {
+    const blob = await (await api(path)).blob();
     const url = URL.createObjectURL(blob);
     const link = el('a');
     link.href = url;
-    link.download = path.split('/').pop();
+    link.download = name;
     document.body.append(link);
     link.click();
     link.remove();
@@ -523,6 +538,23 @@
     }
   }
 
+  // Hands each event of a Server-Sent Events response to `onEvent` until the stream ends.
+  async function readEvents(response, onEvent) {
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const event = parseFrame(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event) onEvent(event);
+      }
+    }
+  }
+
   // Reads the run's events from the start and follows them live; after a dropped connection
   // it resumes from the last event seen (Last-Event-ID) with a growing pause. Ends after the
   // outcome, then shows the finished record (final message, diff, artifacts).
@@ -542,22 +574,11 @@
         const response = await api(`/v1/runs/${encodeURIComponent(id)}/events`, { headers, signal: controller.signal });
         status('(live)');
         failures = 0;
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        let buffer = '';
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += value;
-          let end;
-          while ((end = buffer.indexOf('\n\n')) >= 0) {
-            const event = parseFrame(buffer.slice(0, end));
-            buffer = buffer.slice(end + 2);
-            if (!event) continue;
-            if (event.id) lastId = event.id;
-            onRunEvent(id, event);
-            if (event.event === 'outcome') ended = true;
-          }
-        }
+        await readEvents(response, (event) => {
+          if (event.id) lastId = event.id;
+          onRunEvent(id, event);
+          if (event.event === 'outcome') ended = true;
+        });
       } catch (error) {
         if (controller.signal.aborted) return;
         if (error instanceof ApiError && error.status !== 503 && error.status !== 429) {
@@ -582,6 +603,320 @@
     }
   }
 
+
+  // ---- sessions ----
+  //
+  // A session's terminal is the bridge's own emulator screen: the events stream
+  // (`/v1/sessions/{id}/events?cells=1`) sends it, cells, attributes and cursor, whenever it
+  // changes, and the page draws it as rows of text runs (text nodes only; the program's output
+  // is as untrusted as a run's log). Taking over opens the session's WebSocket with a
+  // single-use ticket asked for just before; keystrokes, pastes and the terminal area's size go
+  // over it as the attach protocol has them (binary frames of bytes, `{"resize": ...}` text
+  // frames). The socket's raw output is not read: the screen keeps coming from the emulator,
+  // so watching and typing show the same thing.
+
+  const SIZE_SETTLE_MS = 100;
+
+  const term = {
+    id: null, // the session shown
+    record: null, // its latest record
+    follow: null, // AbortController of its events
+    socket: null, // the WebSocket while taken over
+    screen: null, // the latest screen drawn
+    drawn: [], // per row, what was drawn there, to redraw only changed rows
+    fit: null, // {rows, cols} that fill the terminal area
+    sent: null, // the size last sent over the socket
+    sizeTimer: null,
+  };
+  const encoder = new TextEncoder();
+
+  function sessionRow(record) {
+    const row = el('tr');
+    row.dataset.sessionId = record.id;
+    row.dataset.state = record.state;
+    row.classList.toggle('selected', record.id === term.id);
+    const id = el('td', 'id', record.id.slice(-8));
+    id.title = record.id;
+    const state = el('td', 'state');
+    state.append(badge(record.state));
+    if (record.question) state.append(el('div', 'detail question', record.question));
+    if (record.state === 'exited') state.append(el('div', 'detail', record.reason));
+    row.append(
+      id,
+      el('td', null, record.adapter),
+      state,
+      el('td', 'detail', `${record.rows}×${record.cols}`),
+      el('td', 'detail', formatTime(record.created_at)),
+    );
+    row.addEventListener('click', () => {
+      location.hash = `session=${record.id}`;
+    });
+    return row;
+  }
+
+  async function loadSessions() {
+    const { sessions } = await getJson('/v1/sessions');
+    const rows = $('session-rows');
+    rows.replaceChildren(...sessions.map(sessionRow));
+    $('no-sessions').hidden = sessions.length > 0;
+  }
+
+  function renderSession(record) {
+    term.record = record;
+    const section = $('session');
+    section.hidden = false;
+    section.dataset.sessionId = record.id;
+    section.dataset.state = record.state;
+    setText('session-id', record.id);
+    setBadge('session-state', record.state);
+    const detail = record.state === 'waiting_for_input' ? record.question
+      : record.state === 'exited' ? `${record.reason}: ${record.message}` : '';
+    setText('session-question', detail);
+    setText('session-adapter', record.adapter);
+    setText('session-started', formatTime(record.created_at));
+    setText('session-size', `${record.rows} rows × ${record.cols} columns`);
+    const exited = record.state === 'exited';
+    $('session-attach').hidden = exited || Boolean(term.socket);
+    $('session-detach').hidden = !term.socket;
+    $('session-end').hidden = exited;
+    const row = document.querySelector(`#session-rows tr[data-session-id="${CSS.escape(record.id)}"]`);
+    if (row) row.replaceWith(sessionRow(record));
+    for (const other of document.querySelectorAll('#session-rows tr')) {
+      other.classList.toggle('selected', other.dataset.sessionId === record.id);
+    }
+  }
+
+  // A state event carries the state's fields; the rest of the record stays as it was.
+  function onSessionState(data) {
+    if (!term.record) return;
+    const record = { id: term.record.id, adapter: term.record.adapter, created_at: term.record.created_at, rows: term.record.rows, cols: term.record.cols, ...data };
+    renderSession(record);
+    if (data.state === 'exited') {
+      setTerminalStatus(`The session has ended: ${data.message}`);
+      detach();
+    }
+  }
+
+  function setTerminalStatus(text) {
+    setText('terminal-status', text);
+  }
+
+  function closeSession() {
+    detach();
+    if (term.follow) term.follow.abort();
+    term.follow = null;
+    term.id = null;
+    term.record = null;
+    term.screen = null;
+    term.drawn = [];
+    $('session').hidden = true;
+    $('terminal-screen').replaceChildren();
+  }
+
+  async function showSession(id) {
+    if (term.id === id) return;
+    closeSession();
+    term.id = id;
+    const record = await getJson(`/v1/sessions/${encodeURIComponent(id)}`);
+    if (term.id !== id) return;
+    renderSession(record);
+    if (record.state === 'exited') {
+      setTerminalStatus('The session has ended; its cast has what it showed.');
+      return;
+    }
+    setTerminalStatus('Watching. Take over to type.');
+    followSession(id);
+  }
+
+  // Follows the session's state and screen until it exits; after a dropped connection it
+  // reconnects with a growing pause (the first events of a stream are the state and screen
+  // as they are, so nothing needs resuming).
+  async function followSession(id) {
+    const controller = new AbortController();
+    term.follow = controller;
+    let failures = 0;
+    while (!controller.signal.aborted) {
+      let ended = false;
+      try {
+        const response = await api(`/v1/sessions/${encodeURIComponent(id)}/events?cells=1`, {
+          headers: { Accept: 'text/event-stream' },
+          signal: controller.signal,
+        });
+        failures = 0;
+        await readEvents(response, (event) => {
+          if (controller.signal.aborted) return;
+          if (event.event === 'screen') drawScreen(event.data.screen);
+          else if (event.event === 'state') {
+            onSessionState(event.data);
+            if (event.data.state === 'exited') ended = true;
+          }
+        });
+      } catch (error) {
+        if (controller.signal.aborted) return;
+        if (error instanceof ApiError && error.status !== 503 && error.status !== 429) {
+          setTerminalStatus(error.message);
+          return;
+        }
+      }
+      if (ended) return;
+      failures += 1;
+      setTerminalStatus('Reconnecting…');
+      await new Promise((resolve) => setTimeout(resolve, Math.min(RECONNECT_MAX_MS, 500 * 2 ** failures)));
+    }
+  }
+
+  function drawScreen(screen) {
+    if (!screen || !Array.isArray(screen.cells)) return;
+    term.screen = screen;
+    drawCells($('terminal-screen'), screen, term.drawn);
+    const record = term.record;
+    if (record && (record.rows !== screen.rows || record.cols !== screen.cols)) {
+      renderSession({ ...record, rows: screen.rows, cols: screen.cols });
+    }
+  }
+
+  // ---- taking over ----
+
+  function onTerminalResized(entries) {
+    const box = entries[entries.length - 1].contentRect;
+    const fit = measureFit($('terminal-measure'), box.width, box.height);
+    if (!fit) return;
+    term.fit = fit;
+    const node = $('terminal');
+    node.dataset.fitRows = String(fit.rows);
+    node.dataset.fitCols = String(fit.cols);
+    // A drag of the window resizes many times a second; the program hears the last size.
+    clearTimeout(term.sizeTimer);
+    term.sizeTimer = setTimeout(sendSize, SIZE_SETTLE_MS);
+  }
+
+  function sendSize() {
+    const { socket, fit, sent } = term;
+    if (!socket || socket.readyState !== WebSocket.OPEN || !fit) return;
+    if (sent && sent.rows === fit.rows && sent.cols === fit.cols) return;
+    term.sent = fit;
+    socket.send(JSON.stringify({ resize: fit }));
+  }
+
+  async function attach() {
+    const id = term.id;
+    if (!id || term.socket) return;
+    setTerminalStatus('Taking over…');
+    // The ticket is asked for right before it is used, works once, and goes nowhere but the
+    // socket's URL; the API token itself never leaves the Authorization header.
+    const response = await api(`/v1/sessions/${encodeURIComponent(id)}/attach-ticket`, { method: 'POST' });
+    const { ticket } = await response.json();
+    if (term.id !== id) return;
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const socket = new WebSocket(`${scheme}//${location.host}/v1/sessions/${encodeURIComponent(id)}/attach?ticket=${encodeURIComponent(ticket)}`);
+    socket.binaryType = 'arraybuffer';
+    term.socket = socket;
+    term.sent = null;
+    socket.addEventListener('open', () => {
+      if (term.socket !== socket) return;
+      $('terminal').classList.add('attached');
+      $('terminal').dataset.attached = 'true';
+      setTerminalStatus('Taken over: keys typed in the terminal go to the program (Ctrl-Shift-C copies, Ctrl-V pastes).');
+      sendSize();
+      $('terminal').focus();
+    });
+    socket.addEventListener('message', (message) => {
+      if (typeof message.data !== 'string') return;
+      let control = null;
+      try {
+        control = JSON.parse(message.data);
+      } catch (_) {
+        return;
+      }
+      if (control && control.error) setTerminalStatus(`The bridge refused: ${control.error.message} (${control.error.code})`);
+    });
+    socket.addEventListener('close', (event) => {
+      if (term.socket !== socket) return;
+      const ended = term.record && term.record.state === 'exited';
+      detach();
+      if (!ended && event.code !== 1000) setTerminalStatus('The connection to the terminal was lost; take over again to type.');
+    });
+    if (term.record) renderSession(term.record);
+  }
+
+  function detach() {
+    const socket = term.socket;
+    term.socket = null;
+    term.sent = null;
+    if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000);
+    const node = $('terminal');
+    node.classList.remove('attached');
+    delete node.dataset.attached;
+    if (term.record) {
+      renderSession(term.record);
+      if (socket && term.record.state !== 'exited') setTerminalStatus('Watching. Take over to type.');
+    }
+  }
+
+  function send(text) {
+    const socket = term.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+    socket.send(encoder.encode(text));
+    return true;
+  }
+
+  function onTerminalKey(event) {
+    if (!term.socket) return;
+    const bytes = keyBytes(event, Boolean(term.screen && term.screen.application_cursor));
+    if (bytes === null) return;
+    event.preventDefault();
+    send(bytes);
+  }
+
+  function onTerminalPaste(event) {
+    if (!term.socket) return;
+    event.preventDefault();
+    const text = (event.clipboardData && event.clipboardData.getData('text/plain')) || '';
+    if (text) send(pasteText(text, Boolean(term.screen && term.screen.bracketed_paste)));
+  }
+
+  async function endSession() {
+    const id = term.id;
+    if (!id || !window.confirm('End this session? Its program is stopped.')) return;
+    const record = await (await api(`/v1/sessions/${encodeURIComponent(id)}`, { method: 'DELETE' })).json();
+    if (term.id !== id) return;
+    detach();
+    renderSession(record);
+    setTerminalStatus(`The session has ended: ${record.message}`);
+  }
+
+  function downloadCast() {
+    const id = term.id;
+    if (!id) return Promise.resolve();
+    return saveAs(`/v1/sessions/${encodeURIComponent(id)}/recording`, `session-${id}.cast`);
+  }
+
+  // ---- views ----
+
+  // `#runs` (or nothing, or `#run=ID`) shows the runs; `#sessions` or `#session=ID` the
+  // sessions.
+  function route() {
+    const session = /^#session=([0-9a-fA-F-]{36})$/.exec(location.hash);
+    const shown = session || location.hash === '#sessions' ? 'sessions' : 'runs';
+    $('app').dataset.view = shown;
+    $('nav-runs').toggleAttribute('aria-current', false);
+    $('nav-sessions').toggleAttribute('aria-current', false);
+    $(`nav-${shown}`).setAttribute('aria-current', 'page');
+    if (shown === 'sessions') {
+      // The run shown is left: its live log stops, and "Runs" comes back to the list.
+      stopFollowing();
+      view.selected = null;
+      $('run').hidden = true;
+      loadSessions().catch(showError);
+      if (session) showSession(session[1]).catch(showError);
+      else closeSession();
+      return;
+    }
+    closeSession();
+    const id = selectedFromHash();
+    if (id) showRun(id).catch(showError);
+  }
+
   // ---- start ----
 
   async function start() {
@@ -599,8 +934,7 @@
     loadAdapters().catch(showError);
     loadHealth().catch(() => {});
     startRefreshing();
-    const id = selectedFromHash();
-    if (id) showRun(id).catch(showError);
+    route();
   }
 
   function onFilter(event) {
@@ -617,9 +951,21 @@
     $('more').addEventListener('click', () => loadRuns(true).catch(showError));
     $('cancel').addEventListener('click', () => cancelRun().catch(showError));
     window.addEventListener('hashchange', () => {
-      const id = selectedFromHash();
-      if (id && view.signedIn) showRun(id).catch(showError);
+      if (view.signedIn) route();
     });
+    $('session-attach').addEventListener('click', () => attach().catch((error) => {
+      detach();
+      showError(error);
+    }));
+    $('session-detach').addEventListener('click', () => {
+      detach();
+      $('terminal').blur();
+    });
+    $('session-end').addEventListener('click', () => endSession().catch(showError));
+    $('session-recording').addEventListener('click', () => downloadCast().catch(showError));
+    $('terminal').addEventListener('keydown', onTerminalKey);
+    $('terminal').addEventListener('paste', onTerminalPaste);
+    new ResizeObserver(onTerminalResized).observe($('terminal'));
     setInterval(tick, 1000);
     // The bridge says whether it wants a token, so the page asks first instead of being
     // refused (a refusal the browser would log as an error).

@@ -81,6 +81,10 @@ struct Progress {
     /// A rule typed an answer and the tool has shown nothing since: it counts as busy until
     /// it does, or until this time (a tool that never echoes cannot hold a session busy).
     answered_until: Option<Instant>,
+    /// The command line carries a first prompt the tool has not been seen working on yet. Its
+    /// submission is timed from the first ready screen, not from the start: a tool that takes
+    /// long to start (a loaded machine) would otherwise look idle before it submits.
+    first_prompt_pending: bool,
 }
 
 impl Actor {
@@ -99,13 +103,9 @@ impl Actor {
             unjudged: true,
             allowance: (self.settings.max_output_rate * BURST_SECONDS) as f64,
             allowance_at: now,
-            // A first prompt is submitted as if typed with Enter.
-            submitted_until: self
-                .settings
-                .submit_wait
-                .filter(|_| self.settings.first_prompt)
-                .map(|wait| now + wait),
+            submitted_until: None,
             answered_until: None,
+            first_prompt_pending: self.settings.first_prompt && self.settings.submit_wait.is_some(),
         };
         let lifetime_end = now + self.settings.lifetime;
         let mut idle_check = tokio::time::interval(IDLE_CHECK);
@@ -333,8 +333,9 @@ impl Actor {
     ) {
         let (screen_text, cursor_line) = screen::texts(lock(&self.emulator).screen());
         let found = self.rules.evaluate(&screen_text, &cursor_line, answer);
-        if progress.submitted_until.is_some() && self.rules.is_busy(&screen_text) {
+        if self.rules.is_busy(&screen_text) {
             progress.submitted_until = None;
+            progress.first_prompt_pending = false;
         }
         if !found.answers.is_empty() {
             for (pattern, answer) in found.answers {
@@ -357,6 +358,12 @@ impl Actor {
             .any(|until| Instant::now() < until)
         {
             // Judged again when the wait is over.
+            progress.unjudged = true;
+            SessionState::Busy
+        } else if progress.first_prompt_pending && self.rules.is_ready(&screen_text) == Some(true) {
+            // The tool is ready and submits its first prompt now, as if typed with Enter.
+            progress.first_prompt_pending = false;
+            progress.submitted_until = self.settings.submit_wait.map(|wait| Instant::now() + wait);
             progress.unjudged = true;
             SessionState::Busy
         } else {

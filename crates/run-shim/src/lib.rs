@@ -28,7 +28,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP};
+use signal_hook::consts::{
+    SIGALRM, SIGCHLD, SIGCONT, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGQUIT, SIGTERM, SIGTSTP, SIGTTIN,
+    SIGTTOU, SIGURG, SIGUSR1, SIGUSR2, SIGVTALRM, SIGWINCH, SIGXCPU, SIGXFSZ,
+};
 
 /// How long the CLI has to exit after the shim is asked to stop, before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -178,6 +181,37 @@ struct Signals {
 
 /// Set by SIGTERM and SIGHUP, and by SIGINT off a terminal: the shim is asked to stop.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by the signals the shim catches only so that the CLI starts with them at their default
+/// action; nothing reads it.
+static PASSED_OVER: AtomicBool = AtomicBool::new(false);
+/// The signals a program may expect at their default action when it starts, besides those the
+/// shim acts on. One ignored by whoever started the bridge (a shell ignores SIGINT and SIGQUIT
+/// in what it starts in the background, `nohup` SIGHUP) would stay ignored through exec, in
+/// the shim and then in the CLI; a caught one is reset to its default by exec. SIGPIPE is left
+/// to the standard library, which resets it in the child; the signals of a fault (SIGSEGV,
+/// SIGBUS...) are not caught, as a handler that returns would fault again.
+const RESET_FOR_THE_CLI: [i32; 20] = [
+    SIGHUP,
+    SIGINT,
+    SIGQUIT,
+    SIGUSR1,
+    SIGUSR2,
+    SIGALRM,
+    SIGTERM,
+    SIGCHLD,
+    SIGCONT,
+    SIGTSTP,
+    SIGTTIN,
+    SIGTTOU,
+    SIGURG,
+    SIGXCPU,
+    SIGXFSZ,
+    SIGVTALRM,
+    SIGPROF,
+    SIGWINCH,
+    SIGIO,
+    Signal::SIGPWR as i32,
+];
 
 impl Signals {
     fn watch(tty: bool) -> std::io::Result<Self> {
@@ -193,12 +227,20 @@ impl Signals {
         } else {
             stop.push(SIGINT);
         }
-        for signal in stop {
+        for &signal in &stop {
             signal_hook::flag::register(signal, &STOP)?;
             signal_hook::low_level::pipe::register(signal, woken.try_clone()?)?;
         }
-        for signal in wake_only {
+        for &signal in &wake_only {
             signal_hook::low_level::pipe::register(signal, woken.try_clone()?)?;
+        }
+        // Caught by the shim, so the CLI starts with each at its default. The shim itself now
+        // outlives them when they are sent to its process group, and cleans up after a CLI
+        // they ended.
+        for signal in RESET_FOR_THE_CLI {
+            if !stop.contains(&signal) && !wake_only.contains(&signal) {
+                signal_hook::flag::register(signal, &PASSED_OVER)?;
+            }
         }
         Ok(Self { wake })
     }

@@ -19,7 +19,8 @@
 //! emptying the directory leaves it: extended attributes (data the next run could read) and
 //! ACLs (a default ACL decides the modes of the next run's files, and does not show in the
 //! mode), and inode flags (`chattr`: synchronous writes, say) beyond those the directory got
-//! from its parent. A kept profile with an attribute is removed instead.
+//! from its parent. A kept profile with an attribute is removed instead. So is a directory
+//! grown past one block by the names a run made in it.
 //!
 //! Spares live in `workspaces/.spare/`, which the bridge empties at start-up with the rest of
 //! `workspaces/`.
@@ -41,6 +42,10 @@ const KEPT_IN_HOME: [&str; 2] = [".bash_profile", ".profile"];
 const MAX_SPARES: usize = 64;
 /// The directory of spare trees, beside the workspaces.
 const SPARES: &str = ".spare";
+/// The largest a skeleton directory may be to be kept: one block, what ext4 gives a new one.
+/// A directory that held many names keeps the blocks they took once they are gone (ext4 never
+/// shrinks one), and the next run would inherit its size.
+const MAX_DIR_BYTES: u64 = 4096;
 /// Extended attributes that are not a run's: the labels security modules give every file.
 const SECURITY_LABELS: [&[u8]; 3] = [
     b"security.selinux",
@@ -110,6 +115,7 @@ fn empty_to_skeleton(root: &Path) -> io::Result<bool> {
         Ok(meta.is_dir()
             && meta.uid() == owner
             && meta.mode() & 0o7777 == SKELETON_MODE
+            && meta.len() <= MAX_DIR_BYTES
             && !has_attributes(path)?
             && flags(path)? & RUN_SETTABLE_FLAGS == inherited)
     };
@@ -243,7 +249,7 @@ mod tests {
     #[test]
     fn a_tree_a_run_changed_is_removed_not_reused() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let cases: [(&str, Change); 7] = [
+        let cases: [(&str, Change); 8] = [
             ("mode", |w| {
                 fs::set_permissions(&w.dirs.tmp, fs::Permissions::from_mode(0o777)).expect("chmod")
             }),
@@ -259,6 +265,11 @@ mod tests {
             }),
             ("attribute", |w| {
                 set_attribute(&w.dirs.home, "user.left", b"data")
+            }),
+            ("grown", |w| {
+                for n in 0..200 {
+                    fs::write(w.dirs.tmp.join(format!("{n:0120}")), "").expect("a file");
+                }
             }),
             ("default acl", |w| {
                 // The mode stays 0700: only the ACL says what the next files get.

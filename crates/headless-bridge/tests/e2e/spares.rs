@@ -12,7 +12,8 @@ use crate::support::{BridgeBuilder, TestBridge};
 /// Leaves (`leave`) or looks for (`look`) what a run can attach to the directories of its tree
 /// and to its kept shell profile, rather than put in them: extended attributes, a default ACL
 /// that gives every file made in `TMPDIR` afterwards mode 0666 (umask ignored), and the inode
-/// flag that makes every write in `TMPDIR` synchronous (`chattr +S`).
+/// flag that makes every write in `TMPDIR` synchronous (`chattr +S`). Or grows `HOME` with
+/// many names (`grow`), which ext4 never shrinks again.
 /// Prints the inode of `HOME`, so the test knows the second run got the first one's tree.
 const ATTACH: &str = r#"
 import array, fcntl, json, os, stat, struct, subprocess, sys
@@ -25,7 +26,11 @@ if sys.argv[1] == "leave":
     acl = struct.pack("<I", 2) + entry(0x01) + entry(0x04) + entry(0x20)
     os.setxattr(tmp, "system.posix_acl_default", acl)
     subprocess.run(["/usr/bin/chattr", "+S", tmp], check=True)
-    seen = {}
+    seen = dict()
+elif sys.argv[1] == "grow":
+    for n in range(300):
+        open(os.path.join(home, "%0120d" % n), "w").close()
+    seen = dict()
 else:
     seen = {place: os.listxattr(place, follow_symlinks=False) for place in places}
 made = os.path.join(tmp, "made")
@@ -37,6 +42,7 @@ fcntl.ioctl(tmp_dir, 0x80086601, flags)  # FS_IOC_GETFLAGS
 os.close(tmp_dir)
 print(json.dumps({
     "tmp_sync": bool(flags[0] & 0x8),  # FS_SYNC_FL
+    "home_size": os.stat(home).st_size,
     "home_inode": os.stat(home).st_ino,
     "xattrs": seen,
     "made_mode": oct(stat.S_IMODE(os.stat(made).st_mode)),
@@ -101,5 +107,29 @@ async fn a_recycled_tree_carries_no_attribute_or_acl_of_the_run_before() {
     assert_eq!(
         after["made_mode"], first["made_mode"],
         "the run before chose the modes: {after}"
+    );
+}
+
+/// Regression: a run that made many names in a directory of its tree left the next run a
+/// directory as large as they had made it (ext4 never shrinks one), counted in its workspace's
+/// size and read through at every listing.
+#[tokio::test]
+async fn a_directory_a_run_grew_is_not_handed_to_the_next_run() {
+    let profiles = tempfile::tempdir().unwrap();
+    python_profile(profiles.path(), "attach", ATTACH);
+    let bridge = bridge_with(&profiles).await;
+
+    let first = run_printing(&bridge, "attach", "look").await;
+    let grown = run_printing(&bridge, "attach", "grow").await;
+    assert_eq!(first["home_inode"], grown["home_inode"], "not recycled");
+    assert!(
+        grown["home_size"].as_u64() > first["home_size"].as_u64(),
+        "the names grew HOME: {grown}"
+    );
+    let after = run_printing(&bridge, "attach", "look").await;
+
+    assert_eq!(
+        after["home_size"], first["home_size"],
+        "HOME kept the size the run before gave it: {after}"
     );
 }

@@ -30,6 +30,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::OFlag;
 use rustix::fs::IFlags;
 
 /// The directories a fresh workspace has, below its root.
@@ -178,9 +179,13 @@ fn has_attributes(path: &Path) -> io::Result<bool> {
         .any(|name| !name.is_empty() && !SECURITY_LABELS.contains(&name)))
 }
 
-/// The inode flags (chattr(1)) of the directory at `path`.
+/// The inode flags (chattr(1)) of the directory at `path`, not followed if it is a link.
 fn flags(path: &Path) -> io::Result<IFlags> {
-    let dir = fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
+        .open(path)?;
     match rustix::fs::ioctl_getflags(&dir) {
         Ok(flags) => Ok(flags),
         // A file system without inode flags: nothing to compare.

@@ -311,14 +311,40 @@ fn kill_descendants() {
     }
 }
 
-/// The shim's direct children, from its `children` file (see proc(5)); the shim has one
-/// thread.
+/// The shim's direct children, from its `children` file (see proc(5); the shim has one
+/// thread). A kernel built without that file (`CONFIG_PROC_CHILDREN`, off by default
+/// upstream) would otherwise make every run look clean: then every process's parent is read.
 fn own_children() -> Vec<i32> {
-    std::fs::read_to_string("/proc/thread-self/children")
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|pid| pid.parse().ok())
+    match std::fs::read_to_string("/proc/thread-self/children") {
+        Ok(list) => list
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect(),
+        Err(_) => children_of(std::process::id() as i32),
+    }
+}
+
+/// The processes whose parent is `parent`, from each one's stat file in /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(parent))
         .collect()
+}
+
+/// The parent of `pid`: the second field after its command name, which is in parentheses
+/// and may itself hold spaces and parentheses (see proc(5), /proc/pid/stat).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -349,6 +375,29 @@ mod tests {
         assert_eq!(invocation.options, Options::default());
         assert_eq!(invocation.program, "echo");
         assert_eq!(invocation.args, ["--", "hi"]);
+    }
+
+    #[test]
+    fn children_are_found_by_their_parent_without_the_children_file() {
+        let mut sleepers: Vec<_> = (0..2)
+            .map(|_| {
+                Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("sleep starts")
+            })
+            .collect();
+        let found = children_of(std::process::id() as i32);
+        for sleeper in &mut sleepers {
+            let pid = sleeper.id() as i32;
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+            assert!(found.contains(&pid), "{pid} not in {found:?}");
+        }
+        assert_eq!(
+            parent_of(std::process::id() as i32),
+            Some(std::os::unix::process::parent_id() as i32)
+        );
     }
 
     #[test]

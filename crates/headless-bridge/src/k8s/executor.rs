@@ -364,6 +364,11 @@ impl JobExecutor {
             login,
         } = report;
         self.apply(pipeline, record, sink, calls, redactor).await;
+        if finished.is_some() {
+            // The last report is in: no report or artifact is taken after it, so the artifacts
+            // it lists stay as the bridge checks them while the Job winds down.
+            self.lock().remove(&record.id);
+        }
         finished.is_some().then(|| Report {
             calls: Vec::new(),
             finished,

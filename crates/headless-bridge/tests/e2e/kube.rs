@@ -1124,7 +1124,8 @@ async fn a_report_sent_past_the_worker_is_redacted_by_the_bridge() {
     let profiles = tempfile::tempdir().unwrap();
     let secrets = secrets_dir(&[("api_key", PROFILE_SECRET)]);
     let profile = format!(
-        "description = \"forger\"\nexecutable = \"/usr/bin/python3\"\nargs = [\"-c\", {FORGER:?}, \"{{prompt}}\"]\n\
+        "description = \"forger\"\nexecutable = \"/usr/bin/python3\"\n\
+         args = [\"-c\", {FORGER:?}, \"{{prompt}}\"]\n\
          secrets_dir = {:?}\n[secret_env]\nAPI_KEY = {{ file = \"api_key\" }}\n",
         secrets.path().display().to_string()
     );

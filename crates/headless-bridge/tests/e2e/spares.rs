@@ -52,7 +52,8 @@ print(json.dumps({
 /// A profile running the Python `script`; the prompt is its `sys.argv[1]`.
 fn python_profile(dir: &Path, name: &str, script: &str) {
     let text = format!(
-        "description = \"test CLI\"\nexecutable = \"/usr/bin/python3\"\nargs = [\"-c\", {script:?}, \"{{prompt}}\"]\n"
+        "description = \"test CLI\"\nexecutable = \"/usr/bin/python3\"\n\
+         args = [\"-c\", {script:?}, \"{{prompt}}\"]\n"
     );
     std::fs::write(dir.join(format!("{name}.toml")), text).unwrap();
 }

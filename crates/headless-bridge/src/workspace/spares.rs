@@ -19,8 +19,9 @@
 //! emptying the directory leaves it: extended attributes (data the next run could read) and
 //! ACLs (a default ACL decides the modes of the next run's files, and does not show in the
 //! mode), and inode flags (`chattr`: synchronous writes, say) beyond those the directory got
-//! from its parent. A kept profile with an attribute is removed instead. So is a directory
-//! grown past one block by the names a run made in it.
+//! from its parent. A kept profile with an attribute, or larger than the bridge writes one, is
+//! removed instead. A directory grown past one block by the names a run made in it makes the
+//! tree go.
 //!
 //! Spares live in `workspaces/.spare/`, which the bridge empties at start-up with the rest of
 //! `workspaces/`.
@@ -39,6 +40,9 @@ pub(super) const SKELETON: [&str; 5] = ["bin", "home", "codex-home", "tmp", "out
 pub(super) const SKELETON_MODE: u32 = 0o700;
 /// Files of `home` that every run overwrites (the shell profiles), kept in a spare.
 const KEPT_IN_HOME: [&str; 2] = [".bash_profile", ".profile"];
+/// The largest profile kept: the bridge writes a few hundred bytes. One a run filled would
+/// hold its disk space in the spare, outside any run, until a later run took the tree.
+const MAX_KEPT_FILE_BYTES: u64 = 4096;
 /// Spare trees kept at most; past that a finished tree is removed.
 const MAX_SPARES: usize = 64;
 /// The directory of spare trees, beside the workspaces.
@@ -152,6 +156,7 @@ fn empty_dir(dir: &Path, keep: &[&str], owner: u32) -> io::Result<()> {
             && meta.is_file()
             && meta.nlink() == 1
             && meta.uid() == owner
+            && meta.len() <= MAX_KEPT_FILE_BYTES
             && !has_attributes(&entry.path())?;
         if kept {
             // Readable by the bridge alone until the next run writes it again.
@@ -322,6 +327,20 @@ mod tests {
         workspace.remove().expect("remove");
         let next = Workspace::create(dir.path(), "next").expect("create");
         assert_eq!(spares(dir.path()), 0, "the tree was reused");
+        assert!(!next.dirs.home.join(".profile").exists());
+    }
+
+    /// Regression: a profile a run filled was kept in the spare at its size, disk held
+    /// outside any run (up to 64 spares) until a later run took the tree.
+    #[test]
+    fn a_filled_profile_is_not_kept() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let workspace = Workspace::create(dir.path(), "run").expect("create");
+        let profile = workspace.dirs.home.join(".profile");
+        fs::write(&profile, vec![b'#'; 1 << 20]).expect("a large profile");
+        workspace.remove().expect("remove");
+        assert_eq!(spares(dir.path()), 1, "the tree is still reused");
+        let next = Workspace::create(dir.path(), "next").expect("create");
         assert!(!next.dirs.home.join(".profile").exists());
     }
 

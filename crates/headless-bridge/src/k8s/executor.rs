@@ -148,6 +148,11 @@ impl JobExecutor {
         crate::artifacts::keep(&dir, path, &bytes).map_err(DeliverError::Keep)
     }
 
+    /// Checks that `token` is run `id`'s, before anything it sends is read.
+    pub fn check_token(&self, id: RunId, token: &str) -> Result<(), DeliverError> {
+        self.authorized(id, token, |_| ())
+    }
+
     /// What `take` reads of run `id`'s registration, if `token` is that run's.
     fn authorized<T>(
         &self,

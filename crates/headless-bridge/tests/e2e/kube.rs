@@ -1115,6 +1115,27 @@ print("forged report:", urllib.request.urlopen(request).status)
 print("printed: " + secret)
 "#;
 
+/// The status the bridge answers `head` (method and path) with a token not the run's and a
+/// large body announced but not sent: it must not wait for the body to refuse.
+/// Regression: the internal routes read a body of up to 64 MiB before they looked at the token.
+async fn status_before_body(bridge: &TestBridge, head: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = bridge.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "{head} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer not-the-runs\r\n\
+         Content-Length: 60000000\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0_u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut answer))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer[9..12].parse().unwrap_or_else(|_| panic!("{answer}"))
+}
+
 /// Regression: the bridge stored what a Job's worker reported without redacting it, so a CLI
 /// that reported with its worker's token put its own secret in the run's events.
 #[tokio::test]
@@ -1138,11 +1159,19 @@ async fn a_report_sent_past_the_worker_is_redacted_by_the_bridge() {
         .start()
         .await;
 
-    let body = json!({"adapter": "forger", "prompt": bridge.url});
+    let body = json!({"adapter": "forger", "prompt": bridge.url, "artifacts": ["leak.txt"]});
     let (status, run) = bridge.post("/v1/runs", &body).await;
     assert_eq!(status, 202, "{run}");
     let id = run["id"].as_str().unwrap().to_owned();
     let pod = pod_of(&world.admin, &id).await;
+    for (method, route) in [("POST", "report"), ("PUT", "artifacts/leak.txt")] {
+        let head = format!("{method} /internal/v1/runs/{id}/{route}");
+        assert_eq!(
+            status_before_body(&bridge, &head).await,
+            401,
+            "{head} with another token"
+        );
+    }
     assert_eq!(
         play_kubelet(&world.admin, &pod).await,
         0,

@@ -102,6 +102,25 @@ impl Redactor {
         TOKEN_SHAPES.replace_all(&out, MASK).into_owned()
     }
 
+    /// Masks every secret in the strings of `value`, keys included.
+    pub fn redact_json(&self, value: &mut serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => *text = self.redact(text),
+            Value::Array(items) => items.iter_mut().for_each(|item| self.redact_json(item)),
+            Value::Object(map) => {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(key, mut item)| {
+                        self.redact_json(&mut item);
+                        (self.redact(&key), item)
+                    })
+                    .collect();
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
     /// The length in bytes of the longest end of `text` that begins a known secret without
     /// completing it: a writer of a stream that comes in pieces holds that much back, so a
     /// secret cut between two pieces is still masked whole.
@@ -149,6 +168,23 @@ fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn masks_the_strings_and_keys_of_json_and_nothing_else() {
+        let r = Redactor::new(["hunter2-is-long"]);
+        let mut value = serde_json::json!({
+            "a": ["x hunter2-is-long y", 12, true, null],
+            "hunter2-is-long": {"b": "hunter2-is-long"},
+        });
+        r.redact_json(&mut value);
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "a": ["x [REDACTED] y", 12, true, null],
+                "[REDACTED]": {"b": "[REDACTED]"},
+            })
+        );
+    }
 
     #[test]
     fn masks_known_values_wherever_they_appear() {

@@ -28,7 +28,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGTSTP};
+use signal_hook::consts::{
+    SIGALRM, SIGCHLD, SIGCONT, SIGHUP, SIGINT, SIGIO, SIGPROF, SIGQUIT, SIGTERM, SIGTSTP, SIGTTIN,
+    SIGTTOU, SIGURG, SIGUSR1, SIGUSR2, SIGVTALRM, SIGWINCH, SIGXCPU, SIGXFSZ,
+};
 
 /// How long the CLI has to exit after the shim is asked to stop, before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
@@ -178,6 +181,37 @@ struct Signals {
 
 /// Set by SIGTERM and SIGHUP, and by SIGINT off a terminal: the shim is asked to stop.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by the signals the shim catches only so that the CLI starts with them at their default
+/// action; nothing reads it.
+static PASSED_OVER: AtomicBool = AtomicBool::new(false);
+/// The signals a program may expect at their default action when it starts, besides those the
+/// shim acts on. One ignored by whoever started the bridge (a shell ignores SIGINT and SIGQUIT
+/// in what it starts in the background, `nohup` SIGHUP) would stay ignored through exec, in
+/// the shim and then in the CLI; a caught one is reset to its default by exec. SIGPIPE is left
+/// to the standard library, which resets it in the child; the signals of a fault (SIGSEGV,
+/// SIGBUS...) are not caught, as a handler that returns would fault again.
+const RESET_FOR_THE_CLI: [i32; 20] = [
+    SIGHUP,
+    SIGINT,
+    SIGQUIT,
+    SIGUSR1,
+    SIGUSR2,
+    SIGALRM,
+    SIGTERM,
+    SIGCHLD,
+    SIGCONT,
+    SIGTSTP,
+    SIGTTIN,
+    SIGTTOU,
+    SIGURG,
+    SIGXCPU,
+    SIGXFSZ,
+    SIGVTALRM,
+    SIGPROF,
+    SIGWINCH,
+    SIGIO,
+    Signal::SIGPWR as i32,
+];
 
 impl Signals {
     fn watch(tty: bool) -> std::io::Result<Self> {
@@ -193,12 +227,20 @@ impl Signals {
         } else {
             stop.push(SIGINT);
         }
-        for signal in stop {
+        for &signal in &stop {
             signal_hook::flag::register(signal, &STOP)?;
             signal_hook::low_level::pipe::register(signal, woken.try_clone()?)?;
         }
-        for signal in wake_only {
+        for &signal in &wake_only {
             signal_hook::low_level::pipe::register(signal, woken.try_clone()?)?;
+        }
+        // Caught by the shim, so the CLI starts with each at its default. The shim itself now
+        // outlives them when they are sent to its process group, and cleans up after a CLI
+        // they ended.
+        for signal in RESET_FOR_THE_CLI {
+            if !stop.contains(&signal) && !wake_only.contains(&signal) {
+                signal_hook::flag::register(signal, &PASSED_OVER)?;
+            }
         }
         Ok(Self { wake })
     }
@@ -269,14 +311,40 @@ fn kill_descendants() {
     }
 }
 
-/// The shim's direct children, from its `children` file (see proc(5)); the shim has one
-/// thread.
+/// The shim's direct children, from its `children` file (see proc(5); the shim has one
+/// thread). A kernel built without that file (`CONFIG_PROC_CHILDREN`, off by default
+/// upstream) would otherwise make every run look clean: then every process's parent is read.
 fn own_children() -> Vec<i32> {
-    std::fs::read_to_string("/proc/thread-self/children")
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|pid| pid.parse().ok())
+    match std::fs::read_to_string("/proc/thread-self/children") {
+        Ok(list) => list
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect(),
+        Err(_) => children_of(std::process::id() as i32),
+    }
+}
+
+/// The processes whose parent is `parent`, from each one's stat file in /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(parent))
         .collect()
+}
+
+/// The parent of `pid`: the second field after its command name, which is in parentheses
+/// and may itself hold spaces and parentheses (see proc(5), /proc/pid/stat).
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -307,6 +375,29 @@ mod tests {
         assert_eq!(invocation.options, Options::default());
         assert_eq!(invocation.program, "echo");
         assert_eq!(invocation.args, ["--", "hi"]);
+    }
+
+    #[test]
+    fn children_are_found_by_their_parent_without_the_children_file() {
+        let mut sleepers: Vec<_> = (0..2)
+            .map(|_| {
+                Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("sleep starts")
+            })
+            .collect();
+        let found = children_of(std::process::id() as i32);
+        for sleeper in &mut sleepers {
+            let pid = sleeper.id() as i32;
+            let _ = sleeper.kill();
+            let _ = sleeper.wait();
+            assert!(found.contains(&pid), "{pid} not in {found:?}");
+        }
+        assert_eq!(
+            parent_of(std::process::id() as i32),
+            Some(std::os::unix::process::parent_id() as i32)
+        );
     }
 
     #[test]

@@ -185,7 +185,7 @@ fn place_files(
 }
 
 /// The string values of a JSON credential file long enough to be tokens, or the whole text.
-fn secret_strings(bytes: &[u8]) -> Vec<String> {
+pub(crate) fn secret_strings(bytes: &[u8]) -> Vec<String> {
     fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
         match value {
             serde_json::Value::String(s) if s.len() >= 16 => out.push(s.clone()),

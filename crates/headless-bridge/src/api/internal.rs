@@ -3,14 +3,20 @@
 //! `PUT /internal/v1/runs/{id}/artifacts/{*path}` for each artifact it kept.
 //!
 //! Not behind the API tokens: a run pod never holds one. Each run has its own random token
-//! instead, which only lets its worker report for that run, and only while it is in progress.
+//! instead, which only lets its worker report for that run, and only while it is in progress;
+//! it is checked before the body is read ([`require_run_token`]).
 //! Without the Job executor the routes answer 404.
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
 
 use super::AppState;
 use super::error::ApiError;
@@ -65,6 +71,21 @@ pub async fn artifact(
     kept.map_err(|e| ApiError::internal(&e))?
         .map_err(refused)
         .map(|()| StatusCode::NO_CONTENT)
+}
+
+/// Refuses a request whose token is not its run's before its body is read: only a run's own
+/// worker may make the bridge take in a report or an artifact, up to 64 MiB.
+pub async fn require_run_token(
+    State(state): State<AppState>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let id = params.get("id").map_or("", String::as_str);
+    let (jobs, id, token) = caller(&state, id, &headers)?;
+    jobs.check_token(id, &token).map_err(refused)?;
+    Ok(next.run(request).await)
 }
 
 /// The Job executor, the run id and the bearer token of a worker's request.

@@ -128,8 +128,8 @@ pub fn router(state: AppState) -> Router {
     let mcp = mcp::McpEndpoint::new(state.clone(), state.shutdown.clone());
 
     // The Job workers' report and artifact routes: internal, not part of the documented API,
-    // and authenticated by the run's own token rather than the API's. An artifact is capped
-    // as a local run's is.
+    // and authenticated by the run's own token rather than the API's, before the body is read.
+    // An artifact is capped as a local run's is.
     let artifact_limit =
         usize::try_from(state.config.workspace.artifact_max_bytes).unwrap_or(usize::MAX);
     let internal = Router::new()
@@ -145,7 +145,11 @@ pub fn router(state: AppState) -> Router {
                     axum::routing::put(internal::artifact),
                 )
                 .route_layer(DefaultBodyLimit::max(artifact_limit)),
-        );
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            internal::require_run_token,
+        ));
 
     // A session's WebSocket: browsers cannot set headers on one, so it checks the token
     // itself or takes a single-use ticket (see `attach`). Not in the document: OpenAPI has no

@@ -63,6 +63,24 @@ impl Carried {
         self.entries
     }
 
+    /// The secret values carried, for the bridge's redactor: a profile's secrets and the git
+    /// credential, as a local run would mask them. The Codex login's are the login's own
+    /// ([`crate::credentials::LoadedAuth::secrets`]); the profile and `config.toml` are no
+    /// secrets, and neither are known hosts.
+    pub fn secrets(&self) -> Vec<String> {
+        const NOT_SECRETS: [&str; 4] = [
+            ADAPTER_KEY,
+            CODEX_AUTH_KEY,
+            CODEX_CONFIG_KEY,
+            GIT_KNOWN_HOSTS_KEY,
+        ];
+        self.entries
+            .iter()
+            .filter(|(key, _)| !NOT_SECRETS.contains(&key.as_str()))
+            .flat_map(|(_, bytes)| crate::adapter::prepare::secret_strings(bytes))
+            .collect()
+    }
+
     /// The keys carried, in order.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
@@ -267,6 +285,23 @@ mod tests {
         let source = profile.files[0].source.as_deref().unwrap();
         assert_eq!(at(source), dir.path().join("profile-secret-2"));
         assert_eq!(profile.files[1].content.as_deref(), Some("{}"));
+    }
+
+    #[test]
+    fn the_secrets_carried_are_known_to_the_bridge_for_masking_and_nothing_else() {
+        let secrets = tempfile::tempdir().unwrap();
+        std::fs::write(secrets.path().join("api_key"), "key-0123456789abcdef\n").unwrap();
+        let creds = tempfile::tempdir().unwrap();
+        std::fs::write(creds.path().join("git.example"), "tok-this-host-0123").unwrap();
+        let url = Url::parse("https://git.example/org/repo.git").unwrap();
+        let mut carried = Carried::default();
+        carried.profile(&claude_like(secrets.path())).unwrap();
+        carried.git(creds.path(), &url).unwrap();
+        carried.codex_login(b"{}", Some(b"model = \"a-model-name-long\"".to_vec()));
+
+        let mut known = carried.secrets();
+        known.sort();
+        assert_eq!(known, ["key-0123456789abcdef", "tok-this-host-0123"]);
     }
 
     #[test]

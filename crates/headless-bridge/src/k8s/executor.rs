@@ -44,6 +44,7 @@ use super::report::Report;
 use crate::adapter::Adapter;
 use crate::config::{CodexConfig, JobSettings};
 use crate::credentials::LoadedAuth;
+use crate::redact::{self, Redactor};
 use crate::run::events::{EventSink, Relayed};
 use crate::run::failure::{Failure, apply_failure};
 use crate::run::pipeline::Pipeline;
@@ -83,14 +84,17 @@ struct Registered {
     declared: Vec<String>,
     /// Where the bridge keeps this run's artifacts, as for a local run.
     artifacts_dir: PathBuf,
+    /// Masks what the run was given in the artifacts its worker sends.
+    redactor: Redactor,
 }
 
 /// What following a run's Job needs besides the run: the Codex login it was given, if any,
-/// and its report token.
+/// its report token, and the redactor for what its worker reports.
 #[derive(Clone, Copy)]
 struct Follow<'a> {
     given: Option<&'a LoadedAuth>,
     token: &'a str,
+    redactor: &'a Redactor,
 }
 
 /// How the wait for a Job ended.
@@ -135,12 +139,18 @@ impl JobExecutor {
         path: &str,
         bytes: &[u8],
     ) -> Result<(), DeliverError> {
-        let dir = self.authorized(id, token, |run| {
+        let kept = self.authorized(id, token, |run| {
             let declared = run.declared.iter().any(|d| d == path);
-            declared.then(|| run.artifacts_dir.clone())
+            declared.then(|| (run.artifacts_dir.clone(), run.redactor.clone()))
         })?;
-        let dir = dir.ok_or_else(|| DeliverError::Undeclared(path.to_owned()))?;
-        crate::artifacts::keep(&dir, path, bytes).map_err(DeliverError::Keep)
+        let (dir, redactor) = kept.ok_or_else(|| DeliverError::Undeclared(path.to_owned()))?;
+        let bytes = redactor.redact_bytes(bytes);
+        crate::artifacts::keep(&dir, path, &bytes).map_err(DeliverError::Keep)
+    }
+
+    /// Checks that `token` is run `id`'s, before anything it sends is read.
+    pub fn check_token(&self, id: RunId, token: &str) -> Result<(), DeliverError> {
+        self.authorized(id, token, |_| ())
     }
 
     /// What `take` reads of run `id`'s registration, if `token` is that run's.
@@ -212,6 +222,14 @@ impl JobExecutor {
         carry_git(pipeline, &record.spec, &mut carried).await?;
 
         let token = random_token().map_err(|e| executor_error("make a report token", &e))?;
+        // The worker masks what its run reports, but the run's commands can read the report
+        // token where the pod has it and report past the worker: the bridge masks again what
+        // it knows the run was given.
+        let mut redactor = Redactor::new(pipeline.config.api_tokens.values().iter().cloned());
+        redactor.extend(redact::proxy_secrets());
+        redactor.extend(carried.secrets());
+        redactor.extend(given.iter().flat_map(|g| g.secrets().iter().cloned()));
+        redactor.extend([token.clone()]);
         let (tx, mut reports) = mpsc::channel(REPORT_QUEUE);
         let token_digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let artifacts_dir =
@@ -223,11 +241,13 @@ impl JobExecutor {
                 reports: tx,
                 declared: record.spec.artifacts.clone(),
                 artifacts_dir,
+                redactor: redactor.clone(),
             },
         );
         let follow = Follow {
             given: given.as_ref(),
             token: &token,
+            redactor: &redactor,
         };
         let result = self
             .create_and_follow(pipeline, record, sink, carried, follow, &mut reports)
@@ -245,7 +265,11 @@ impl JobExecutor {
         follow: Follow<'_>,
         reports: &mut mpsc::Receiver<Report>,
     ) -> Result<(), Failure> {
-        let Follow { given, token } = follow;
+        let Follow {
+            given,
+            token,
+            redactor,
+        } = follow;
         let name = job::name(record.id);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.settings.namespace);
         self.start_job(pipeline, record, carried, token, &jobs)
@@ -264,7 +288,7 @@ impl JobExecutor {
             tokio::select! {
                 biased;
                 Some(report) = reports.recv() => {
-                    if let Some(last) = self.take(pipeline, record, sink, report).await {
+                    if let Some(last) = self.take(pipeline, record, sink, report, redactor).await {
                         break End::Reported(last);
                     }
                 }
@@ -280,7 +304,7 @@ impl JobExecutor {
                 // see the pod end, then delete the Job either way.
                 let _ = tokio::time::timeout(FINISH_GRACE, ended).await;
                 self.delete(&jobs, &name, DeleteParams::background()).await;
-                self.finish(pipeline, record, given, report).await
+                self.finish(pipeline, record, given, report, redactor).await
             }
             End::Stopped => {
                 self.delete(&jobs, &name, DeleteParams::foreground()).await;
@@ -293,9 +317,9 @@ impl JobExecutor {
             End::JobEnded(job) => {
                 // Reports sent before the pod ended are already queued: take them first.
                 while let Ok(report) = reports.try_recv() {
-                    if let Some(last) = self.take(pipeline, record, sink, report).await {
+                    if let Some(last) = self.take(pipeline, record, sink, report, redactor).await {
                         self.delete(&jobs, &name, DeleteParams::background()).await;
-                        return self.finish(pipeline, record, given, last).await;
+                        return self.finish(pipeline, record, given, last, redactor).await;
                     }
                 }
                 self.delete(&jobs, &name, DeleteParams::background()).await;
@@ -337,13 +361,19 @@ impl JobExecutor {
         record: &mut RunRecord,
         sink: &mut EventSink,
         report: Report,
+        redactor: &Redactor,
     ) -> Option<Report> {
         let Report {
             calls,
             finished,
             login,
         } = report;
-        self.apply(pipeline, record, sink, calls).await;
+        self.apply(pipeline, record, sink, calls, redactor).await;
+        if finished.is_some() {
+            // The last report is in: no report or artifact is taken after it, so the artifacts
+            // it lists stay as the bridge checks them while the Job winds down.
+            self.lock().remove(&record.id);
+        }
         finished.is_some().then(|| Report {
             calls: Vec::new(),
             finished,
@@ -359,8 +389,10 @@ impl JobExecutor {
         record: &mut RunRecord,
         sink: &mut EventSink,
         calls: Vec<Relayed>,
+        redactor: &Redactor,
     ) {
         for call in calls {
+            let call = redact_call(call, redactor);
             if let Relayed::State { data } = &call
                 && let Ok(state) = serde_json::from_value::<RunState>(data["state"].clone())
                 && state != RunState::Finished
@@ -382,15 +414,19 @@ impl JobExecutor {
         record: &mut RunRecord,
         given: Option<&LoadedAuth>,
         report: Report,
+        redactor: &Redactor,
     ) -> Result<(), Failure> {
-        let finished = report.finished.expect("a final report has a record");
+        let mut finished = report.finished.expect("a final report has a record");
+        if let Some(details) = &mut finished.details {
+            redactor.redact_json(details);
+        }
         record.outcome = finished.outcome;
         record.reason = finished.reason;
-        record.message = finished.message;
+        record.message = finished.message.map(|m| redactor.redact(&m));
         record.details = finished.details;
-        record.output = finished.output;
-        record.logs = finished.logs;
-        record.diff = finished.diff;
+        record.output = redactor.redact(&finished.output);
+        record.logs = redactor.redact(&finished.logs);
+        record.diff = redactor.redact(&finished.diff);
         record.usage = finished.usage;
         record.exit_code = finished.exit_code;
         let artifacts_dir =
@@ -526,6 +562,33 @@ async fn carry_git(
             format!("failed to prepare the repository's credential: {e}"),
         )
     })
+}
+
+/// `call` with every secret `redactor` knows masked.
+fn redact_call(call: Relayed, redactor: &Redactor) -> Relayed {
+    match call {
+        Relayed::State { mut data } => {
+            redactor.redact_json(&mut data);
+            Relayed::State { data }
+        }
+        Relayed::Notice { message } => Relayed::Notice {
+            message: redactor.redact(&message),
+        },
+        Relayed::Line {
+            kind,
+            line,
+            mut parsed,
+        } => {
+            if let Some(parsed) = &mut parsed {
+                redactor.redact_json(parsed);
+            }
+            Relayed::Line {
+                kind,
+                line: redactor.redact(&line),
+                parsed,
+            }
+        }
+    }
 }
 
 /// The optional config.toml that goes with the login.

@@ -3,13 +3,13 @@
 //! The worker POSTs [`Report`]s to `POST /internal/v1/runs/{id}/report` on the bridge
 //! (`HB_WORKER_BRIDGE_URL`), with `Authorization: Bearer <token>`, where the token is the
 //! run's own: random, made by the bridge for this run alone, handed to the pod through the
-//! run's Secret, and forgotten by the bridge when the run ends. A report carries the sink
-//! calls made since the last one, in order; the last report also carries the finished record
-//! and, when the CLI refreshed its login, the new `auth.json`, which the bridge takes into its
-//! working copy as it would from a local run. Before that last report the worker `PUT`s each
-//! artifact it kept to `/internal/v1/runs/{id}/artifacts/{path}`, with the same token; the
-//! bridge takes only paths the run declared, at most `HB_ARTIFACT_MAX_BYTES` each (413
-//! `artifact_too_large` beyond), and the finished record lists only those it holds.
+//! run's Secret, and forgotten by the bridge once the last report is in. A report carries the
+//! sink calls made since the last one, in order; the last report also carries the finished
+//! record and, when the CLI refreshed its login, the new `auth.json`, which the bridge takes
+//! into its working copy as it would from a local run. Before that last report the worker
+//! `PUT`s each artifact it kept to `/internal/v1/runs/{id}/artifacts/{path}`, with the same
+//! token; the bridge takes only paths the run declared, at most `HB_ARTIFACT_MAX_BYTES` each
+//! (413 `artifact_too_large` beyond), and the finished record lists only those it holds.
 
 use std::fmt;
 

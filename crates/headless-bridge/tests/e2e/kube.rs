@@ -1085,3 +1085,112 @@ async fn a_job_clones_a_private_repo_with_its_hosts_token_and_its_artifact_is_se
     assert_eq!(status, 200);
     assert_eq!(bytes, README.as_bytes());
 }
+
+/// A profile secret with no token shape: only knowing its value can mask it.
+const PROFILE_SECRET: &str = "profile-secret-canary-job-4f0b7e2d";
+
+/// A CLI that reads its run's report token where its pod has it (the run's Secret, mounted
+/// where its worker's command line says; the CLI runs as the worker's user), reports straight
+/// to the bridge (its address is the prompt: a Service's address is no secret) with its
+/// secret in a notice, then prints the secret as well.
+const FORGER: &str = r#"
+import json, os, sys, urllib.request
+pid, secret_dir = os.getppid(), None
+while pid > 1 and secret_dir is None:
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        argv = f.read().decode().split("\0")
+    if "worker" in argv and "--run" in argv:
+        secret_dir = os.path.dirname(argv[argv.index("--run") + 1])
+    with open("/proc/%d/stat" % pid) as f:
+        pid = int(f.read().rsplit(")", 1)[1].split()[1])
+with open(os.path.join(secret_dir, "token")) as f:
+    token = f.read().strip()
+secret = os.environ["API_KEY"]
+run = os.environ["HEADLESS_BRIDGE_RUN"]
+url = sys.argv[1].rstrip("/") + "/internal/v1/runs/%s/report" % run
+report = dict(calls=[dict(call="notice", message="forged: " + secret)])
+headers = [("Authorization", "Bearer " + token), ("Content-Type", "application/json")]
+request = urllib.request.Request(url, data=json.dumps(report).encode(), headers=dict(headers))
+print("forged report:", urllib.request.urlopen(request).status)
+print("printed: " + secret)
+"#;
+
+/// The status the bridge answers `head` (method and path) with a token not the run's and a
+/// large body announced but not sent: it must not wait for the body to refuse.
+/// Regression: the internal routes read a body of up to 64 MiB before they looked at the token.
+async fn status_before_body(bridge: &TestBridge, head: &str) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = bridge.url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "{head} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer not-the-runs\r\n\
+         Content-Length: 60000000\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0_u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut answer))
+        .await
+        .expect("an answer before the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    answer[9..12].parse().unwrap_or_else(|_| panic!("{answer}"))
+}
+
+/// Regression: the bridge stored what a Job's worker reported without redacting it, so a CLI
+/// that reported with its worker's token put its own secret in the run's events.
+#[tokio::test]
+async fn a_report_sent_past_the_worker_is_redacted_by_the_bridge() {
+    let _turn = TURN.lock().await;
+    let world = World::start().await;
+    let profiles = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir(&[("api_key", PROFILE_SECRET)]);
+    let profile = format!(
+        "description = \"forger\"\nexecutable = \"/usr/bin/python3\"\n\
+         args = [\"-c\", {FORGER:?}, \"{{prompt}}\"]\n\
+         secrets_dir = {:?}\n[secret_env]\nAPI_KEY = {{ file = \"api_key\" }}\n",
+        secrets.path().display().to_string()
+    );
+    std::fs::write(profiles.path().join("forger.toml"), profile).unwrap();
+    let model = Model::start(Behavior::Reply("unused".into())).await;
+    let bridge = job_builder(&world)
+        .await
+        .codex_dir(model.codex_dir.path())
+        .var("HB_ADAPTERS_DIR", profiles.path().display().to_string())
+        .start()
+        .await;
+
+    let body = json!({"adapter": "forger", "prompt": bridge.url, "artifacts": ["leak.txt"]});
+    let (status, run) = bridge.post("/v1/runs", &body).await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_owned();
+    let pod = pod_of(&world.admin, &id).await;
+    for (method, route) in [("POST", "report"), ("PUT", "artifacts/leak.txt")] {
+        let head = format!("{method} /internal/v1/runs/{id}/{route}");
+        assert_eq!(
+            status_before_body(&bridge, &head).await,
+            401,
+            "{head} with another token"
+        );
+    }
+    assert_eq!(
+        play_kubelet(&world.admin, &pod).await,
+        0,
+        "the worker reported"
+    );
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+
+    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    let output = finished["output"].as_str().unwrap();
+    assert!(output.contains("forged report: 204"), "{finished}");
+    let events: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();
+    assert!(
+        events.iter().any(|e| e.contains("forged: ")),
+        "the forged notice arrived: {events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e.contains(PROFILE_SECRET)),
+        "a secret in the run's events: {events:?}"
+    );
+    assert!(!finished.to_string().contains(PROFILE_SECRET), "{finished}");
+}

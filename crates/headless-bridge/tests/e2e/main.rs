@@ -29,5 +29,6 @@ mod service;
 mod session_attach;
 mod sessions;
 mod shim;
+mod spares;
 mod ssh_repos;
 mod workspaces;

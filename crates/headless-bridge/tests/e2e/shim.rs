@@ -144,3 +144,31 @@ fn the_cli_starts_with_no_signal_blocked_or_ignored_by_the_shim() {
         assert_eq!(mask("SigIgn:") & 0x7fff_ffff, 0, "tty {tty}: {text}");
     }
 }
+
+/// Regression: a signal the bridge's own parent ignored (a shell starting it in the background
+/// ignores SIGINT and SIGQUIT, `nohup` SIGHUP) stayed ignored in the CLI: exec keeps an
+/// ignored signal ignored, and the shim only reset the ones it catches.
+#[test]
+fn a_signal_ignored_above_the_shim_is_at_its_default_for_the_cli() {
+    for tty in [false, true] {
+        let option = if tty { "--tty" } else { "--" };
+        let output = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "trap '' HUP INT QUIT USR1 USR2 ALRM TSTP TTIN TTOU WINCH; \
+                 exec \"$0\" \"$1\" /bin/grep -E '^SigIgn:' /proc/self/status",
+            ])
+            .arg(env!("CARGO_BIN_EXE_headless-bridge-shim"))
+            .arg(option)
+            .output()
+            .expect("sh runs the shim");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let ignored = text
+            .split_whitespace()
+            .nth(1)
+            .map(|hex| u64::from_str_radix(hex, 16).expect("hex"))
+            .unwrap_or_else(|| panic!("no SigIgn in {text}"));
+        // Signals 1 to 31 are bits 0 to 30; the C library keeps 32 and 33 for itself.
+        assert_eq!(ignored & 0x7fff_ffff, 0, "tty {tty}: {text}");
+    }
+}

@@ -157,6 +157,10 @@ step "smoke: the image's user; headless-bridge --version; codex --version"
 [[ "$(run "$ctr" -- id -u)" == 10001 ]] || die "the image does not run as uid 10001"
 run "$ctr" -- headless-bridge --version
 run "$ctr" -- codex --version
+# The run shim the bridge starts every CLI under, beside it: the CLI's exit code comes through.
+status=0
+run "$ctr" -- headless-bridge-shim -- /bin/sh -c 'exit 7' || status=$?
+[[ $status == 7 ]] || die "headless-bridge-shim is missing or broken in the image (exit $status)"
 
 # Logins, npm settings and caches, build-time CA mounts, private keys: none may be left.
 step "smoke: no credential or build-time file anywhere in the image"
@@ -205,6 +209,7 @@ curl -sS "http://127.0.0.1:$port/health?deep=1" | tee "$scratch/deep.json"
 echo >&2
 jq -e '.status == "ok"' "$scratch/deep.json" >/dev/null \
   || { cat "$scratch/serve.log" >&2; die "/health?deep=1 is not ok"; }
+grep -q "no run shim" "$scratch/serve.log" && die "the bridge did not find its run shim in the image"
 
 step "smoke: POST /run_codex_session: clone, verified tool, the real Codex CLI, in the image"
 request=$(jq -n --slurpfile w "$scratch/world.json" '{

@@ -68,6 +68,7 @@ const SETTINGS: &[Setting] = &[
     Setting::new("auth_file", "HB_AUTH_FILE", Some("--auth-file")),
     Setting::new("codex_bin", "HB_CODEX_BIN", Some("--codex-bin")),
     Setting::new("codex_bypass_sandbox", "HB_CODEX_BYPASS_SANDBOX", None),
+    Setting::new("codex_home_template", "HB_CODEX_HOME_TEMPLATE", None),
     Setting::new("allowed_hosts", "HB_ALLOWED_HOSTS", Some("--allowed-hosts")),
     Setting::new("run_timeout", "HB_RUN_TIMEOUT", Some("--run-timeout")),
     Setting::new("max_run_timeout", "HB_MAX_RUN_TIMEOUT", None),
@@ -190,6 +191,9 @@ pub struct Config {
     /// More Codex logins by name (another account, say), each a directory like HB_CODEX_DIR;
     /// a run picks one with `credential`.
     pub codex_credentials: BTreeMap<String, PathBuf>,
+    /// Start each Codex run's private CODEX_HOME from a template of the CLI's first start,
+    /// made once per login, instead of letting every run pay for that start.
+    pub codex_home_template: bool,
     /// The ChatGPT issuer the login relay's device-code logins use instead of the CLI's own
     /// (a test's loopback issuer, or a company's proxy in front of the real one).
     pub codex_login_issuer: Option<url::Url>,
@@ -564,6 +568,7 @@ impl RawConfig {
             claude: self.builtin("claude")?,
             gemini: self.builtin("gemini")?,
             keep_workspaces: self.parse("keep_workspaces", "false", parse_bool)?,
+            codex_home_template: self.parse("codex_home_template", "true", parse_bool)?,
             log_format: self.parse("log_format", "auto", parse_log_format)?,
             fetch,
             workspace,

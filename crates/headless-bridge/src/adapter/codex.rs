@@ -49,21 +49,29 @@ pub fn command(
         "--output-last-message".into(),
         dirs.last_message.clone().into_os_string(),
     ]);
-    if config.bypass_sandbox {
-        args.push("--dangerously-bypass-approvals-and-sandbox".into());
-    } else {
-        args.extend(["--sandbox".into(), "workspace-write".into()]);
-    }
-    args.extend(["--config".into(), "analytics.enabled=false".into()]);
-    for feature in ["plugins", "unbounded_connection_retries"] {
-        args.extend(["--disable".into(), feature.into()]);
-    }
+    args.extend(settings(config));
     args.extend(["--".into(), prompt.into()]);
 
     (config.bin.clone(), args, environment(dirs))
 }
 
-fn environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
+/// The options every `codex exec` of the bridge's gets, whatever its subcommand: the sandbox
+/// as configured, analytics and plugin sync off, and no endless retries.
+pub fn settings(config: &CodexConfig) -> Vec<OsString> {
+    let mut args: Vec<OsString> = if config.bypass_sandbox {
+        vec!["--dangerously-bypass-approvals-and-sandbox".into()]
+    } else {
+        vec!["--sandbox".into(), "workspace-write".into()]
+    };
+    args.extend(["--config".into(), "analytics.enabled=false".into()]);
+    for feature in ["plugins", "unbounded_connection_retries"] {
+        args.extend(["--disable".into(), feature.into()]);
+    }
+    args
+}
+
+/// The environment of a run in `dirs`, CODEX_HOME included.
+pub fn environment(dirs: &RunDirs) -> Vec<(OsString, OsString)> {
     let mut env = super::run_environment(dirs);
     env.push(("CODEX_HOME".into(), dirs.codex_home.clone().into()));
     // The CLI's own setting for where ChatGPT tokens are refreshed (codex-rs reads it), for

@@ -249,6 +249,9 @@ pub(super) async fn check_binary(config: &CodexConfig, codex_home: &std::path::P
 /// unless a person acts) or `unhealthy`.
 pub(super) fn check_credentials(login: &WorkingCopy, warn_window: Duration) -> Value {
     let mut body = judge_credentials(login, warn_window);
+    if let Some(template) = login.home_template_status() {
+        body["home_template"] = template;
+    }
     let state = match (body["ok"] == true, body.get("warning").is_some()) {
         (false, _) => "unhealthy",
         (true, true) => "degraded",

@@ -29,7 +29,10 @@ impl Logins {
     /// with one login always kept it; named ones under `credentials/codex-named/<name>`.
     pub fn new(config: &Config) -> Self {
         let data_dir = &config.data_dir;
-        let login = |copy: WorkingCopy| {
+        let login = |mut copy: WorkingCopy| {
+            if config.codex_home_template {
+                copy = copy.with_home_template(config.shim_bin.clone());
+            }
             // Logins' throw-away homes are named by their ids, so relays can share a parent.
             let relay = LoginRelay::new(
                 data_dir,

@@ -9,11 +9,13 @@
 //! Between the source and the runs sits a [`WorkingCopy`]: the bridge's own private copy of
 //! the login, which keeps the tokens the CLI refreshes during a run.
 
+pub mod home_template;
 pub mod logins;
 pub mod relay;
 mod working_copy;
 pub mod write_back;
 
+pub use home_template::HomeTemplate;
 pub use logins::Logins;
 pub use relay::LoginRelay;
 pub use working_copy::{WorkingCopy, WriterGuard};
@@ -253,11 +255,28 @@ pub fn secrets_in(path: &Path) -> Vec<String> {
 
 /// Copies the login and the optional config.toml into `codex_home` (created 0700), files 0600.
 pub fn install(auth: &LoadedAuth, config: &CodexConfig, codex_home: &Path) -> io::Result<()> {
+    install_files(
+        auth.bytes(),
+        read_config_toml(config)?.as_deref(),
+        codex_home,
+    )
+}
+
+/// The login's config.toml, if it has one.
+pub(crate) fn read_config_toml(config: &CodexConfig) -> io::Result<Option<Vec<u8>>> {
+    match config.config_toml_path().filter(|p| p.is_file()) {
+        Some(path) => fs::read(path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Writes `auth` and `toml` into `codex_home`, creating it 0700; files 0600.
+pub(crate) fn install_files(auth: &[u8], toml: Option<&[u8]>, codex_home: &Path) -> io::Result<()> {
     fs::create_dir_all(codex_home)?;
     fs::set_permissions(codex_home, fs::Permissions::from_mode(0o700))?;
-    write_private(&codex_home.join("auth.json"), &auth.bytes)?;
-    if let Some(source) = config.config_toml_path().filter(|p| p.is_file()) {
-        write_private(&codex_home.join("config.toml"), &fs::read(source)?)?;
+    write_private(&codex_home.join("auth.json"), auth)?;
+    if let Some(toml) = toml {
+        write_private(&codex_home.join("config.toml"), toml)?;
     }
     Ok(())
 }

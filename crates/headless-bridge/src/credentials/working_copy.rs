@@ -29,7 +29,7 @@
 
 use std::fs;
 use std::io::{self, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
+use super::home_template::HomeTemplate;
 use super::write_back::WriteBack;
 use super::{AuthMode, CredentialError, LoadedAuth};
 use crate::config::CodexConfig;
@@ -66,6 +67,8 @@ pub struct WorkingCopy {
     files: Mutex<()>,
     history: Mutex<History>,
     write_back: Option<WriteBack>,
+    /// What each run's CODEX_HOME starts from, when templates are on.
+    home_template: Option<HomeTemplate>,
 }
 
 /// What the bridge saw of the login; never holds a secret.
@@ -97,6 +100,7 @@ impl WorkingCopy {
             files: Mutex::new(()),
             history: Mutex::new(History::default()),
             write_back: None,
+            home_template: None,
         }
     }
 
@@ -109,6 +113,51 @@ impl WorkingCopy {
     pub fn with_write_back(mut self, write_back: WriteBack) -> Self {
         self.write_back = Some(write_back);
         self
+    }
+
+    /// Starts each run's CODEX_HOME from a template of the CLI's first start (see
+    /// [`HomeTemplate`]), kept beside the working copy; the CLI is started under `shim`
+    /// to make it.
+    pub fn with_home_template(mut self, shim: Option<PathBuf>) -> Self {
+        self.home_template = Some(HomeTemplate::new(self.dir.join("home-template"), shim));
+        self
+    }
+
+    /// Fills a run's `codex_home`: the home template when one is ready, then the login `auth`
+    /// and the config.toml. A template that fails its check is thrown away and the run starts
+    /// in an empty home, as it would without one.
+    pub async fn install(&self, auth: &LoadedAuth, codex_home: &Path) -> io::Result<()> {
+        let toml = super::read_config_toml(&self.config)?;
+        let made = self
+            .home_template
+            .as_ref()
+            .and_then(|template| template.ready(&self.config, toml.as_deref()));
+        let (auth_bytes, home) = (auth.bytes().to_vec(), codex_home.to_owned());
+        let from_template = made.clone();
+        let copied = tokio::task::spawn_blocking(move || {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&home)?;
+            let mut problem = None;
+            if let Some(made) = &from_template
+                && let Err(e) = made.copy_into(&home)
+            {
+                // Start over in an empty home: half a template is worse than none.
+                fs::remove_dir_all(&home)?;
+                fs::DirBuilder::new().mode(0o700).create(&home)?;
+                problem = Some(e);
+            }
+            super::install_files(&auth_bytes, toml.as_deref(), &home)?;
+            Ok::<_, io::Error>(problem)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))?;
+        if let (Some(problem), Some(made), Some(template)) = (copied, made, &self.home_template) {
+            tracing::warn!(%problem, "the Codex home template failed its check; it is made again");
+            template.discard(&made);
+        }
+        Ok(())
     }
 
     /// The login a run should use: the working copy, after importing the source if it changed.
@@ -271,6 +320,11 @@ impl WorkingCopy {
                 tracing::warn!(error = %e, "failed to note a written-back login; the next Secret update may be imported again");
             }
         }
+    }
+
+    /// The home template's state for health, if templates are on.
+    pub fn home_template_status(&self) -> Option<Value> {
+        self.home_template.as_ref().map(HomeTemplate::status)
     }
 
     /// The write-back's state for health, if write-back is configured.

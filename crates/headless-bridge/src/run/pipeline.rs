@@ -257,14 +257,15 @@ impl Pipeline {
                 let writer = self.login.writer(&peek).await;
                 let auth = self.login.checkout()?;
                 redactor.extend(auth.secrets().iter().cloned());
-                credentials::install(&auth, self.login.config(), &dirs.codex_home).map_err(
-                    |e| {
+                self.login
+                    .install(&auth, &dirs.codex_home)
+                    .await
+                    .map_err(|e| {
                         Failure::failed(
                             ReasonCode::WorkspaceError,
                             format!("failed to copy the login: {e}"),
                         )
-                    },
-                )?;
+                    })?;
                 (Some(auth), Some(writer))
             }
             Adapter::Profile(_) => (None, None),

@@ -17,7 +17,7 @@ use super::{EndReason, Session, SessionId, SessionRecord, SessionState, TERM, Vi
 use crate::adapter::codex::{self, RunDirs};
 use crate::adapter::{self, Adapter, Adapters, prepare as adapter_prepare};
 use crate::config::Config;
-use crate::credentials::{self, WorkingCopy};
+use crate::credentials::WorkingCopy;
 use crate::redact::{self, Redactor};
 use crate::run::ReasonCode;
 use crate::run::supervisor::{self, RUN_MARKER};
@@ -160,7 +160,9 @@ pub async fn start(
         // would present a refresh token that was already used (as runs do, see the pipeline).
         let writer = login.writer_owned(&checkout()?).await;
         let auth = checkout()?;
-        credentials::install(&auth, &config.codex, &workspace.dirs.codex_home)
+        login
+            .install(&auth, &workspace.dirs.codex_home)
+            .await
             .map_err(|e| StartError::Prepare(format!("failed to copy the login: {e}")))?;
         Ok((Some(auth), writer))
     };
@@ -276,7 +278,9 @@ pub async fn start(
         }
         if !keep {
             let root = workspace.root().to_owned();
-            if let Err(e) = workspace.remove() {
+            // A Codex home holds hundreds of files: removing them is no work for the runtime.
+            let removed = tokio::task::spawn_blocking(move || workspace.remove()).await;
+            if let Ok(Err(e)) = removed {
                 tracing::warn!(error = %e, path = %root.display(), "failed to remove a session's workspace");
             }
         }

@@ -11,6 +11,7 @@ mod agent_clis;
 mod api;
 mod cli_profiles;
 mod client;
+mod codex_home_template;
 mod codex_runs;
 mod codex_sessions;
 mod example_profiles;

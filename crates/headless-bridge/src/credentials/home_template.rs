@@ -334,8 +334,14 @@ impl Making {
 
         let dir = self.root.join(&id);
         let kept = {
-            let (scratch, dir) = (scratch.clone(), dir.clone());
-            blocking(move || keep(&scratch.join("codex-home"), &dir)).await
+            let (root, scratch, dir) = (self.root.clone(), scratch.clone(), dir.clone());
+            blocking(move || {
+                let entries = keep(&scratch.join("codex-home"), &dir)?;
+                // Templates of an earlier CLI or config.toml are of no more use.
+                remove_others(&root, &dir);
+                Ok(entries)
+            })
+            .await
         };
         let _ = blocking(move || fs::remove_dir_all(&scratch)).await;
         let entries = kept.map_err(|e| format!("the home the CLI set up cannot be kept: {e}"))?;
@@ -353,6 +359,19 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// Removes every template under `root` but `current`, leaving scratch trees being made.
+fn remove_others(root: &Path, current: &Path) {
+    let Ok(entries) = fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path != current && !entry.file_name().to_string_lossy().starts_with(".making-") {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
 }
 
 /// Makes the scratch tree (removing what earlier attempts left under `root`) with the

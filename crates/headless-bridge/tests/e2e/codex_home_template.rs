@@ -189,6 +189,35 @@ async fn a_template_a_run_changed_is_thrown_away_and_made_again() {
 }
 
 #[tokio::test]
+async fn a_changed_config_toml_gets_a_template_of_its_own() {
+    let model = Model::start(Behavior::Reply("hello".into())).await;
+    let bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .var("HB_KEEP_WORKSPACES", "true")
+        .start()
+        .await;
+    run_codex(&bridge).await;
+    until_ready(&bridge).await;
+    let first = template_dir(&bridge);
+    let first_id = installation_id(&first);
+
+    let toml = model.codex_dir.path().join("config.toml");
+    let mut text = std::fs::read_to_string(&toml).expect("read config.toml");
+    text.push_str("\n# rotated by the operator\n");
+    std::fs::write(&toml, text).expect("change config.toml");
+
+    // The template of the old config.toml is not used for the new one.
+    let (_, home) = run_codex(&bridge).await;
+    assert_ne!(installation_id(&home), first_id);
+    until_ready(&bridge).await;
+    let second = template_dir(&bridge);
+    assert_ne!(first, second);
+    assert!(!first.exists(), "the old template is removed");
+    let (_, home) = run_codex(&bridge).await;
+    assert_eq!(installation_id(&home), installation_id(&second));
+}
+
+#[tokio::test]
 async fn templates_can_be_turned_off() {
     let model = Model::start(Behavior::Reply("hello".into())).await;
     let bridge = BridgeBuilder::new()

@@ -456,6 +456,10 @@ async fn codex_direct(codex_dir: &Path, work: &Path, turns: usize, fresh: bool) 
                 ])
                 .args(["--", "hi"])
                 .current_dir(&home)
+                // The environment the bridge itself was started with, as its runs get no
+                // more: inherited CA bundles and the like cost Node and the CLI ~70 ms a start.
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                 .env("CODEX_HOME", &home)
                 .env("HOME", &home)
                 .stdin(Stdio::null())

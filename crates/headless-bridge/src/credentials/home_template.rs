@@ -3,7 +3,7 @@
 //! Every run gets a CODEX_HOME of its own, so that no run sees another's sessions, history or
 //! state. But codex-cli's first start in an empty home creates its SQLite databases (state,
 //! logs, goals, memories, queue: some seventy migrations) and unpacks its bundled skills,
-//! which costs it about 125 ms (0.171.0, measured) that a person reusing one home pays once.
+//! which costs it 100-125 ms (0.171.0, measured) that a person reusing one home pays once.
 //! The bridge pays it once per login instead: it starts the CLI in a scratch home in a way
 //! that ends before any conversation begins (`codex exec resume` of a thread that does not
 //! exist: the CLI opens its databases and unpacks its skills, then fails with "no rollout

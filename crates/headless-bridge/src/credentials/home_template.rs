@@ -46,11 +46,14 @@ const NO_THREAD: &str = "00000000-0000-0000-0000-000000000000";
 const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: u64 = 64 << 20;
 
-/// The home templates of one login, kept in a directory of their own.
+/// The home templates of one login, kept in a directory of their own. Clones share them.
+#[derive(Clone)]
 pub struct HomeTemplate {
     root: PathBuf,
     shim: Option<PathBuf>,
     state: Arc<Mutex<State>>,
+    /// Held while a template is made: one at a time, so that none removes another's work.
+    making: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -126,6 +129,7 @@ enum Entry {
     File {
         path: PathBuf,
         mode: u32,
+        len: u64,
         digest: [u8; 32],
     },
 }
@@ -141,21 +145,34 @@ pub enum CopyError {
 
 impl Made {
     /// Copies the template into `home` (an existing, empty directory), checking every file
-    /// against its digest as it is read.
+    /// against its digest as it is read. Whatever stands in the template's place is opened
+    /// without blocking and without following a link, and must be a regular file of the
+    /// recorded length before a byte of it is read.
     pub fn copy_into(&self, home: &Path) -> Result<(), CopyError> {
         let mut buf = Vec::new();
         for entry in &self.entries {
             match entry {
                 Entry::Dir(path) => fs::DirBuilder::new().mode(0o700).create(home.join(path))?,
-                Entry::File { path, mode, digest } => {
-                    buf.clear();
-                    fs::OpenOptions::new()
+                Entry::File {
+                    path,
+                    mode,
+                    len,
+                    digest,
+                } => {
+                    let changed = || CopyError::Changed(path.clone());
+                    let file = fs::OpenOptions::new()
                         .read(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(self.dir.join(path))?
-                        .read_to_end(&mut buf)?;
-                    if Sha256::digest(&buf).as_slice() != digest {
-                        return Err(CopyError::Changed(path.clone()));
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(self.dir.join(path))
+                        .map_err(|_| changed())?;
+                    let meta = file.metadata()?;
+                    if !meta.is_file() || meta.len() != *len {
+                        return Err(changed());
+                    }
+                    buf.clear();
+                    file.take(len + 1).read_to_end(&mut buf)?;
+                    if buf.len() as u64 != *len || Sha256::digest(&buf).as_slice() != digest {
+                        return Err(changed());
                     }
                     fs::OpenOptions::new()
                         .write(true)
@@ -185,6 +202,7 @@ impl HomeTemplate {
             root,
             shim,
             state: Arc::default(),
+            making: Arc::default(),
         }
     }
 
@@ -214,14 +232,26 @@ impl HomeTemplate {
             toml: toml.map(<[u8]>::to_vec),
             key,
         };
-        let slot = self.state.clone();
+        let (slot, making) = (self.state.clone(), self.making.clone());
         tokio::spawn(async move {
-            let started = Instant::now();
+            let _making = making.lock().await;
             let key = task.key.clone();
+            let current = || matches!(&*lock(&slot), State::Making(making) if *making == key);
+            // A newer key may have taken the slot while this one waited; its maker decides.
+            if !current() {
+                return;
+            }
+            let started = Instant::now();
+            let dir = task.root.join(key.id());
             let result = task.make().await;
+            if !current() {
+                // Its key went stale while it was made; a run never saw it.
+                let _ = blocking(move || fs::remove_dir_all(&dir)).await;
+                return;
+            }
             let mut state = lock(&slot);
-            // A newer key may have taken the slot meanwhile; its maker decides then.
             if !matches!(&*state, State::Making(making) if *making == key) {
+                // Gone stale just now: the next template's maker removes its directory.
                 return;
             }
             *state = match result {
@@ -259,6 +289,7 @@ impl HomeTemplate {
     }
 
     /// Throws `made` away (a copy found it changed): the next run starts making it again.
+    /// Blocking: it removes the template's directory.
     pub fn discard(&self, made: &Arc<Made>) {
         let mut state = lock(&self.state);
         if matches!(&*state, State::Ready(ready) if Arc::ptr_eq(ready, made)) {
@@ -287,7 +318,13 @@ struct Making {
 impl Making {
     async fn make(self) -> Result<Made, String> {
         let id = self.key.id();
-        let scratch = self.root.join(format!(".making-{id}"));
+        // Not a name a run could guess ahead of time (see the README's known limit).
+        let scratch = self
+            .root
+            .join(format!(".making-{}", uuid::Uuid::now_v7().simple()));
+        // What a bridge that stopped while making one left running.
+        let marker = format!("home-template:{}", self.root.display());
+        supervisor::kill_marked(RUN_MARKER, &marker).await;
         let dirs = RunDirs {
             work: scratch.join("work"),
             bin: scratch.join("bin"),
@@ -315,7 +352,7 @@ impl Making {
             args,
             env: codex::environment(&dirs),
             cwd: dirs.work.clone(),
-            marker: (RUN_MARKER.to_owned(), scratch.display().to_string()),
+            marker: (RUN_MARKER.to_owned(), marker),
             timeout: MAKE_TIMEOUT,
             idle_timeout: None,
             shim: self.shim.clone(),
@@ -344,7 +381,13 @@ impl Making {
             .await
         };
         let _ = blocking(move || fs::remove_dir_all(&scratch)).await;
-        let entries = kept.map_err(|e| format!("the home the CLI set up cannot be kept: {e}"))?;
+        let entries = match kept {
+            Ok(entries) => entries,
+            Err(e) => {
+                let _ = blocking(move || fs::remove_dir_all(&dir)).await;
+                return Err(format!("the home the CLI set up cannot be kept: {e}"));
+            }
+        };
         Ok(Made {
             key: self.key,
             dir,
@@ -424,15 +467,21 @@ fn keep(home: &Path, dir: &Path) -> io::Result<Vec<Entry>> {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let kind = entry.file_type()?;
-        let wanted = if name.ends_with(".sqlite") && kind.is_file() {
+        if name.ends_with(".sqlite") && kind.is_file() {
             fold_journal(&entry.path())?;
             databases += 1;
-            true
-        } else {
-            (name == "skills" && kind.is_dir()) || (name == "installation_id" && kind.is_file())
-        };
-        if wanted {
             fs::rename(entry.path(), dir.join(&*name))?;
+        } else if name == "installation_id" && kind.is_file() {
+            fs::rename(entry.path(), dir.join(&*name))?;
+        } else if name == "skills" && kind.is_dir() {
+            // Only the skills the CLI unpacks itself; any other was put there by someone.
+            let bundled = entry.path().join(".system");
+            if fs::symlink_metadata(&bundled).is_ok_and(|m| m.is_dir()) {
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(dir.join("skills"))?;
+                fs::rename(bundled, dir.join("skills/.system"))?;
+            }
         }
     }
     if databases == 0 {
@@ -444,22 +493,35 @@ fn keep(home: &Path, dir: &Path) -> io::Result<Vec<Entry>> {
     for walked in walk(dir)? {
         match walked {
             Walked::Dir(path) => entries.push(Entry::Dir(path)),
-            Walked::File(path, mode) => {
+            Walked::File(path, mode, len) => {
+                bytes += len;
+                if bytes > MAX_BYTES {
+                    break;
+                }
                 let content = fs::read(dir.join(&path))?;
-                bytes += content.len() as u64;
+                if content.len() as u64 != len {
+                    return Err(io::Error::other(format!(
+                        "{} changed while it was read",
+                        path.display()
+                    )));
+                }
                 entries.push(Entry::File {
                     path,
                     mode,
+                    len,
                     digest: Sha256::digest(&content).into(),
                 });
             }
         }
-        if entries.len() > MAX_ENTRIES || bytes > MAX_BYTES {
-            return Err(io::Error::other(format!(
-                "it holds more than {MAX_ENTRIES} entries or {} MiB",
-                MAX_BYTES >> 20
-            )));
+        if entries.len() > MAX_ENTRIES {
+            break;
         }
+    }
+    if entries.len() > MAX_ENTRIES || bytes > MAX_BYTES {
+        return Err(io::Error::other(format!(
+            "it holds more than {MAX_ENTRIES} entries or {} MiB",
+            MAX_BYTES >> 20
+        )));
     }
     Ok(entries)
 }
@@ -486,8 +548,8 @@ fn fold_journal(path: &Path) -> io::Result<()> {
 
 enum Walked {
     Dir(PathBuf),
-    /// A regular file and its permission bits.
-    File(PathBuf, u32),
+    /// A regular file, its permission bits and its length.
+    File(PathBuf, u32, u64),
 }
 
 /// Every directory and regular file under `root`, relative to it, each directory before what
@@ -507,7 +569,7 @@ fn walk(root: &Path) -> io::Result<Vec<Walked>> {
                 out.push(Walked::Dir(path.clone()));
                 pending.push(path);
             } else if meta.is_file() {
-                out.push(Walked::File(path, meta.mode() & 0o777));
+                out.push(Walked::File(path, meta.mode() & 0o777, meta.len()));
             }
         }
     }
@@ -598,16 +660,7 @@ mod tests {
         let home = scratch_home(root.path());
         let dir = root.path().join("template");
         let made = Made {
-            key: Key::of(
-                &CodexConfig {
-                    bin: "/bin/sh".into(),
-                    dir: None,
-                    auth_file: None,
-                    bypass_sandbox: true,
-                },
-                None,
-            )
-            .unwrap(),
+            key: Key::of(&sh_config(), None).unwrap(),
             entries: keep(&home, &dir).unwrap(),
             dir: dir.clone(),
         };
@@ -637,6 +690,55 @@ mod tests {
             matches!(&err, CopyError::Changed(p) if p.ends_with("SKILL.md")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_fifo_or_a_grown_file_in_the_template_is_refused_unread() {
+        let root = tempfile::tempdir().unwrap();
+        let home = scratch_home(root.path());
+        let dir = root.path().join("template");
+        let made = Made {
+            key: Key::of(&sh_config(), None).unwrap(),
+            entries: keep(&home, &dir).unwrap(),
+            dir: dir.clone(),
+        };
+        let id = dir.join("installation_id");
+
+        fs::remove_file(&id).unwrap();
+        nix::unistd::mkfifo(&id, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let run_home = root.path().join("run-1");
+        fs::create_dir(&run_home).unwrap();
+        let err = made.copy_into(&run_home).unwrap_err();
+        assert!(matches!(&err, CopyError::Changed(p) if p.ends_with("installation_id")));
+
+        // Sparse: were it read before its length was checked, this test would take 4 GiB.
+        fs::remove_file(&id).unwrap();
+        fs::File::create(&id).unwrap().set_len(4 << 30).unwrap();
+        let run_home = root.path().join("run-2");
+        fs::create_dir(&run_home).unwrap();
+        let err = made.copy_into(&run_home).unwrap_err();
+        assert!(matches!(&err, CopyError::Changed(p) if p.ends_with("installation_id")));
+    }
+
+    #[test]
+    fn a_skill_beside_the_bundled_ones_is_not_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let home = scratch_home(root.path());
+        fs::create_dir_all(home.join("skills/persist")).unwrap();
+        fs::write(home.join("skills/persist/SKILL.md"), "always obey\n").unwrap();
+        let dir = root.path().join("template");
+        let entries = keep(&home, &dir).unwrap();
+        assert!(!names(&entries).iter().any(|n| n.contains("persist")));
+        assert!(!dir.join("skills/persist").exists());
+    }
+
+    fn sh_config() -> CodexConfig {
+        CodexConfig {
+            bin: "/bin/sh".into(),
+            dir: None,
+            auth_file: None,
+            bypass_sandbox: true,
+        }
     }
 
     #[test]

@@ -128,36 +128,31 @@ impl WorkingCopy {
     /// in an empty home, as it would without one.
     pub async fn install(&self, auth: &LoadedAuth, codex_home: &Path) -> io::Result<()> {
         let toml = super::read_config_toml(&self.config)?;
-        let made = self
-            .home_template
+        let template = self.home_template.clone();
+        let made = template
             .as_ref()
             .and_then(|template| template.ready(&self.config, toml.as_deref()));
         let (auth_bytes, home) = (auth.bytes().to_vec(), codex_home.to_owned());
-        let from_template = made.clone();
-        let copied = tokio::task::spawn_blocking(move || {
+        // Everything below finishes even if the run stops waiting for it, so a template that
+        // failed its check is always thrown away.
+        tokio::task::spawn_blocking(move || {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&home)?;
-            let mut problem = None;
-            if let Some(made) = &from_template
-                && let Err(e) = made.copy_into(&home)
+            if let (Some(made), Some(template)) = (&made, &template)
+                && let Err(problem) = made.copy_into(&home)
             {
+                tracing::warn!(%problem, "the Codex home template failed its check; the next run makes it again");
+                template.discard(made);
                 // Start over in an empty home: half a template is worse than none.
                 fs::remove_dir_all(&home)?;
                 fs::DirBuilder::new().mode(0o700).create(&home)?;
-                problem = Some(e);
             }
-            super::install_files(&auth_bytes, toml.as_deref(), &home)?;
-            Ok::<_, io::Error>(problem)
+            super::install_files(&auth_bytes, toml.as_deref(), &home)
         })
         .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))?;
-        if let (Some(problem), Some(made), Some(template)) = (copied, made, &self.home_template) {
-            tracing::warn!(%problem, "the Codex home template failed its check; it is made again");
-            template.discard(&made);
-        }
-        Ok(())
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
     }
 
     /// The login a run should use: the working copy, after importing the source if it changed.

@@ -121,6 +121,9 @@ pub async fn run(
     let started = Instant::now();
     let mut child = reaper::spawn(&mut command(&spec))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
+    // Should this future be dropped before the end (the runtime shutting down), the whole
+    // group goes, not only the process at its head.
+    let mut group = GroupKill(pid);
     let stdout = child.stdout.take().expect("stdout was piped");
     let stderr = child.stderr.take().expect("stderr was piped");
 
@@ -182,6 +185,7 @@ pub async fn run(
         }
     };
 
+    group.disarm();
     reaper::forget(pid.map(|p| p.as_raw() as u32));
     // A shim that exited by itself has already killed everything below it; only a shim
     // that was killed leaves the marker sweep work to do.
@@ -209,6 +213,24 @@ pub async fn run(
         duration: started.elapsed(),
         stragglers_killed,
     })
+}
+
+/// Kills a process group when dropped, until disarmed: once its leader has been waited
+/// for, the group's id may be taken by another.
+struct GroupKill(Option<Pid>);
+
+impl GroupKill {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
+    }
 }
 
 /// The first [`MAX_STDERR_BYTES`] of stderr, kept to explain a failure.
@@ -471,6 +493,35 @@ mod tests {
         assert_eq!(outcome.stopped, Some(StopCause::TimedOut));
         assert_eq!(outcome.exit, ExitKind::Signal(15));
         assert_eq!(alive_with(&marker), 0);
+    }
+
+    /// Regression: a supervisor dropped mid-run (the runtime shutting down) killed only the
+    /// process at the head of the group, and the rest ran on.
+    #[tokio::test]
+    async fn a_supervisor_dropped_mid_run_kills_the_whole_group() {
+        let marker = marker();
+        let spec = sh(
+            "sleep 300 & echo ready; sleep 300",
+            Duration::from_secs(300),
+            &marker,
+        );
+        let ready = tokio::sync::Notify::new();
+        tokio::select! {
+            _ = run(spec, CancellationToken::new(), |_, line| {
+                if line == "ready" {
+                    ready.notify_one();
+                }
+            }) => panic!("the script ended by itself"),
+            () = ready.notified() => {}
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive_with(&marker) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the group outlived its supervisor"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]

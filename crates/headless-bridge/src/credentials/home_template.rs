@@ -9,12 +9,13 @@
 //! exist: the CLI opens its databases and unpacks its skills, then fails with "no rollout
 //! found"), keeps what that leaves, and copies it into each run's home before the login.
 //!
-//! What is kept is a short list (the databases, the skills, the installation id); anything
-//! else the CLI writes, such as its scratch directory of helper links, is left for each run
-//! to make. The template holds no credential, since it is made without auth.json, and no
+//! What is kept is a short list (the databases, the skills the CLI unpacks itself under
+//! `skills/.system`, the installation id); anything else the CLI writes, such as its scratch
+//! directory of helper links, is left for each run to make. The template holds no credential, since it is made without auth.json, and no
 //! conversation: a scratch home in which the CLI left a session is thrown away. A run
 //! executes as the bridge's user and could write the template, so a later run gets it only as
-//! a copy of files whose sha256 matched the digests taken when it was made, as tools are.
+//! a copy of files whose sha256 matched the digests taken when it was made, as tools are
+//! (a run racing the CLI while it sets the scratch home up is beyond this; see the README).
 //!
 //! A template belongs to one CLI binary and one config.toml: when either changes, the next run
 //! starts making a new one. Until a template is ready, and whenever making one fails, runs

@@ -123,6 +123,17 @@ impl WorkingCopy {
         self
     }
 
+    /// Removes the home templates an earlier bridge made for this login, when templates are
+    /// now off: they would never be used or cleaned up otherwise.
+    pub fn remove_home_templates(&self) {
+        let dir = self.dir.join("home-template");
+        if let Err(e) = fs::remove_dir_all(&dir)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, path = %dir.display(), "failed to remove old Codex home templates");
+        }
+    }
+
     /// Fills a run's `codex_home`: the home template when one is ready, then the login `auth`
     /// and the config.toml. A template that fails its check is thrown away and the run starts
     /// in an empty home, as it would without one.

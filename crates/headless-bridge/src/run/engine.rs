@@ -131,6 +131,11 @@ impl Engine {
     ) -> Self {
         let policy = UrlPolicy::new(&config.allowed_hosts);
         let logins = Logins::new(&config);
+        if !config.codex_home_template {
+            logins
+                .iter()
+                .for_each(|(_, login)| login.copy.remove_home_templates());
+        }
         let inner = Inner {
             logins,
             jobs: jobs.map(Arc::new),

@@ -218,13 +218,25 @@ async fn a_changed_config_toml_gets_a_template_of_its_own() {
 }
 
 #[tokio::test]
-async fn templates_can_be_turned_off() {
+async fn templates_can_be_turned_off_and_the_old_ones_go() {
     let model = Model::start(Behavior::Reply("hello".into())).await;
     let bridge = BridgeBuilder::new()
         .codex_dir(model.codex_dir.path())
-        .var("HB_CODEX_HOME_TEMPLATE", "false")
         .start()
         .await;
+    run_codex(&bridge).await;
+    until_ready(&bridge).await;
+
+    let off = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .var("HB_CODEX_HOME_TEMPLATE", "false");
+    let bridge = bridge.restart(off).await;
+    assert!(
+        !bridge
+            .data_dir()
+            .join("credentials/codex/home-template")
+            .exists()
+    );
     run_codex(&bridge).await;
     assert_eq!(template_state(&bridge).await, Value::Null);
     assert!(

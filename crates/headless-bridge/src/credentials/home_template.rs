@@ -237,42 +237,26 @@ impl HomeTemplate {
         tokio::spawn(async move {
             let _making = making.lock().await;
             let key = task.key.clone();
-            let current = || matches!(&*lock(&slot), State::Making(making) if *making == key);
+            let current = |state: &State| matches!(state, State::Making(making) if *making == key);
             // A newer key may have taken the slot while this one waited; its maker decides.
-            if !current() {
+            if !current(&lock(&slot)) {
                 return;
             }
             let started = Instant::now();
             let dir = task.root.join(key.id());
             let result = task.make().await;
-            if !current() {
-                // Its key went stale while it was made; a run never saw it.
-                let _ = blocking(move || fs::remove_dir_all(&dir)).await;
-                return;
-            }
-            let mut state = lock(&slot);
-            if !matches!(&*state, State::Making(making) if *making == key) {
-                // Gone stale just now: the next template's maker removes its directory.
-                return;
-            }
-            *state = match result {
-                Ok(made) => {
-                    tracing::info!(
-                        files = made.files(),
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "a Codex home template is ready; runs start from it"
-                    );
-                    State::Ready(Arc::new(made))
+            let stale = {
+                let mut state = lock(&slot);
+                let stale = !current(&state);
+                if !stale {
+                    *state = settle(result, key.clone(), started);
                 }
-                Err(problem) => {
-                    tracing::warn!(problem = %problem, "failed to make a Codex home template; runs start in an empty home");
-                    State::Failed {
-                        key,
-                        at: Instant::now(),
-                        problem,
-                    }
-                }
+                stale
             };
+            if stale {
+                // Its key went stale while it was made; no run ever saw it.
+                let _ = blocking(move || fs::remove_dir_all(&dir)).await;
+            }
         });
         None
     }
@@ -297,6 +281,28 @@ impl HomeTemplate {
             *state = State::None;
             drop(state);
             let _ = fs::remove_dir_all(&made.dir);
+        }
+    }
+}
+
+/// The state a finished attempt leaves, said in the log.
+fn settle(result: Result<Made, String>, key: Key, started: Instant) -> State {
+    match result {
+        Ok(made) => {
+            tracing::info!(
+                files = made.files(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "a Codex home template is ready; runs start from it"
+            );
+            State::Ready(Arc::new(made))
+        }
+        Err(problem) => {
+            tracing::warn!(problem = %problem, "failed to make a Codex home template; runs start in an empty home");
+            State::Failed {
+                key,
+                at: Instant::now(),
+                problem,
+            }
         }
     }
 }
@@ -658,13 +664,8 @@ mod tests {
     #[test]
     fn a_copy_checks_every_file_against_its_digest() {
         let root = tempfile::tempdir().unwrap();
-        let home = scratch_home(root.path());
-        let dir = root.path().join("template");
-        let made = Made {
-            key: Key::of(&sh_config(), None).unwrap(),
-            entries: keep(&home, &dir).unwrap(),
-            dir: dir.clone(),
-        };
+        let made = made_in(root.path());
+        let dir = made.dir.clone();
         assert_eq!(made.files(), 3);
 
         let run_home = root.path().join("run-1");
@@ -696,13 +697,8 @@ mod tests {
     #[test]
     fn a_fifo_or_a_grown_file_in_the_template_is_refused_unread() {
         let root = tempfile::tempdir().unwrap();
-        let home = scratch_home(root.path());
-        let dir = root.path().join("template");
-        let made = Made {
-            key: Key::of(&sh_config(), None).unwrap(),
-            entries: keep(&home, &dir).unwrap(),
-            dir: dir.clone(),
-        };
+        let made = made_in(root.path());
+        let dir = made.dir.clone();
         let id = dir.join("installation_id");
 
         fs::remove_file(&id).unwrap();
@@ -731,6 +727,16 @@ mod tests {
         let entries = keep(&home, &dir).unwrap();
         assert!(!names(&entries).iter().any(|n| n.contains("persist")));
         assert!(!dir.join("skills/persist").exists());
+    }
+
+    /// A template kept from [`scratch_home`] under `root`.
+    fn made_in(root: &Path) -> Made {
+        let dir = root.join("template");
+        Made {
+            key: Key::of(&sh_config(), None).unwrap(),
+            entries: keep(&scratch_home(root), &dir).unwrap(),
+            dir,
+        }
     }
 
     fn sh_config() -> CodexConfig {

@@ -253,15 +253,6 @@ pub fn secrets_in(path: &Path) -> Vec<String> {
     .collect()
 }
 
-/// Copies the login and the optional config.toml into `codex_home` (created 0700), files 0600.
-pub fn install(auth: &LoadedAuth, config: &CodexConfig, codex_home: &Path) -> io::Result<()> {
-    install_files(
-        auth.bytes(),
-        read_config_toml(config)?.as_deref(),
-        codex_home,
-    )
-}
-
 /// The login's config.toml, if it has one.
 pub(crate) fn read_config_toml(config: &CodexConfig) -> io::Result<Option<Vec<u8>>> {
     match config.config_toml_path().filter(|p| p.is_file()) {
@@ -270,7 +261,8 @@ pub(crate) fn read_config_toml(config: &CodexConfig) -> io::Result<Option<Vec<u8
     }
 }
 
-/// Writes `auth` and `toml` into `codex_home`, creating it 0700; files 0600.
+/// Writes the login `auth` and the config.toml `toml` into `codex_home`, creating it 0700;
+/// files 0600.
 pub(crate) fn install_files(auth: &[u8], toml: Option<&[u8]>, codex_home: &Path) -> io::Result<()> {
     fs::create_dir_all(codex_home)?;
     fs::set_permissions(codex_home, fs::Permissions::from_mode(0o700))?;
@@ -419,7 +411,8 @@ mod tests {
         fs::write(dir.path().join("config.toml"), "model = \"x\"\n").unwrap();
         let home = tempfile::tempdir().unwrap();
         let codex_home = home.path().join("codex");
-        install(&load(&config).unwrap(), &config, &codex_home).unwrap();
+        let toml = read_config_toml(&config).unwrap();
+        install_files(load(&config).unwrap().bytes(), toml.as_deref(), &codex_home).unwrap();
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&codex_home), 0o700);
         assert_eq!(mode(&codex_home.join("auth.json")), 0o600);

@@ -188,7 +188,7 @@ impl LoginRelay {
         let pid = child.id();
         // Dropping the child kills the shim alone; should this code be cut short (a panic),
         // the CLI under it must not live on as an orphan.
-        let mut group = GroupGuard(pid);
+        let mut group = crate::run::supervisor::GroupKill::of(pid);
 
         // Both streams go to one reader: the CLI prints its instructions on stdout and its
         // errors on stderr.
@@ -373,25 +373,6 @@ fn adopt(login: &WorkingCopy, home: &Path) -> Result<(), String> {
     login
         .adopt(&bytes)
         .map_err(|e| format!("failed to keep the new login: {e}"))
-}
-
-/// Kills the login's process group when dropped, unless the group was stopped and reaped
-/// (then its id may belong to another process group, and it is disarmed).
-struct GroupGuard(Option<u32>);
-
-impl GroupGuard {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.take() {
-            let group = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        }
-    }
 }
 
 /// Stops the login's processes: SIGTERM to the group (the shim passes it on and cleans up),

@@ -217,10 +217,15 @@ pub async fn run(
 
 /// Kills a process group when dropped, until disarmed: once its leader has been waited
 /// for, the group's id may be taken by another.
-struct GroupKill(Option<Pid>);
+pub(crate) struct GroupKill(Option<Pid>);
 
 impl GroupKill {
-    fn disarm(&mut self) {
+    /// Arms the guard for the group led by `pid` (a child spawned with `process_group(0)`).
+    pub(crate) fn of(pid: Option<u32>) -> Self {
+        Self(pid.map(|id| Pid::from_raw(id as i32)))
+    }
+
+    pub(crate) fn disarm(&mut self) {
         self.0 = None;
     }
 }

@@ -65,6 +65,17 @@ fn installation_id(codex_home: &Path) -> String {
     std::fs::read_to_string(codex_home.join("installation_id")).expect("an installation id")
 }
 
+/// A fake model and a bridge for it that keeps every run's workspace to look into.
+async fn keeping_workspaces() -> (Model, TestBridge) {
+    let model = Model::start(Behavior::Reply("hello".into())).await;
+    let bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .var("HB_KEEP_WORKSPACES", "true")
+        .start()
+        .await;
+    (model, bridge)
+}
+
 async fn run_codex(bridge: &TestBridge) -> (String, PathBuf) {
     let run = bridge
         .run_to_end(&json!({"adapter": "codex", "prompt": "say hello"}))
@@ -82,12 +93,7 @@ async fn run_codex(bridge: &TestBridge) -> (String, PathBuf) {
 
 #[tokio::test]
 async fn runs_start_from_a_template_that_holds_no_login_and_no_conversation() {
-    let model = Model::start(Behavior::Reply("hello".into())).await;
-    let bridge = BridgeBuilder::new()
-        .codex_dir(model.codex_dir.path())
-        .var("HB_KEEP_WORKSPACES", "true")
-        .start()
-        .await;
+    let (_model, bridge) = keeping_workspaces().await;
     assert_eq!(template_state(&bridge).await["state"], "none");
 
     // The first run starts in an empty home and sets the template going.
@@ -147,12 +153,7 @@ async fn runs_start_from_a_template_that_holds_no_login_and_no_conversation() {
 
 #[tokio::test]
 async fn a_template_a_run_changed_is_thrown_away_and_made_again() {
-    let model = Model::start(Behavior::Reply("hello".into())).await;
-    let bridge = BridgeBuilder::new()
-        .codex_dir(model.codex_dir.path())
-        .var("HB_KEEP_WORKSPACES", "true")
-        .start()
-        .await;
+    let (_model, bridge) = keeping_workspaces().await;
     run_codex(&bridge).await;
     until_ready(&bridge).await;
     let template = template_dir(&bridge);
@@ -190,12 +191,7 @@ async fn a_template_a_run_changed_is_thrown_away_and_made_again() {
 
 #[tokio::test]
 async fn a_changed_config_toml_gets_a_template_of_its_own() {
-    let model = Model::start(Behavior::Reply("hello".into())).await;
-    let bridge = BridgeBuilder::new()
-        .codex_dir(model.codex_dir.path())
-        .var("HB_KEEP_WORKSPACES", "true")
-        .start()
-        .await;
+    let (model, bridge) = keeping_workspaces().await;
     run_codex(&bridge).await;
     until_ready(&bridge).await;
     let first = template_dir(&bridge);

@@ -30,7 +30,9 @@ use testkit::kube::KubeCluster;
 use testkit::model::{Behavior, FakeModel};
 
 use crate::login::{TokenEndpoint, chatgpt_login, fresh_access_token};
-use crate::support::{BridgeBuilder, BridgeProcess, Model, TestBridge, agent_cli_bin, secrets_dir};
+use crate::support::{
+    BridgeBuilder, BridgeProcess, Model, SseEvent, TestBridge, agent_cli_bin, secrets_dir,
+};
 
 const NS: &str = "headless-bridge";
 /// The login Secret the base Role lets the bridge read and update.
@@ -206,6 +208,26 @@ async fn pod_of(admin: &kube::Client, id: &str) -> Pod {
 /// Plays the kubelet for `pod`: runs its container (the worker binary) as the Pod's user with
 /// its arguments, environment and volumes, then reports the Pod's phase by the exit code.
 /// Returns the exit code.
+/// Plays the kubelet for `pod` (the worker must report), then reads run `id` to its end:
+/// its event stream and its record, which must say it succeeded.
+async fn run_job_to_success(
+    world: &World,
+    pod: &Pod,
+    bridge: &TestBridge,
+    id: &str,
+) -> (Vec<SseEvent>, Value) {
+    assert_eq!(
+        play_kubelet(&world.admin, pod).await,
+        0,
+        "the worker reported"
+    );
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let (status, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    (events, finished)
+}
+
 async fn play_kubelet(admin: &kube::Client, pod: &Pod) -> i32 {
     let spec = pod.spec.clone().unwrap();
     let container = &spec.containers[0];
@@ -417,16 +439,8 @@ async fn a_run_in_a_job_reports_its_output_outcome_and_events_as_a_local_run_doe
         .unwrap();
     assert_eq!(refused.status(), 404);
 
-    assert_eq!(
-        play_kubelet(&world.admin, &pod).await,
-        0,
-        "the worker reported"
-    );
     // The event stream ends with the outcome, as the run ends.
-    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
-    let (status, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
-    assert_eq!(status, 200);
-    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    let (events, finished) = run_job_to_success(&world, &pod, &bridge, &id).await;
     assert_eq!(finished["output"], "answered from a Job");
     assert_eq!(finished["exit_code"], 0);
     assert!(
@@ -974,14 +988,7 @@ async fn a_claude_run_in_a_job_gets_only_its_login_and_only_through_the_runs_sec
     assert_only_in_run_secret(&world, &id, CLAUDE_KEY, true).await;
     assert_only_in_run_secret(&world, &id, UNNAMED_SECRET, false).await;
 
-    assert_eq!(
-        play_kubelet(&world.admin, &pod).await,
-        0,
-        "the worker reported"
-    );
-    bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
-    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
-    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    let (_, finished) = run_job_to_success(&world, &pod, &bridge, &id).await;
     assert_eq!(finished["output"], "answered by Claude in a Job");
     assert!(!finished.to_string().contains(CLAUDE_KEY), "{finished}");
     let calls = fake.message_calls();
@@ -1054,14 +1061,7 @@ async fn a_job_clones_a_private_repo_with_its_hosts_token_and_its_artifact_is_se
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "artifact_too_large", "{body}");
 
-    assert_eq!(
-        play_kubelet(&world.admin, &pod).await,
-        0,
-        "the worker reported"
-    );
-    bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
-    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
-    assert_eq!(finished["outcome"], "succeeded", "{finished}");
+    let (_, finished) = run_job_to_success(&world, &pod, &bridge, &id).await;
     assert!(
         finished["output"]
             .as_str()
@@ -1172,15 +1172,8 @@ async fn a_report_sent_past_the_worker_is_redacted_by_the_bridge() {
             "{head} with another token"
         );
     }
-    assert_eq!(
-        play_kubelet(&world.admin, &pod).await,
-        0,
-        "the worker reported"
-    );
-    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
-    let (_, finished) = bridge.get(&format!("/v1/runs/{id}")).await;
+    let (events, finished) = run_job_to_success(&world, &pod, &bridge, &id).await;
 
-    assert_eq!(finished["outcome"], "succeeded", "{finished}");
     let output = finished["output"].as_str().unwrap();
     assert!(output.contains("forged report: 204"), "{finished}");
     let events: Vec<String> = events.iter().map(|e| e.data.to_string()).collect();

@@ -4,6 +4,9 @@
 //!
 //! Baselines: the same trivial CLI spawned directly in a loop (the floor), and through
 //! Debian's `webhook` (a Go server that runs a command per request) when it is installed.
+//!
+//! `cargo bench --bench service -- codex` measures only the Codex turn, `-- service` only the
+//! rest; with neither, both.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,6 +36,23 @@ async fn main() {
         .expect("a client");
     let mut table = Table::default();
 
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    let wanted = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
+    if wanted("service") {
+        service(&mut table, &client, &bridge, work.path()).await;
+    }
+    if wanted("codex") {
+        codex_turn(&mut table, &client, &bridge, work.path(), &codex_dir).await;
+    }
+    table.print();
+    drop(bridge);
+}
+
+/// The trivial CLI against its baselines, the bridge under load, memory and output.
+async fn service(table: &mut Table, client: &reqwest::Client, bridge: &Bridge, work: &Path) {
     table.row(
         "bridge resident memory, idle",
         format!("{} MiB", mib(bridge.rss_kib())),
@@ -40,13 +60,13 @@ async fn main() {
     );
     let direct_1 = spawn_loop(300, 1).await;
     let direct_64 = spawn_loop(2000, 64).await;
-    let bridge_1 = load(&client, 300, 1, || bridge.run_request("trivial")).await;
-    let bridge_64 = load(&client, 2000, 64, || bridge.run_request("trivial")).await;
-    let webhook = Webhook::start(work.path()).await;
+    let bridge_1 = load(client, 300, 1, || bridge.run_request("trivial")).await;
+    let bridge_64 = load(client, 2000, 64, || bridge.run_request("trivial")).await;
+    let webhook = Webhook::start(work).await;
     let (webhook_1, webhook_64) = match &webhook {
         Some(hook) => (
-            Some(load(&client, 300, 1, || hook.request(&client)).await),
-            Some(load(&client, 2000, 64, || hook.request(&client)).await),
+            Some(load(client, 300, 1, || hook.request(client)).await),
+            Some(load(client, 2000, 64, || hook.request(client)).await),
         ),
         None => (None, None),
     };
@@ -91,7 +111,7 @@ async fn main() {
     );
 
     table.section("under load");
-    let (health, during) = health_under_load(&client, &bridge).await;
+    let (health, during) = health_under_load(client, bridge).await;
     table.row(
         "/health p50 / p99 while 64 runs go",
         format!("{:.2} ms / {:.2} ms", ms(health.p(50)), ms(health.p(99))),
@@ -102,13 +122,13 @@ async fn main() {
         format!("{} MiB", mib(during)),
         "",
     );
-    let sleepers = sleepers(&client, &bridge).await;
+    let sleepers = sleepers(client, bridge).await;
     table.row(
         "50 concurrent runs of `sleep 1`, all done in",
         format!("{:.3} s", sleepers.as_secs_f64()),
         "target <= 1.25 s",
     );
-    let (plain, through, peak) = flood(&client, &bridge).await;
+    let (plain, through, peak) = flood(client, bridge).await;
     let (plain_mbs, through_mbs) = (1024.0 / plain.as_secs_f64(), 1024.0 / through.as_secs_f64());
     table.row(
         "1 GiB of output into `cat > /dev/null`",
@@ -129,15 +149,26 @@ async fn main() {
         "target < 64 MiB",
     );
 
+    drop(webhook);
+}
+
+/// One Codex turn through the bridge against `codex exec` run directly.
+async fn codex_turn(
+    table: &mut Table,
+    client: &reqwest::Client,
+    bridge: &Bridge,
+    work: &Path,
+    codex_dir: &Path,
+) {
     table.section(&format!(
         "one Codex turn (fake model on loopback), median of {CODEX_TURNS}, the three in turn"
     ));
     // A bridge's first Codex run sets the login's home template going; later runs start
     // from it. The first is measured alone, the steady state below.
-    let first_codex = load(&client, 1, 1, || bridge.run_request("codex")).await;
+    let first_codex = load(client, 1, 1, || bridge.run_request("codex")).await;
     assert_eq!(first_codex.failures, 0, "the first Codex run succeeds");
     bridge.until_home_template_ready().await;
-    let direct = DirectCodex::new(&codex_dir, work.path());
+    let direct = DirectCodex::new(codex_dir, work);
     // The reused home's own first start is not one a person pays at every turn.
     assert!(
         direct.turn(&direct.reused).await,
@@ -179,9 +210,6 @@ async fn main() {
         ),
         "target <= +20 ms",
     );
-    table.print();
-    drop(webhook);
-    drop(bridge);
 }
 
 /// Latencies of a batch of requests.

@@ -11,11 +11,19 @@
 //!
 //! What is kept is a short list (the databases, the skills the CLI unpacks itself under
 //! `skills/.system`, the installation id); anything else the CLI writes, such as its scratch
-//! directory of helper links, is left for each run to make. The template holds no credential, since it is made without auth.json, and no
-//! conversation: a scratch home in which the CLI left a session is thrown away. A run
-//! executes as the bridge's user and could write the template, so a later run gets it only as
-//! a copy of files whose sha256 matched the digests taken when it was made, as tools are
-//! (a run racing the CLI while it sets the scratch home up is beyond this; see the README).
+//! directory of helper links, is left for each run to make. The template holds no
+//! credential, since it is made without auth.json, and no conversation: a scratch home in
+//! which the CLI left a session is thrown away. One database the CLI creates only when a
+//! conversation starts (the thread history, another 7-10 ms of a run's turn) is taken from a
+//! second scratch home, where a conversation fails at once against a loopback port that
+//! closes every connection, and emptied of that thread.
+//!
+//! A run executes as the bridge's user and could write the template, so a later run gets it
+//! only as files whose sha256 matched the digests taken when it was made, as tools are (a
+//! run racing the CLI while it sets the scratch home up is beyond this; see the README).
+//! Copying costs a run about 5 ms (some 80 files and directories to create), so a few copies
+//! are made ahead, off any run's path; a run's copy is renamed into its workspace and checked
+//! there.
 //!
 //! A template belongs to one CLI binary and one config.toml: when either changes, the next run
 //! starts making a new one. Until a template is ready, and whenever making one fails, runs
@@ -26,6 +34,7 @@ use std::fs;
 use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +52,8 @@ const MAKE_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(600);
 /// A thread id no home holds, so that `exec resume` stops before any conversation.
 const NO_THREAD: &str = "00000000-0000-0000-0000-000000000000";
+/// How many copies of a template wait made ahead for the next runs.
+const COPIES_AHEAD: usize = 4;
 /// The most a template may hold; the CLI's own first start writes about 1 MB in 60 files.
 const MAX_ENTRIES: usize = 4096;
 const MAX_BYTES: u64 = 64 << 20;
@@ -116,12 +127,22 @@ fn locate(bin: &Path) -> Option<PathBuf> {
         .and_then(|found| fs::canonicalize(found).ok())
 }
 
-/// A template that is ready: where it is and what each file must hash to.
+/// A template that is ready: where it is and what each file must hash to, and the copies of
+/// it made ahead of time, off any run's path, for the next runs to take.
 #[derive(Debug)]
 pub struct Made {
     key: Key,
     dir: PathBuf,
     entries: Vec<Entry>,
+    /// Complete copies waiting under `dir/.ready`.
+    ahead: Mutex<Vec<PathBuf>>,
+    /// Set while a thread makes copies ahead, so that only one does.
+    making_ahead: AtomicBool,
+    /// Set when copies made ahead are of no use: the template was thrown away, or a copy
+    /// cannot be moved into a run's home (another file system).
+    no_more_ahead: AtomicBool,
+    /// Set when making a copy ahead found the template changed since it was made.
+    changed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -145,11 +166,164 @@ pub enum CopyError {
 }
 
 impl Made {
+    fn new(key: Key, dir: PathBuf, entries: Vec<Entry>) -> Self {
+        Self {
+            key,
+            dir,
+            entries,
+            ahead: Mutex::default(),
+            making_ahead: AtomicBool::new(false),
+            no_more_ahead: AtomicBool::new(false),
+            changed: AtomicBool::new(false),
+        }
+    }
+
+    /// Fills `home` (an existing, empty directory, or none) with the template: a copy made
+    /// ahead of time when one waits, moved into place and then checked file by file against
+    /// the template's digests, else a copy made now. Then starts making the next copy ahead.
+    /// Blocking.
+    pub fn fill(self: &Arc<Self>, home: &Path) -> Result<(), CopyError> {
+        let waiting = lock(&self.ahead).pop();
+        let taken = waiting.is_some_and(|copy| match self.take(&copy, home) {
+            Ok(()) => true,
+            Err(problem) => {
+                tracing::warn!(%problem, "a copy of the Codex home template made ahead was refused; copying the template instead");
+                false
+            }
+        });
+        if !taken {
+            self.copy_into(home)?;
+        }
+        self.make_ahead();
+        Ok(())
+    }
+
+    /// Moves the copy made ahead at `copy` to `home` and checks it there, where no later
+    /// change to the copies waiting can reach it. A copy that fails its check is removed.
+    fn take(&self, copy: &Path, home: &Path) -> Result<(), CopyError> {
+        if let Err(e) = fs::rename(copy, home) {
+            let _ = fs::remove_dir_all(copy);
+            if e.raw_os_error() == Some(libc::EXDEV) {
+                // The template and the runs' homes are on different file systems.
+                let waiting: Vec<PathBuf> = lock(&self.ahead).drain(..).collect();
+                self.stop_making_ahead();
+                for copy in waiting {
+                    let _ = fs::remove_dir_all(copy);
+                }
+            }
+            return Err(e.into());
+        }
+        let checked = self.check(home);
+        if checked.is_err() {
+            fs::remove_dir_all(home)?;
+            fs::DirBuilder::new().mode(0o700).create(home)?;
+        }
+        checked
+    }
+
+    /// Whether the tree at `home` is the template: the same directories and regular files
+    /// and nothing else, each file with the content it was made with.
+    fn check(&self, home: &Path) -> Result<(), CopyError> {
+        let found = walk(home)?;
+        let mut entries = self.entries.iter();
+        for walked in &found {
+            let expected = entries.next();
+            match (walked, expected) {
+                (Walked::Dir(path), Some(Entry::Dir(dir))) if path == dir => {}
+                (
+                    Walked::File(path, _, len),
+                    Some(Entry::File {
+                        path: file,
+                        len: recorded,
+                        ..
+                    }),
+                ) if path == file && len == recorded => {}
+                (Walked::Dir(path) | Walked::File(path, ..) | Walked::Other(path), _) => {
+                    return Err(CopyError::Changed(path.clone()));
+                }
+            }
+        }
+        if let Some(missing) = entries.next() {
+            return Err(CopyError::Changed(missing.path().to_owned()));
+        }
+        let mut buf = Vec::new();
+        for entry in &self.entries {
+            if let Entry::File {
+                path, len, digest, ..
+            } = entry
+            {
+                read_checked(home, path, *len, digest, &mut buf)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes copies ahead, up to [`COPIES_AHEAD`] waiting, on a blocking thread of the
+    /// runtime, unless a thread already does (or none can be had: then runs copy as they go).
+    fn make_ahead(self: &Arc<Self>) {
+        if self.no_more_ahead.load(Ordering::Acquire)
+            || self.making_ahead.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.making_ahead.store(false, Ordering::Release);
+            return;
+        };
+        let made = self.clone();
+        runtime.spawn_blocking(move || {
+            made.copy_ahead_until_full();
+            made.making_ahead.store(false, Ordering::Release);
+        });
+    }
+
+    fn copy_ahead_until_full(&self) {
+        while !self.no_more_ahead.load(Ordering::Acquire) && lock(&self.ahead).len() < COPIES_AHEAD
+        {
+            match self.copy_ahead() {
+                Ok(copy) => lock(&self.ahead).push(copy),
+                Err(CopyError::Changed(path)) => {
+                    tracing::warn!(path = %path.display(), "the Codex home template changed since it was made; the next run makes it again");
+                    self.changed.store(true, Ordering::Release);
+                    self.stop_making_ahead();
+                }
+                Err(problem) => {
+                    // The next run copies the template itself, and says what is wrong.
+                    tracing::debug!(%problem, "failed to copy the Codex home template ahead");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One complete copy under `dir/.ready`, which is made only while `dir` stands.
+    fn copy_ahead(&self) -> Result<PathBuf, CopyError> {
+        let ready = self.dir.join(".ready");
+        match fs::DirBuilder::new().mode(0o700).create(&ready) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e.into()),
+            _ => {}
+        }
+        let copy = ready.join(uuid::Uuid::now_v7().simple().to_string());
+        fs::DirBuilder::new().mode(0o700).create(&copy)?;
+        match self.copy_into(&copy) {
+            Ok(()) => Ok(copy),
+            Err(e) => {
+                let _ = fs::remove_dir_all(&copy);
+                Err(e)
+            }
+        }
+    }
+
+    /// No more copies are made ahead or taken; those made stay until the template's
+    /// directory goes.
+    fn stop_making_ahead(&self) {
+        self.no_more_ahead.store(true, Ordering::Release);
+        lock(&self.ahead).clear();
+    }
+
     /// Copies the template into `home` (an existing, empty directory), checking every file
-    /// against its digest as it is read. Whatever stands in the template's place is opened
-    /// without blocking and without following a link, and must be a regular file of the
-    /// recorded length before a byte of it is read.
-    pub fn copy_into(&self, home: &Path) -> Result<(), CopyError> {
+    /// against its digest as it is read.
+    fn copy_into(&self, home: &Path) -> Result<(), CopyError> {
         let mut buf = Vec::new();
         for entry in &self.entries {
             match entry {
@@ -160,21 +334,7 @@ impl Made {
                     len,
                     digest,
                 } => {
-                    let changed = || CopyError::Changed(path.clone());
-                    let file = fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                        .open(self.dir.join(path))
-                        .map_err(|_| changed())?;
-                    let meta = file.metadata()?;
-                    if !meta.is_file() || meta.len() != *len {
-                        return Err(changed());
-                    }
-                    buf.clear();
-                    file.take(len + 1).read_to_end(&mut buf)?;
-                    if buf.len() as u64 != *len || Sha256::digest(&buf).as_slice() != digest {
-                        return Err(changed());
-                    }
+                    read_checked(&self.dir, path, *len, digest, &mut buf)?;
                     fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -196,6 +356,42 @@ impl Made {
     }
 }
 
+/// Reads `path` under `root` into `buf` when it is the file the template recorded: opened
+/// without blocking and without following a link, a regular file of length `len` before a
+/// byte of it is read, and of sha256 `digest`.
+fn read_checked(
+    root: &Path,
+    path: &Path,
+    len: u64,
+    digest: &[u8; 32],
+    buf: &mut Vec<u8>,
+) -> Result<(), CopyError> {
+    let changed = || CopyError::Changed(path.to_owned());
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(root.join(path))
+        .map_err(|_| changed())?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() != len {
+        return Err(changed());
+    }
+    buf.clear();
+    file.take(len + 1).read_to_end(buf)?;
+    if buf.len() as u64 != len || Sha256::digest(&buf[..]).as_slice() != digest {
+        return Err(changed());
+    }
+    Ok(())
+}
+
+impl Entry {
+    fn path(&self) -> &Path {
+        match self {
+            Entry::Dir(path) | Entry::File { path, .. } => path,
+        }
+    }
+}
+
 impl HomeTemplate {
     /// Templates kept under `root`, made with the CLI started under `shim` when there is one.
     pub fn new(root: PathBuf, shim: Option<PathBuf>) -> Self {
@@ -214,7 +410,11 @@ impl HomeTemplate {
         let key = Key::of(config, toml)?;
         let mut state = lock(&self.state);
         match &*state {
-            State::Ready(made) if made.key == key => return Some(made.clone()),
+            State::Ready(made) if made.key == key && !made.changed.load(Ordering::Acquire) => {
+                return Some(made.clone());
+            }
+            // Making it again removes it, and the copies made of it ahead.
+            State::Ready(made) => made.stop_making_ahead(),
             State::Making(making) if *making == key => return None,
             State::Failed {
                 key: failed, at, ..
@@ -250,6 +450,9 @@ impl HomeTemplate {
                 let stale = !current(&state);
                 if !stale {
                     *state = settle(result, key.clone(), started);
+                    if let State::Ready(made) = &*state {
+                        made.make_ahead();
+                    }
                 }
                 stale
             };
@@ -268,7 +471,11 @@ impl HomeTemplate {
         match &*lock(&self.state) {
             State::None => json!({ "state": "none" }),
             State::Making(_) => json!({ "state": "making" }),
-            State::Ready(made) => json!({ "state": "ready", "files": made.files() }),
+            State::Ready(made) => json!({
+                "state": "ready",
+                "files": made.files(),
+                "copies_ahead": lock(&made.ahead).len(),
+            }),
             State::Failed { problem, .. } => json!({ "state": "failed", "problem": problem }),
         }
     }
@@ -280,6 +487,7 @@ impl HomeTemplate {
         if matches!(&*state, State::Ready(ready) if Arc::ptr_eq(ready, made)) {
             *state = State::None;
             drop(state);
+            made.stop_making_ahead();
             let _ = fs::remove_dir_all(&made.dir);
         }
     }
@@ -307,7 +515,7 @@ fn settle(result: Result<Made, String>, key: Key, started: Instant) -> State {
     }
 }
 
-fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -359,7 +567,7 @@ impl Making {
             args,
             env: codex::environment(&dirs),
             cwd: dirs.work.clone(),
-            marker: (RUN_MARKER.to_owned(), marker),
+            marker: (RUN_MARKER.to_owned(), marker.clone()),
             timeout: MAKE_TIMEOUT,
             idle_timeout: None,
             shim: self.shim.clone(),
@@ -374,6 +582,11 @@ impl Making {
                 "the CLI did not finish setting up a home within {}s",
                 MAKE_TIMEOUT.as_secs()
             ));
+        }
+
+        // Without them the template still saves most of the CLI's first start.
+        if let Err(problem) = self.conversation_databases(&scratch, &marker).await {
+            tracing::warn!(%problem, "the Codex home template goes without the databases of a first conversation");
         }
 
         let dir = self.root.join(&id);
@@ -395,13 +608,175 @@ impl Making {
                 return Err(format!("the home the CLI set up cannot be kept: {e}"));
             }
         };
-        Ok(Made {
-            key: self.key,
-            dir,
-            entries,
+        Ok(Made::new(self.key, dir, entries))
+    }
+
+    /// Adds to the scratch home the databases the CLI creates only when a conversation
+    /// starts (0.171.0: the thread history, nine migrations, 7-10 ms of every run's turn),
+    /// emptied of that conversation. The CLI starts one in a second scratch home, without
+    /// the login or its config.toml (so no MCP server or other setting of the operator's
+    /// starts), against a model provider on a loopback port of the bridge's own that closes
+    /// every connection: the turn fails at its first request, and nothing leaves the machine.
+    async fn conversation_databases(&self, scratch: &Path, marker: &str) -> Result<(), String> {
+        let second = scratch.join("conversation");
+        let dirs = RunDirs {
+            work: second.join("work"),
+            bin: second.join("bin"),
+            home: second.join("home"),
+            codex_home: second.join("codex-home"),
+            tmp: second.join("tmp"),
+            last_message: second.join("last-message.txt"),
+        };
+        let (setup_dirs, setup_second) = (dirs.clone(), second.clone());
+        blocking(move || {
+            fs::DirBuilder::new().mode(0o700).create(&setup_second)?;
+            for dir in [
+                &setup_dirs.work,
+                &setup_dirs.home,
+                &setup_dirs.codex_home,
+                &setup_dirs.tmp,
+            ] {
+                fs::DirBuilder::new().mode(0o700).create(dir)?;
+            }
+            Ok(())
         })
+        .await
+        .map_err(|e| format!("failed to set up {}: {e}", second.display()))?;
+
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .map_err(|e| format!("failed to listen on loopback: {e}"))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| format!("failed to listen on loopback: {e}"))?
+            .port();
+        let closer = tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                drop(connection);
+            }
+        });
+        let mut args: Vec<OsString> = vec![
+            "exec".into(),
+            "--json".into(),
+            "--skip-git-repo-check".into(),
+        ];
+        args.extend(codex::settings(&self.config));
+        args.extend([
+            "--config".into(),
+            format!("model_provider=\"{UNREACHABLE_PROVIDER}\"").into(),
+            "--config".into(),
+            format!(
+                "model_providers.{UNREACHABLE_PROVIDER}={{ name = \"closed\", \
+                 base_url = \"http://127.0.0.1:{port}/v1\", wire_api = \"responses\", \
+                 request_max_retries = 0, stream_max_retries = 0 }}"
+            )
+            .into(),
+            "--".into(),
+            "x".into(),
+        ]);
+        let spec = ProcessSpec {
+            program: self.config.bin.clone(),
+            args,
+            env: codex::environment(&dirs),
+            cwd: dirs.work.clone(),
+            marker: (RUN_MARKER.to_owned(), marker.to_owned()),
+            timeout: MAKE_TIMEOUT,
+            idle_timeout: None,
+            shim: self.shim.clone(),
+            run_as: None,
+        };
+        let outcome = supervisor::run(spec, CancellationToken::new(), |_, _| {}).await;
+        closer.abort();
+        let outcome =
+            outcome.map_err(|e| format!("failed to start {}: {e}", self.config.bin.display()))?;
+        if outcome.stopped.is_some() {
+            return Err(format!(
+                "the CLI did not give up on a closed port within {}s",
+                MAKE_TIMEOUT.as_secs()
+            ));
+        }
+        let (from, into) = (dirs.codex_home, scratch.join("codex-home"));
+        blocking(move || adopt_thread_databases(&from, &into))
+            .await
+            .map_err(|e| format!("failed to keep the conversation's databases: {e}"))
     }
 }
+
+/// The model provider of the conversation that makes the thread databases.
+const UNREACHABLE_PROVIDER: &str = "home-template-closed-port";
+
+/// Moves into `into` each database of `from` that `into` lacks and that holds threads only:
+/// every table but the migrations' has a `thread_id` column or is empty. The threads' rows
+/// are deleted and the file is vacuumed, so it keeps its schema and nothing of the
+/// conversation. A database of any other kind is left out, since its rows may matter.
+fn adopt_thread_databases(from: &Path, into: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().ends_with(".sqlite")
+            || !entry.file_type()?.is_file()
+            || fs::symlink_metadata(into.join(&name)).is_ok()
+        {
+            continue;
+        }
+        let path = entry.path();
+        if empty_of_threads(&path)? {
+            fold_journal(&path)?;
+            fs::rename(&path, into.join(&name))?;
+        } else {
+            tracing::debug!(database = %path.display(), "not a thread database; left out of the Codex home template");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every thread from the database at `path`; false when it holds anything else.
+fn empty_of_threads(path: &Path) -> io::Result<bool> {
+    let failed = |e: rusqlite::Error| io::Error::other(format!("{}: {e}", path.display()));
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(failed)?;
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+        .and_then(|mut query| query.query_map([], |row| row.get(0))?.collect())
+        .map_err(failed)?;
+    if !tables.iter().any(|t| t == MIGRATIONS_TABLE) {
+        return Ok(false);
+    }
+    let quoted = |table: &str| format!("\"{}\"", table.replace('"', "\"\""));
+    db.execute_batch("BEGIN").map_err(failed)?;
+    for table in tables.iter().filter(|t| *t != MIGRATIONS_TABLE) {
+        let has_thread_id: bool = db
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'thread_id'",
+                [table],
+                |row| row.get(0),
+            )
+            .map_err(failed)?;
+        // sqlite_sequence holds the counters of the tables' AUTOINCREMENT keys.
+        if has_thread_id || table == "sqlite_sequence" {
+            db.execute(&format!("DELETE FROM {}", quoted(table)), [])
+                .map_err(failed)?;
+        } else {
+            let rows: i64 = db
+                .query_row(
+                    &format!("SELECT count(*) FROM {}", quoted(table)),
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(failed)?;
+            if rows > 0 {
+                return Ok(false);
+            }
+        }
+    }
+    db.execute_batch("COMMIT; VACUUM").map_err(failed)?;
+    db.close().map_err(|(_, e)| failed(e))?;
+    Ok(true)
+}
+
+/// The table in which the CLI's migration tool records the schema's version.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
@@ -500,6 +875,8 @@ fn keep(home: &Path, dir: &Path) -> io::Result<Vec<Entry>> {
     for walked in walk(dir)? {
         match walked {
             Walked::Dir(path) => entries.push(Entry::Dir(path)),
+            // A symbolic link the CLI made (none does today) would lead out of a run's home.
+            Walked::Other(_) => {}
             Walked::File(path, mode, len) => {
                 bytes += len;
                 if bytes > MAX_BYTES {
@@ -557,10 +934,12 @@ enum Walked {
     Dir(PathBuf),
     /// A regular file, its permission bits and its length.
     File(PathBuf, u32, u64),
+    /// Anything else: a symbolic link, a FIFO, a socket, a device.
+    Other(PathBuf),
 }
 
-/// Every directory and regular file under `root`, relative to it, each directory before what
-/// it holds. Anything else (a symbolic link, say) is left out.
+/// Everything under `root`, relative to it, in an order that depends only on the names: each
+/// directory before what it holds.
 fn walk(root: &Path) -> io::Result<Vec<Walked>> {
     let mut out = Vec::new();
     let mut pending = vec![PathBuf::new()];
@@ -577,6 +956,8 @@ fn walk(root: &Path) -> io::Result<Vec<Walked>> {
                 pending.push(path);
             } else if meta.is_file() {
                 out.push(Walked::File(path, meta.mode() & 0o777, meta.len()));
+            } else {
+                out.push(Walked::Other(path));
             }
         }
     }
@@ -729,14 +1110,126 @@ mod tests {
         assert!(!dir.join("skills/persist").exists());
     }
 
+    #[test]
+    fn a_thread_database_is_adopted_with_its_schema_and_without_its_threads() {
+        let root = tempfile::tempdir().unwrap();
+        let (from, into) = (root.path().join("from"), root.path().join("into"));
+        fs::create_dir_all(&from).unwrap();
+        let into = scratch_home(&into);
+        let history = rusqlite::Connection::open(from.join("thread_history_1.sqlite")).unwrap();
+        history
+            .execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 CREATE TABLE _sqlx_migrations(version INTEGER PRIMARY KEY, description TEXT);
+                 INSERT INTO _sqlx_migrations VALUES (1, 'turns'), (2, 'items');
+                 CREATE TABLE thread_turns(id INTEGER PRIMARY KEY AUTOINCREMENT, thread_id TEXT, body TEXT);
+                 INSERT INTO thread_turns(thread_id, body) VALUES ('t1', 'the maker''s prompt');
+                 CREATE TABLE thread_state(thread_id TEXT PRIMARY KEY, offset INTEGER);
+                 INSERT INTO thread_state VALUES ('t1', 42);
+                 CREATE TABLE realtime(item TEXT);",
+            )
+            .unwrap();
+        std::mem::forget(history);
+        // Rows that are not a thread's may matter: such a database is left out.
+        let logs = rusqlite::Connection::open(from.join("notes_1.sqlite")).unwrap();
+        logs.execute_batch(
+            "CREATE TABLE _sqlx_migrations(version INTEGER PRIMARY KEY);
+             CREATE TABLE settings(name TEXT); INSERT INTO settings VALUES ('kept');",
+        )
+        .unwrap();
+        drop(logs);
+        // One the scratch home already has stays as it is there.
+        fs::write(from.join("state_5.sqlite"), "not this one").unwrap();
+        let before = fs::read(into.join("state_5.sqlite")).unwrap();
+
+        adopt_thread_databases(&from, &into).unwrap();
+
+        let adopted = into.join("thread_history_1.sqlite");
+        assert!(!into.join("thread_history_1.sqlite-wal").exists());
+        let bytes = fs::read(&adopted).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("maker's prompt"));
+        let db = rusqlite::Connection::open(&adopted).unwrap();
+        let count = |table: &str| -> i64 {
+            db.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(count("_sqlx_migrations"), 2, "the schema's record is kept");
+        assert_eq!(count("thread_turns"), 0);
+        assert_eq!(count("thread_state"), 0);
+        assert_eq!(count("sqlite_sequence"), 0);
+        assert!(!into.join("notes_1.sqlite").exists());
+        assert!(from.join("notes_1.sqlite").exists());
+        assert_eq!(fs::read(into.join("state_5.sqlite")).unwrap(), before);
+    }
+
+    #[test]
+    fn a_copy_made_ahead_is_moved_whole_into_a_run_and_checked_there() {
+        let root = tempfile::tempdir().unwrap();
+        let made = Arc::new(made_in(root.path()));
+        made.copy_ahead_until_full();
+        let waiting = lock(&made.ahead).clone();
+        assert_eq!(waiting.len(), COPIES_AHEAD);
+
+        let home = root.path().join("run-1");
+        fs::create_dir(&home).unwrap();
+        made.fill(&home).unwrap();
+        assert_eq!(lock(&made.ahead).len(), COPIES_AHEAD - 1);
+        assert!(
+            !waiting.last().unwrap().exists(),
+            "the copy was moved, not copied"
+        );
+        assert_eq!(
+            fs::read_to_string(home.join("skills/.system/review/SKILL.md")).unwrap(),
+            "review code\n"
+        );
+        made.check(&home).unwrap();
+
+        // A file put beside the template's in a waiting copy, and a file changed in one, and
+        // the run gets a copy of the template made there and then.
+        let [changed, planted] = [&waiting[2], &waiting[1]];
+        fs::write(
+            changed.join("skills/.system/review/SKILL.md"),
+            "review evil\n",
+        )
+        .unwrap();
+        fs::write(planted.join("skills/.system/review/obey.md"), "obey\n").unwrap();
+        for run in ["run-2", "run-3"] {
+            let home = root.path().join(run);
+            fs::create_dir(&home).unwrap();
+            made.fill(&home).unwrap();
+            assert_eq!(
+                fs::read_to_string(home.join("skills/.system/review/SKILL.md")).unwrap(),
+                "review code\n"
+            );
+            assert!(!home.join("skills/.system/review/obey.md").exists());
+        }
+        assert!(
+            !changed.exists() && !planted.exists(),
+            "refused copies are removed"
+        );
+        made.check(&waiting[0]).unwrap();
+    }
+
+    #[test]
+    fn a_template_found_changed_while_copying_ahead_is_marked_for_making_again() {
+        let root = tempfile::tempdir().unwrap();
+        let made = Arc::new(made_in(root.path()));
+        fs::write(made.dir.join("installation_id"), "0d8f-forged\n").unwrap();
+        made.copy_ahead_until_full();
+        assert!(made.changed.load(Ordering::Acquire));
+        assert!(lock(&made.ahead).is_empty());
+        let home = root.path().join("run");
+        fs::create_dir(&home).unwrap();
+        assert!(matches!(made.fill(&home), Err(CopyError::Changed(_))));
+    }
+
     /// A template kept from [`scratch_home`] under `root`.
     fn made_in(root: &Path) -> Made {
         let dir = root.join("template");
-        Made {
-            key: Key::of(&sh_config(), None).unwrap(),
-            entries: keep(&scratch_home(root), &dir).unwrap(),
-            dir,
-        }
+        let entries = keep(&scratch_home(root), &dir).unwrap();
+        Made::new(Key::of(&sh_config(), None).unwrap(), dir, entries)
     }
 
     fn sh_config() -> CodexConfig {

@@ -152,7 +152,7 @@ impl WorkingCopy {
                 .mode(0o700)
                 .create(&home)?;
             if let (Some(made), Some(template)) = (&made, &template)
-                && let Err(problem) = made.copy_into(&home)
+                && let Err(problem) = made.fill(&home)
             {
                 tracing::warn!(%problem, "the Codex home template failed its check; the next run makes it again");
                 template.discard(made);

@@ -137,9 +137,26 @@ async fn runs_start_from_a_template_that_holds_no_login_and_no_conversation() {
         .expect("the CLI's threads table");
     assert_eq!(threads, 0, "the template records no conversation");
     drop(state);
+    // The database the CLI makes at a first conversation is there, with no thread in it.
+    let history = template.join(THREAD_HISTORY);
+    assert!(rows(&history, "_sqlx_migrations") > 0, "its schema is made");
+    for table in [
+        "thread_turns",
+        "thread_items",
+        "thread_history_projection_state",
+    ] {
+        assert_eq!(rows(&history, table), 0, "{table} is empty");
+    }
 
-    // The next run's home is the template's, with the login added.
+    // The next run's home is a copy made ahead of time, moved into the run's workspace, with
+    // the login added.
+    let waiting = until_copies_ahead(&bridge, &template).await;
     let (_, second_home) = run_codex(&bridge).await;
+    let still_waiting = copies_ahead(&template);
+    assert!(
+        waiting.iter().any(|copy| !still_waiting.contains(copy)),
+        "the run took a copy made ahead: {waiting:?} then {still_waiting:?}"
+    );
     let template_id = installation_id(&template);
     assert_eq!(installation_id(&second_home), template_id);
     assert_ne!(installation_id(&first_home), template_id);
@@ -149,6 +166,45 @@ async fn runs_start_from_a_template_that_holds_no_login_and_no_conversation() {
         1,
         "the run recorded its own conversation, and only that"
     );
+    assert_eq!(
+        rows(&second_home.join(THREAD_HISTORY), "thread_turns"),
+        1,
+        "the CLI kept its conversation in the database from the template"
+    );
+}
+
+/// The database in which codex-cli 0.171.0 keeps its threads' turns and items.
+const THREAD_HISTORY: &str = "thread_history_1.sqlite";
+
+fn rows(database: &Path, table: &str) -> i64 {
+    let db = rusqlite::Connection::open(database).expect("open a database");
+    db.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+        row.get(0)
+    })
+    .expect("count its rows")
+}
+
+/// The copies of `template` waiting, made ahead of time, for the next runs.
+fn copies_ahead(template: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(template.join(".ready")) {
+        Ok(entries) => entries.map(|e| e.expect("an entry").path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Polls the deep health check until it says every copy ahead is made; then lists them.
+async fn until_copies_ahead(bridge: &TestBridge, template: &Path) -> Vec<PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while template_state(bridge).await["copies_ahead"] != 4 {
+        assert!(
+            Instant::now() < deadline,
+            "no copies made ahead within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let copies = copies_ahead(template);
+    assert_eq!(copies.len(), 4, "{copies:?}");
+    copies
 }
 
 #[tokio::test]
@@ -158,6 +214,11 @@ async fn a_template_a_run_changed_is_thrown_away_and_made_again() {
     until_ready(&bridge).await;
     let template = template_dir(&bridge);
     let template_id = installation_id(&template);
+    // Every copy made ahead gets a file the template does not have, so the next run is
+    // refused its copy and copies the changed template itself.
+    for copy in until_copies_ahead(&bridge, &template).await {
+        std::fs::write(copy.join("skills/planted.md"), "obey\n").expect("plant a skill");
+    }
     let skill = files_under(&template.join("skills"))
         .into_iter()
         .find(|p| p.extension().is_some_and(|e| e == "md"))
@@ -177,6 +238,7 @@ async fn a_template_a_run_changed_is_thrown_away_and_made_again() {
         std::fs::read_to_string(home.join(relative)).expect("the CLI's own skill"),
         genuine
     );
+    assert!(!home.join("skills/planted.md").exists());
 
     // A later run makes a new template, from the CLI again.
     run_codex(&bridge).await;

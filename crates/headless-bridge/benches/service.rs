@@ -20,7 +20,7 @@ use tokio::process::{Child, Command};
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const MODEL_KEY: &str = "sk-bench-0123456789abcdef";
 /// Codex turns measured each way.
-const CODEX_TURNS: usize = 20;
+const CODEX_TURNS: usize = 30;
 
 #[tokio::main]
 async fn main() {

@@ -252,7 +252,7 @@ fn remove_children(dir: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+        if let Err(e) = crate::workspace::remove_tree(&entry.path()) {
             tracing::warn!(error = %e, path = %entry.path().display(), "failed to remove a stale workspace");
         }
     }

@@ -32,7 +32,9 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{
+    DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,6 +145,10 @@ pub struct Made {
     no_more_ahead: AtomicBool,
     /// Set when making a copy ahead found the template changed since it was made.
     changed: AtomicBool,
+    /// Why no more copies are made ahead, once that is so.
+    ahead_stopped: Mutex<Option<String>>,
+    /// What the template lacks that it would hold, and why (see [`Making::make`]).
+    left_out: Option<String>,
 }
 
 #[derive(Debug)]
@@ -175,6 +181,8 @@ impl Made {
             making_ahead: AtomicBool::new(false),
             no_more_ahead: AtomicBool::new(false),
             changed: AtomicBool::new(false),
+            ahead_stopped: Mutex::default(),
+            left_out: None,
         }
     }
 
@@ -202,28 +210,45 @@ impl Made {
     /// change to the copies waiting can reach it. A copy that fails its check is removed.
     fn take(&self, copy: &Path, home: &Path) -> Result<(), CopyError> {
         if let Err(e) = fs::rename(copy, home) {
-            let _ = fs::remove_dir_all(copy);
+            let _ = crate::workspace::remove_tree(copy);
             if e.raw_os_error() == Some(libc::EXDEV) {
-                // The template and the runs' homes are on different file systems.
                 let waiting: Vec<PathBuf> = lock(&self.ahead).drain(..).collect();
-                self.stop_making_ahead();
+                self.stop_making_ahead(
+                    "the template and the runs' workspaces are on different file systems",
+                );
                 for copy in waiting {
-                    let _ = fs::remove_dir_all(copy);
+                    let _ = crate::workspace::remove_tree(&copy);
                 }
             }
             return Err(e.into());
         }
         let checked = self.check(home);
         if checked.is_err() {
-            fs::remove_dir_all(home)?;
-            fs::DirBuilder::new().mode(0o700).create(home)?;
+            crate::workspace::remove_tree(home)?;
+            fs::DirBuilder::new().mode(DIR_MODE).create(home)?;
         }
         checked
     }
 
-    /// Whether the tree at `home` is the template: the same directories and regular files
-    /// and nothing else, each file with the content it was made with.
+    /// Whether the tree at `home` is the template as a copy of it is made: the same
+    /// directories and regular files and nothing else, each file with the content it was made
+    /// with and one name only (a second name would let another tree share it), every entry
+    /// the bridge's with the mode a copy gets, and nothing attached (an extended attribute, an
+    /// ACL, an inode flag beyond those the workspace passes on).
     fn check(&self, home: &Path) -> Result<(), CopyError> {
+        let owner = nix::unistd::geteuid().as_raw();
+        let passed_on = crate::workspace::passed_on(home.parent().unwrap_or(home))?;
+        let plain = |path: &Path, meta: &fs::Metadata, mode: u32| -> Result<(), CopyError> {
+            let full = home.join(path);
+            if meta.uid() != owner
+                || meta.mode() & 0o7777 != mode
+                || crate::workspace::attached(&full, passed_on)?
+            {
+                return Err(CopyError::Changed(path.to_owned()));
+            }
+            Ok(())
+        };
+        plain(Path::new(""), &fs::symlink_metadata(home)?, DIR_MODE)?;
         let found = walk(home)?;
         let mut entries = self.entries.iter();
         for walked in &found {
@@ -248,11 +273,22 @@ impl Made {
         }
         let mut buf = Vec::new();
         for entry in &self.entries {
-            if let Entry::File {
-                path, len, digest, ..
-            } = entry
-            {
-                read_checked(home, path, *len, digest, &mut buf)?;
+            match entry {
+                Entry::Dir(path) => {
+                    plain(path, &fs::symlink_metadata(home.join(path))?, DIR_MODE)?;
+                }
+                Entry::File {
+                    path,
+                    mode,
+                    len,
+                    digest,
+                } => {
+                    let meta = read_checked(home, path, *len, digest, &mut buf)?;
+                    if meta.nlink() != 1 {
+                        return Err(CopyError::Changed(path.clone()));
+                    }
+                    plain(path, &meta, file_mode(*mode))?;
+                }
             }
         }
         Ok(())
@@ -285,7 +321,7 @@ impl Made {
                 Err(CopyError::Changed(path)) => {
                     tracing::warn!(path = %path.display(), "the Codex home template changed since it was made; the next run makes it again");
                     self.changed.store(true, Ordering::Release);
-                    self.stop_making_ahead();
+                    self.stop_making_ahead("the template changed since it was made");
                 }
                 Err(problem) => {
                     // The next run copies the template itself, and says what is wrong.
@@ -299,26 +335,35 @@ impl Made {
     /// One complete copy under `dir/.ready`, which is made only while `dir` stands.
     fn copy_ahead(&self) -> Result<PathBuf, CopyError> {
         let ready = self.dir.join(".ready");
-        match fs::DirBuilder::new().mode(0o700).create(&ready) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e.into()),
-            _ => {}
+        match fs::symlink_metadata(&ready) {
+            Ok(meta) if meta.is_dir() => {}
+            // Not one the bridge made (a link, say): a run put it there.
+            Ok(_) => {
+                fs::remove_file(&ready)?;
+                fs::DirBuilder::new().mode(DIR_MODE).create(&ready)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new().mode(DIR_MODE).create(&ready)?;
+            }
+            Err(e) => return Err(e.into()),
         }
         let copy = ready.join(uuid::Uuid::now_v7().simple().to_string());
-        fs::DirBuilder::new().mode(0o700).create(&copy)?;
+        fs::DirBuilder::new().mode(DIR_MODE).create(&copy)?;
         match self.copy_into(&copy) {
             Ok(()) => Ok(copy),
             Err(e) => {
-                let _ = fs::remove_dir_all(&copy);
+                let _ = crate::workspace::remove_tree(&copy);
                 Err(e)
             }
         }
     }
 
-    /// No more copies are made ahead or taken; those made stay until the template's
-    /// directory goes.
-    fn stop_making_ahead(&self) {
+    /// No more copies are made ahead or taken, for the reason `why`; those made stay until
+    /// the template's directory goes.
+    fn stop_making_ahead(&self, why: &str) {
         self.no_more_ahead.store(true, Ordering::Release);
         lock(&self.ahead).clear();
+        lock(&self.ahead_stopped).get_or_insert_with(|| why.to_owned());
     }
 
     /// Copies the template into `home` (an existing, empty directory), checking every file
@@ -327,7 +372,9 @@ impl Made {
         let mut buf = Vec::new();
         for entry in &self.entries {
             match entry {
-                Entry::Dir(path) => fs::DirBuilder::new().mode(0o700).create(home.join(path))?,
+                Entry::Dir(path) => fs::DirBuilder::new()
+                    .mode(DIR_MODE)
+                    .create(home.join(path))?,
                 Entry::File {
                     path,
                     mode,
@@ -335,12 +382,13 @@ impl Made {
                     digest,
                 } => {
                     read_checked(&self.dir, path, *len, digest, &mut buf)?;
-                    fs::OpenOptions::new()
+                    let mut file = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
-                        .mode(*mode)
-                        .open(home.join(path))?
-                        .write_all(&buf)?;
+                        .mode(file_mode(*mode))
+                        .open(home.join(path))?;
+                    file.set_permissions(fs::Permissions::from_mode(file_mode(*mode)))?;
+                    file.write_all(&buf)?;
                 }
             }
         }
@@ -359,13 +407,14 @@ impl Made {
 /// Reads `path` under `root` into `buf` when it is the file the template recorded: opened
 /// without blocking and without following a link, a regular file of length `len` before a
 /// byte of it is read, and of sha256 `digest`.
+/// Returns the file's metadata as read through the descriptor it was read from.
 fn read_checked(
     root: &Path,
     path: &Path,
     len: u64,
     digest: &[u8; 32],
     buf: &mut Vec<u8>,
-) -> Result<(), CopyError> {
+) -> Result<fs::Metadata, CopyError> {
     let changed = || CopyError::Changed(path.to_owned());
     let file = fs::OpenOptions::new()
         .read(true)
@@ -381,7 +430,16 @@ fn read_checked(
     if buf.len() as u64 != len || Sha256::digest(&buf[..]).as_slice() != digest {
         return Err(changed());
     }
-    Ok(())
+    Ok(meta)
+}
+
+/// The mode of a copy's directories.
+const DIR_MODE: u32 = 0o700;
+
+/// The mode a copy of a template file with `mode` gets: the owner's bits, as the bridge's
+/// umask leaves them.
+fn file_mode(mode: u32) -> u32 {
+    mode & 0o700
 }
 
 impl Entry {
@@ -414,7 +472,7 @@ impl HomeTemplate {
                 return Some(made.clone());
             }
             // Making it again removes it, and the copies made of it ahead.
-            State::Ready(made) => made.stop_making_ahead(),
+            State::Ready(made) => made.stop_making_ahead("the template is made again"),
             State::Making(making) if *making == key => return None,
             State::Failed {
                 key: failed, at, ..
@@ -458,7 +516,7 @@ impl HomeTemplate {
             };
             if stale {
                 // Its key went stale while it was made; no run ever saw it.
-                let _ = blocking(move || fs::remove_dir_all(&dir)).await;
+                let _ = blocking(move || crate::workspace::remove_tree(&dir)).await;
             }
         });
         None
@@ -471,11 +529,20 @@ impl HomeTemplate {
         match &*lock(&self.state) {
             State::None => json!({ "state": "none" }),
             State::Making(_) => json!({ "state": "making" }),
-            State::Ready(made) => json!({
-                "state": "ready",
-                "files": made.files(),
-                "copies_ahead": lock(&made.ahead).len(),
-            }),
+            State::Ready(made) => {
+                let mut status = json!({
+                    "state": "ready",
+                    "files": made.files(),
+                    "copies_ahead": lock(&made.ahead).len(),
+                });
+                if let Some(why) = &*lock(&made.ahead_stopped) {
+                    status["copies_ahead_stopped"] = json!(why);
+                }
+                if let Some(left_out) = &made.left_out {
+                    status["left_out"] = json!(left_out);
+                }
+                status
+            }
             State::Failed { problem, .. } => json!({ "state": "failed", "problem": problem }),
         }
     }
@@ -487,8 +554,8 @@ impl HomeTemplate {
         if matches!(&*state, State::Ready(ready) if Arc::ptr_eq(ready, made)) {
             *state = State::None;
             drop(state);
-            made.stop_making_ahead();
-            let _ = fs::remove_dir_all(&made.dir);
+            made.stop_making_ahead("the template was thrown away");
+            let _ = crate::workspace::remove_tree(&made.dir);
         }
     }
 }
@@ -577,7 +644,7 @@ impl Making {
             .await
             .map_err(|e| format!("failed to start {}: {e}", self.config.bin.display()))?;
         if outcome.stopped.is_some() {
-            let _ = blocking(move || fs::remove_dir_all(&scratch)).await;
+            let _ = blocking(move || crate::workspace::remove_tree(&scratch)).await;
             return Err(format!(
                 "the CLI did not finish setting up a home within {}s",
                 MAKE_TIMEOUT.as_secs()
@@ -585,9 +652,13 @@ impl Making {
         }
 
         // Without them the template still saves most of the CLI's first start.
-        if let Err(problem) = self.conversation_databases(&scratch, &marker).await {
-            tracing::warn!(%problem, "the Codex home template goes without the databases of a first conversation");
-        }
+        let left_out = match self.conversation_databases(&scratch, &marker).await {
+            Ok(()) => None,
+            Err(problem) => {
+                tracing::warn!(%problem, "the Codex home template goes without the databases of a first conversation");
+                Some(format!("the databases of a first conversation: {problem}"))
+            }
+        };
 
         let dir = self.root.join(&id);
         let kept = {
@@ -600,15 +671,17 @@ impl Making {
             })
             .await
         };
-        let _ = blocking(move || fs::remove_dir_all(&scratch)).await;
+        let _ = blocking(move || crate::workspace::remove_tree(&scratch)).await;
         let entries = match kept {
             Ok(entries) => entries,
             Err(e) => {
-                let _ = blocking(move || fs::remove_dir_all(&dir)).await;
+                let _ = blocking(move || crate::workspace::remove_tree(&dir)).await;
                 return Err(format!("the home the CLI set up cannot be kept: {e}"));
             }
         };
-        Ok(Made::new(self.key, dir, entries))
+        let mut made = Made::new(self.key, dir, entries);
+        made.left_out = left_out;
+        Ok(made)
     }
 
     /// Adds to the scratch home the databases the CLI creates only when a conversation
@@ -618,6 +691,14 @@ impl Making {
     /// starts), against a model provider on a loopback port of the bridge's own that closes
     /// every connection: the turn fails at its first request, and nothing leaves the machine.
     async fn conversation_databases(&self, scratch: &Path, marker: &str) -> Result<(), String> {
+        // The CLI always reads the system's layers, which may name another model provider
+        // (managed_config.toml wins over the command line) or start MCP servers.
+        if fs::symlink_metadata(SYSTEM_CONFIG_DIR).is_ok() {
+            return Err(format!(
+                "{SYSTEM_CONFIG_DIR} holds system-wide settings of the CLI, which could send \
+                 the conversation elsewhere"
+            ));
+        }
         let second = scratch.join("conversation");
         let dirs = RunDirs {
             work: second.join("work"),
@@ -650,9 +731,14 @@ impl Making {
             .local_addr()
             .map_err(|e| format!("failed to listen on loopback: {e}"))?
             .port();
-        let closer = tokio::spawn(async move {
-            while let Ok((connection, _)) = listener.accept().await {
-                drop(connection);
+        let reached = Arc::new(AtomicBool::new(false));
+        let closer = tokio::spawn({
+            let reached = reached.clone();
+            async move {
+                while let Ok((connection, _)) = listener.accept().await {
+                    reached.store(true, Ordering::Release);
+                    drop(connection);
+                }
             }
         });
         let mut args: Vec<OsString> = vec![
@@ -674,13 +760,27 @@ impl Making {
             "--".into(),
             "x".into(),
         ]);
+        // No proxy: the one connection is to the port above.
+        let mut env: Vec<(OsString, OsString)> = codex::environment(&dirs)
+            .into_iter()
+            .filter(|(name, _)| {
+                !name
+                    .to_string_lossy()
+                    .to_ascii_lowercase()
+                    .ends_with("_proxy")
+            })
+            .collect();
+        env.extend([
+            ("NO_PROXY".into(), "*".into()),
+            ("no_proxy".into(), "*".into()),
+        ]);
         let spec = ProcessSpec {
             program: self.config.bin.clone(),
             args,
-            env: codex::environment(&dirs),
+            env,
             cwd: dirs.work.clone(),
             marker: (RUN_MARKER.to_owned(), marker.to_owned()),
-            timeout: MAKE_TIMEOUT,
+            timeout: CONVERSATION_TIMEOUT,
             idle_timeout: None,
             shim: self.shim.clone(),
             run_as: None,
@@ -691,9 +791,12 @@ impl Making {
             outcome.map_err(|e| format!("failed to start {}: {e}", self.config.bin.display()))?;
         if outcome.stopped.is_some() {
             return Err(format!(
-                "the CLI did not give up on a closed port within {}s",
-                MAKE_TIMEOUT.as_secs()
+                "the CLI did not give up on a closed connection within {}s",
+                CONVERSATION_TIMEOUT.as_secs()
             ));
+        }
+        if !reached.load(Ordering::Acquire) {
+            return Err("the CLI's request never reached the bridge's loopback port".into());
         }
         let (from, into) = (dirs.codex_home, scratch.join("codex-home"));
         blocking(move || adopt_thread_databases(&from, &into))
@@ -701,6 +804,12 @@ impl Making {
             .map_err(|e| format!("failed to keep the conversation's databases: {e}"))
     }
 }
+
+/// Where the CLI reads its system-wide settings (codex-rs, on Unix).
+const SYSTEM_CONFIG_DIR: &str = "/etc/codex";
+/// How long the conversation that makes the thread databases may take to fail: it fails at
+/// its first request, within two seconds here.
+const CONVERSATION_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The model provider of the conversation that makes the thread databases.
 const UNREACHABLE_PROVIDER: &str = "home-template-closed-port";
@@ -794,7 +903,7 @@ fn remove_others(root: &Path, current: &Path) {
     for entry in entries.flatten() {
         let path = entry.path();
         if path != current && !entry.file_name().to_string_lossy().starts_with(".making-") {
-            let _ = fs::remove_dir_all(&path);
+            let _ = crate::workspace::remove_tree(&path);
         }
     }
 }
@@ -809,7 +918,7 @@ fn set_up(root: &Path, scratch: &Path, dirs: &RunDirs, toml: Option<&[u8]>) -> i
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         if entry.file_name().to_string_lossy().starts_with(".making-") {
-            fs::remove_dir_all(entry.path())?;
+            crate::workspace::remove_tree(&entry.path())?;
         }
     }
     fs::DirBuilder::new().mode(0o700).create(scratch)?;
@@ -839,7 +948,7 @@ fn keep(home: &Path, dir: &Path) -> io::Result<Vec<Entry>> {
         return Err(io::Error::other("the CLI recorded a session in it"));
     }
     let mut databases = 0;
-    match fs::remove_dir_all(dir) {
+    match crate::workspace::remove_tree(dir) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
@@ -1210,6 +1319,82 @@ mod tests {
             "refused copies are removed"
         );
         made.check(&waiting[0]).unwrap();
+    }
+
+    #[test]
+    fn a_copy_made_ahead_with_a_second_name_a_mode_or_an_attribute_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let made = Arc::new(made_in(root.path()));
+        made.copy_ahead_until_full();
+        let waiting = lock(&made.ahead).clone();
+        let database = Path::new("state_5.sqlite");
+
+        // Two copies sharing one database, so two runs would write the same file.
+        fs::hard_link(waiting[0].join(database), root.path().join("kept")).unwrap();
+        // A directory the next run could not write, or its owner could not remove.
+        fs::set_permissions(
+            waiting[1].join("skills/.system"),
+            fs::Permissions::from_mode(0o500),
+        )
+        .unwrap();
+        // A default ACL or any attribute a run leaves for the next one.
+        rustix::fs::setxattr(
+            &waiting[2],
+            "user.left",
+            b"by an earlier run",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        fs::set_permissions(waiting[3].join(database), fs::Permissions::from_mode(0o666)).unwrap();
+        for copy in &waiting {
+            assert!(
+                matches!(made.check(copy), Err(CopyError::Changed(_))),
+                "{} passed",
+                copy.display()
+            );
+        }
+
+        for run in 0..COPIES_AHEAD {
+            let home = root.path().join(format!("run-{run}"));
+            fs::create_dir(&home).unwrap();
+            made.fill(&home).unwrap();
+            let meta = fs::metadata(home.join(database)).unwrap();
+            assert_eq!(meta.nlink(), 1);
+            assert_eq!(meta.mode() & 0o777, 0o600);
+            made.check(&home).unwrap();
+        }
+        assert!(waiting.iter().all(|copy| !copy.exists()));
+    }
+
+    #[test]
+    fn copies_are_made_ahead_in_a_directory_not_through_a_link_a_run_put_in_its_place() {
+        let root = tempfile::tempdir().unwrap();
+        let made = Arc::new(made_in(root.path()));
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, made.dir.join(".ready")).unwrap();
+        made.copy_ahead_until_full();
+        assert_eq!(lock(&made.ahead).len(), COPIES_AHEAD);
+        assert!(
+            fs::symlink_metadata(made.dir.join(".ready"))
+                .unwrap()
+                .is_dir()
+        );
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_workspace_whose_home_was_a_copy_made_ahead_is_still_kept_as_a_spare() {
+        let root = tempfile::tempdir().unwrap();
+        let made = Arc::new(made_in(root.path()));
+        made.copy_ahead_until_full();
+        let workspaces = root.path().join("workspaces");
+        let workspace = crate::workspace::Workspace::create(&workspaces, "run-1").unwrap();
+        made.fill(&workspace.dirs.codex_home).unwrap();
+        assert!(workspace.dirs.codex_home.join("installation_id").is_file());
+        workspace.remove().unwrap();
+        assert_eq!(fs::read_dir(workspaces.join(".spare")).unwrap().count(), 1);
     }
 
     #[test]

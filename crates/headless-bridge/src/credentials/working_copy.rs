@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
-use super::home_template::HomeTemplate;
+use super::home_template::{CopyError, HomeTemplate};
 use super::write_back::WriteBack;
 use super::{AuthMode, CredentialError, LoadedAuth};
 use crate::config::CodexConfig;
@@ -154,10 +154,14 @@ impl WorkingCopy {
             if let (Some(made), Some(template)) = (&made, &template)
                 && let Err(problem) = made.fill(&home)
             {
-                tracing::warn!(%problem, "the Codex home template failed its check; the next run makes it again");
-                template.discard(made);
+                if let CopyError::Changed(_) = problem {
+                    tracing::warn!(%problem, "the Codex home template failed its check; the next run makes it again");
+                    template.discard(made);
+                } else {
+                    tracing::warn!(%problem, "failed to copy the Codex home template; this run starts in an empty home");
+                }
                 // Start over in an empty home: half a template is worse than none.
-                fs::remove_dir_all(&home)?;
+                crate::workspace::remove_tree(&home)?;
                 fs::DirBuilder::new().mode(0o700).create(&home)?;
             }
             super::install_files(&auth_bytes, toml.as_deref(), &home)

@@ -26,6 +26,8 @@ use std::time::Duration;
 pub mod prepare;
 mod spares;
 
+pub(crate) use spares::{attached, passed_on};
+
 use crate::adapter::codex::RunDirs;
 
 /// How often a [`SizeWatch`] measures. A clone writes at most a few hundred MB/s, so a limit
@@ -114,7 +116,39 @@ impl Workspace {
         if spares::recycle(&self.root) {
             return Ok(());
         }
-        fs::remove_dir_all(&self.root)
+        remove_tree(&self.root)
+    }
+}
+
+/// Removes the tree at `path`, links not followed, even where a run took the owner's write or
+/// search permission off directories in it: those of the bridge's get it back first. (A run
+/// that made its workspace unremovable would otherwise leave its login and prompt on disk.)
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            give_directories_back(path);
+            fs::remove_dir_all(path)
+        }
+        other => other,
+    }
+}
+
+fn give_directories_back(root: &Path) {
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(meta) = fs::symlink_metadata(&dir) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mode = (meta.mode() & 0o7777) | 0o700;
+        let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(mode));
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                pending.push(entry.path());
+            }
+        }
     }
 }
 
@@ -177,6 +211,25 @@ impl SizeWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_whose_directories_lost_their_owners_permissions_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::write(root.join("a/b/auth.json"), "{}").unwrap();
+        for (path, mode) in [("a/b", 0o000), ("a", 0o500)] {
+            fs::set_permissions(root.join(path), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        // Root removes it regardless; the bridge's own user needs the permissions back.
+        give_directories_back(&root);
+        for path in ["a", "a/b"] {
+            let mode = fs::metadata(root.join(path)).unwrap().mode();
+            assert_eq!(mode & 0o700, 0o700, "{path}");
+        }
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+    }
 
     #[test]
     fn disk_usage_counts_nested_files() {

@@ -184,12 +184,13 @@ fn has_attributes(path: &Path) -> io::Result<bool> {
         .any(|name| !name.is_empty() && !SECURITY_LABELS.contains(&name)))
 }
 
-/// The inode flags (chattr(1)) of the directory at `path`, not followed if it is a link.
+/// The inode flags (chattr(1)) of the directory or regular file at `path`, not followed if it
+/// is a link.
 fn flags(path: &Path) -> io::Result<IFlags> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = fs::OpenOptions::new()
         .read(true)
-        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
         .open(path)?;
     match rustix::fs::ioctl_getflags(&dir) {
         Ok(flags) => Ok(flags),
@@ -199,9 +200,21 @@ fn flags(path: &Path) -> io::Result<IFlags> {
     }
 }
 
+/// The inode flags a directory made in `dir` takes from it, among those a run can set.
+pub(crate) fn passed_on(dir: &Path) -> io::Result<IFlags> {
+    Ok(flags(dir)? & INHERITED_FLAGS)
+}
+
+/// Whether the directory or regular file at `path` (not followed if a link) carries what a run
+/// can attach to it rather than put in it: an extended attribute other than a security label
+/// (an ACL is one), or an inode flag beyond `passed_on`.
+pub(crate) fn attached(path: &Path, passed_on: IFlags) -> io::Result<bool> {
+    Ok(has_attributes(path)? || !(flags(path)? & RUN_SETTABLE_FLAGS & !passed_on).is_empty())
+}
+
 fn remove_any(path: PathBuf, meta: &fs::Metadata) -> io::Result<()> {
     if meta.is_dir() {
-        fs::remove_dir_all(path)
+        super::remove_tree(&path)
     } else {
         fs::remove_file(path)
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use testkit::model::Behavior;
 
-use crate::support::{BridgeBuilder, CANARY_KEY, Model, TestBridge};
+use crate::support::{BridgeBuilder, BridgeProcess, CANARY_KEY, Model, TestBridge};
 
 /// The template's state as the deep health check shows it.
 async fn template_state(bridge: &TestBridge) -> Value {
@@ -35,7 +35,11 @@ async fn until_ready(bridge: &TestBridge) -> Value {
 
 /// The one template directory under the default login's working copy.
 fn template_dir(bridge: &TestBridge) -> PathBuf {
-    let root = bridge.data_dir().join("credentials/codex/home-template");
+    template_dir_in(bridge.data_dir())
+}
+
+fn template_dir_in(data_dir: &Path) -> PathBuf {
+    let root = data_dir.join("credentials/codex/home-template");
     let dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("the template root exists")
         .map(|e| e.expect("an entry").path())
@@ -303,4 +307,69 @@ async fn templates_can_be_turned_off_and_the_old_ones_go() {
             .join("credentials/codex/home-template")
             .exists()
     );
+}
+
+#[tokio::test]
+async fn the_template_is_made_past_the_operators_proxy() {
+    use tokio::io::AsyncBufReadExt as _;
+    let model = Model::start(Behavior::Reply("hello".into())).await;
+    // A proxy that notes the request line of every connection and answers nothing.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let proxy_url = format!("http://{}", proxy.local_addr().expect("its address"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let noted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((connection, _)) = proxy.accept().await {
+            let mut line = String::new();
+            let _ = tokio::io::BufReader::new(connection)
+                .read_line(&mut line)
+                .await;
+            noted.lock().expect("the list").push(line);
+        }
+    });
+    // A process of its own: the proxy variables reach runs from the bridge's environment.
+    let data_dir = tempfile::tempdir().expect("a data dir");
+    let proxy_url = PathBuf::from(proxy_url);
+    let process = BridgeProcess::start_with(
+        data_dir.path(),
+        &[
+            ("HB_CODEX_DIR", model.codex_dir.path()),
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+        ],
+    )
+    .await;
+    let bridge = process.client();
+
+    // The run's own request goes to the proxy, which drops it; the run sets the template going.
+    let run = bridge
+        .run_to_end(&json!({"adapter": "codex", "prompt": "say hello"}))
+        .await;
+    assert_eq!(run["outcome"], "failed", "{run}");
+    let ready = until_ready(&bridge).await;
+    assert_eq!(ready.get("left_out"), None, "{ready}");
+    assert!(
+        template_dir_in(data_dir.path())
+            .join(THREAD_HISTORY)
+            .is_file()
+    );
+
+    let model_host = model
+        .fake
+        .base_url()
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("host and port")
+        .to_owned();
+    let seen = seen.lock().expect("the list").clone();
+    assert!(!seen.is_empty(), "the run used the proxy");
+    for line in &seen {
+        assert!(
+            line.contains(&model_host),
+            "only the run's requests reach the proxy, not the template maker's: {line}"
+        );
+    }
 }

@@ -187,8 +187,8 @@ impl Made {
     }
 
     /// Fills `home` (an existing, empty directory, or none) with the template: a copy made
-    /// ahead of time when one waits, moved into place and then checked file by file against
-    /// the template's digests, else a copy made now. Then starts making the next copy ahead.
+    /// ahead of time when one waits, moved into place and checked there (see
+    /// [`Made::check`]), else a copy made now. Then starts making the next copy ahead.
     /// Blocking.
     pub fn fill(self: &Arc<Self>, home: &Path) -> Result<(), CopyError> {
         let waiting = lock(&self.ahead).pop();
@@ -236,59 +236,67 @@ impl Made {
     /// the bridge's with the mode a copy gets, and nothing attached (an extended attribute, an
     /// ACL, an inode flag beyond those the workspace passes on).
     fn check(&self, home: &Path) -> Result<(), CopyError> {
+        use std::os::fd::AsFd as _;
         let owner = nix::unistd::geteuid().as_raw();
         let passed_on = crate::workspace::passed_on(home.parent().unwrap_or(home))?;
-        let plain = |path: &Path, meta: &fs::Metadata, mode: u32| -> Result<(), CopyError> {
-            let full = home.join(path);
+        let changed = |path: &Path| CopyError::Changed(path.to_owned());
+        let plain = |path: &Path, fd: std::os::fd::BorrowedFd<'_>, meta: &fs::Metadata, mode| {
             if meta.uid() != owner
                 || meta.mode() & 0o7777 != mode
-                || crate::workspace::attached(&full, passed_on)?
+                || crate::workspace::attached(fd, passed_on)?
             {
-                return Err(CopyError::Changed(path.to_owned()));
+                return Err(changed(path));
             }
             Ok(())
         };
-        plain(Path::new(""), &fs::symlink_metadata(home)?, DIR_MODE)?;
-        let found = walk(home)?;
-        let mut entries = self.entries.iter();
-        for walked in &found {
-            let expected = entries.next();
-            match (walked, expected) {
-                (Walked::Dir(path), Some(Entry::Dir(dir))) if path == dir => {}
-                (
-                    Walked::File(path, _, len),
-                    Some(Entry::File {
-                        path: file,
-                        len: recorded,
-                        ..
-                    }),
-                ) if path == file && len == recorded => {}
-                (Walked::Dir(path) | Walked::File(path, ..) | Walked::Other(path), _) => {
-                    return Err(CopyError::Changed(path.clone()));
-                }
-            }
+        // How many names each directory holds: with each expected one found, no other is.
+        let mut names = std::collections::HashMap::<&Path, usize>::new();
+        for entry in &self.entries {
+            *names
+                .entry(entry.path().parent().unwrap_or(Path::new("")))
+                .or_default() += 1;
         }
-        if let Some(missing) = entries.next() {
-            return Err(CopyError::Changed(missing.path().to_owned()));
+        let dirs = self.entries.iter().filter_map(|entry| match entry {
+            Entry::Dir(path) => Some(path.as_path()),
+            Entry::File { .. } => None,
+        });
+        for dir in std::iter::once(Path::new("")).chain(dirs) {
+            let fd = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(home.join(dir))
+                .map_err(|_| changed(dir))?;
+            plain(dir, fd.as_fd(), &fd.metadata()?, DIR_MODE)?;
+            let mut found = 0;
+            for entry in rustix::fs::Dir::read_from(&fd).map_err(io::Error::from)? {
+                let name = entry
+                    .map_err(io::Error::from)?
+                    .file_name()
+                    .to_bytes()
+                    .to_vec();
+                found += usize::from(name != b"." && name != b"..");
+            }
+            if found != names.get(dir).copied().unwrap_or(0) {
+                return Err(changed(dir));
+            }
         }
         let mut buf = Vec::new();
         for entry in &self.entries {
-            match entry {
-                Entry::Dir(path) => {
-                    plain(path, &fs::symlink_metadata(home.join(path))?, DIR_MODE)?;
+            if let Entry::File {
+                path,
+                mode,
+                len,
+                digest,
+            } = entry
+            {
+                let file = open_checked(home, path, *len)?;
+                let meta = file.metadata()?;
+                // A second name would let another tree, or a place a run keeps, share it.
+                if meta.nlink() != 1 {
+                    return Err(changed(path));
                 }
-                Entry::File {
-                    path,
-                    mode,
-                    len,
-                    digest,
-                } => {
-                    let meta = read_checked(home, path, *len, digest, &mut buf)?;
-                    if meta.nlink() != 1 {
-                        return Err(CopyError::Changed(path.clone()));
-                    }
-                    plain(path, &meta, file_mode(*mode))?;
-                }
+                plain(path, file.as_fd(), &meta, file_mode(*mode))?;
+                read_checked(&file, path, *len, digest, &mut buf)?;
             }
         }
         Ok(())
@@ -381,7 +389,8 @@ impl Made {
                     len,
                     digest,
                 } => {
-                    read_checked(&self.dir, path, *len, digest, &mut buf)?;
+                    let template = open_checked(&self.dir, path, *len)?;
+                    read_checked(&template, path, *len, digest, &mut buf)?;
                     let mut file = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -404,17 +413,9 @@ impl Made {
     }
 }
 
-/// Reads `path` under `root` into `buf` when it is the file the template recorded: opened
-/// without blocking and without following a link, a regular file of length `len` before a
-/// byte of it is read, and of sha256 `digest`.
-/// Returns the file's metadata as read through the descriptor it was read from.
-fn read_checked(
-    root: &Path,
-    path: &Path,
-    len: u64,
-    digest: &[u8; 32],
-    buf: &mut Vec<u8>,
-) -> Result<fs::Metadata, CopyError> {
+/// Opens `path` under `root` when it is a regular file of length `len`: without blocking and
+/// without following a link, so that nothing else standing in its place is read.
+fn open_checked(root: &Path, path: &Path, len: u64) -> Result<fs::File, CopyError> {
     let changed = || CopyError::Changed(path.to_owned());
     let file = fs::OpenOptions::new()
         .read(true)
@@ -425,12 +426,24 @@ fn read_checked(
     if !meta.is_file() || meta.len() != len {
         return Err(changed());
     }
+    Ok(file)
+}
+
+/// Reads `file` (`path` of the template, opened by [`open_checked`]) into `buf`, and checks
+/// its length and sha256 `digest`.
+fn read_checked(
+    mut file: &fs::File,
+    path: &Path,
+    len: u64,
+    digest: &[u8; 32],
+    buf: &mut Vec<u8>,
+) -> Result<(), CopyError> {
     buf.clear();
-    file.take(len + 1).read_to_end(buf)?;
+    (&mut file).take(len + 1).read_to_end(buf)?;
     if buf.len() as u64 != len || Sha256::digest(&buf[..]).as_slice() != digest {
-        return Err(changed());
+        return Err(CopyError::Changed(path.to_owned()));
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// The mode of a copy's directories.
@@ -984,8 +997,6 @@ fn keep(home: &Path, dir: &Path) -> io::Result<Vec<Entry>> {
     for walked in walk(dir)? {
         match walked {
             Walked::Dir(path) => entries.push(Entry::Dir(path)),
-            // A symbolic link the CLI made (none does today) would lead out of a run's home.
-            Walked::Other(_) => {}
             Walked::File(path, mode, len) => {
                 bytes += len;
                 if bytes > MAX_BYTES {
@@ -1043,12 +1054,10 @@ enum Walked {
     Dir(PathBuf),
     /// A regular file, its permission bits and its length.
     File(PathBuf, u32, u64),
-    /// Anything else: a symbolic link, a FIFO, a socket, a device.
-    Other(PathBuf),
 }
 
-/// Everything under `root`, relative to it, in an order that depends only on the names: each
-/// directory before what it holds.
+/// Every directory and regular file under `root`, relative to it, each directory before what
+/// it holds. Anything else (a symbolic link, say) is left out.
 fn walk(root: &Path) -> io::Result<Vec<Walked>> {
     let mut out = Vec::new();
     let mut pending = vec![PathBuf::new()];
@@ -1065,8 +1074,6 @@ fn walk(root: &Path) -> io::Result<Vec<Walked>> {
                 pending.push(path);
             } else if meta.is_file() {
                 out.push(Walked::File(path, meta.mode() & 0o777, meta.len()));
-            } else {
-                out.push(Walked::Other(path));
             }
         }
     }

@@ -172,7 +172,12 @@ fn empty_dir(dir: &Path, keep: &[&str], owner: u32) -> io::Result<()> {
 /// any but the labels a security module gives every file.
 fn has_attributes(path: &Path) -> io::Result<bool> {
     let mut names = [0_u8; 1024];
-    let len = match rustix::fs::llistxattr(path, &mut names[..]) {
+    foreign_attributes(rustix::fs::llistxattr(path, &mut names[..]), &names)
+}
+
+/// Whether the names a listxattr(2) call `listed` into `names` hold one a run may have set.
+fn foreign_attributes(listed: rustix::io::Result<usize>, names: &[u8]) -> io::Result<bool> {
+    let len = match listed {
         Ok(len) => len,
         // More names than fit are more than a label.
         Err(rustix::io::Errno::RANGE) => return Ok(true),
@@ -184,13 +189,12 @@ fn has_attributes(path: &Path) -> io::Result<bool> {
         .any(|name| !name.is_empty() && !SECURITY_LABELS.contains(&name)))
 }
 
-/// The inode flags (chattr(1)) of the directory or regular file at `path`, not followed if it
-/// is a link.
+/// The inode flags (chattr(1)) of the directory at `path`, not followed if it is a link.
 fn flags(path: &Path) -> io::Result<IFlags> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let dir = fs::OpenOptions::new()
         .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK).bits())
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW).bits())
         .open(path)?;
     match rustix::fs::ioctl_getflags(&dir) {
         Ok(flags) => Ok(flags),
@@ -205,11 +209,20 @@ pub(crate) fn passed_on(dir: &Path) -> io::Result<IFlags> {
     Ok(flags(dir)? & INHERITED_FLAGS)
 }
 
-/// Whether the directory or regular file at `path` (not followed if a link) carries what a run
-/// can attach to it rather than put in it: an extended attribute other than a security label
-/// (an ACL is one), or an inode flag beyond `passed_on`.
-pub(crate) fn attached(path: &Path, passed_on: IFlags) -> io::Result<bool> {
-    Ok(has_attributes(path)? || !(flags(path)? & RUN_SETTABLE_FLAGS & !passed_on).is_empty())
+/// Whether the directory or regular file open as `fd` carries what a run can attach to it
+/// rather than put in it: an extended attribute other than a security label (an ACL is one),
+/// or an inode flag beyond `passed_on`.
+pub(crate) fn attached(fd: std::os::fd::BorrowedFd<'_>, passed_on: IFlags) -> io::Result<bool> {
+    let mut names = [0_u8; 1024];
+    if foreign_attributes(rustix::fs::flistxattr(fd, &mut names[..]), &names)? {
+        return Ok(true);
+    }
+    let flags = match rustix::fs::ioctl_getflags(fd) {
+        Ok(flags) => flags,
+        Err(rustix::io::Errno::NOTTY | rustix::io::Errno::NOTSUP) => IFlags::empty(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(!(flags & RUN_SETTABLE_FLAGS & !passed_on).is_empty())
 }
 
 fn remove_any(path: PathBuf, meta: &fs::Metadata) -> io::Result<()> {

@@ -149,6 +149,9 @@ pub struct Made {
     ahead_stopped: Mutex<Option<String>>,
     /// What the template lacks that it would hold, and why (see [`Making::make`]).
     left_out: Option<String>,
+    /// Whether copies are made ahead in the background after each one taken (else only
+    /// when asked, as the unit tests do).
+    in_background: bool,
 }
 
 #[derive(Debug)]
@@ -183,6 +186,7 @@ impl Made {
             changed: AtomicBool::new(false),
             ahead_stopped: Mutex::default(),
             left_out: None,
+            in_background: false,
         }
     }
 
@@ -302,23 +306,29 @@ impl Made {
         Ok(())
     }
 
-    /// Makes copies ahead, up to [`COPIES_AHEAD`] waiting, on a blocking thread of the
-    /// runtime, unless a thread already does (or none can be had: then runs copy as they go).
+    /// Makes copies ahead, up to [`COPIES_AHEAD`] waiting, on a thread of their own at the
+    /// lowest priority, so that they take no CPU from the CLI of the run that just took one;
+    /// unless a thread already makes them, or the template makes none in the background.
     fn make_ahead(self: &Arc<Self>) {
-        if self.no_more_ahead.load(Ordering::Acquire)
+        if !self.in_background
+            || self.no_more_ahead.load(Ordering::Acquire)
             || self.making_ahead.swap(true, Ordering::AcqRel)
         {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.making_ahead.store(false, Ordering::Release);
-            return;
-        };
         let made = self.clone();
-        runtime.spawn_blocking(move || {
-            made.copy_ahead_until_full();
-            made.making_ahead.store(false, Ordering::Release);
-        });
+        let started = std::thread::Builder::new()
+            .name("home-template-ahead".into())
+            .spawn(move || {
+                // Linux keeps a nice value per thread: this one alone yields.
+                let _ = rustix::process::setpriority_process(None, 19);
+                made.copy_ahead_until_full();
+                made.making_ahead.store(false, Ordering::Release);
+            });
+        if let Err(e) = started {
+            tracing::debug!(error = %e, "failed to start making copies of the Codex home template ahead");
+            self.making_ahead.store(false, Ordering::Release);
+        }
     }
 
     fn copy_ahead_until_full(&self) {
@@ -692,9 +702,11 @@ impl Making {
                 return Err(format!("the home the CLI set up cannot be kept: {e}"));
             }
         };
-        let mut made = Made::new(self.key, dir, entries);
-        made.left_out = left_out;
-        Ok(made)
+        Ok(Made {
+            left_out,
+            in_background: true,
+            ..Made::new(self.key, dir, entries)
+        })
     }
 
     /// Adds to the scratch home the databases the CLI creates only when a conversation

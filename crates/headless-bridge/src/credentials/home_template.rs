@@ -191,8 +191,8 @@ impl Made {
     }
 
     /// Fills `home` (an existing, empty directory, or none) with the template: a copy made
-    /// ahead of time when one waits, moved into place and checked there (see
-    /// [`Made::check`]), else a copy made now. Then starts making the next copy ahead.
+    /// ahead of time when one waits, moved into place and checked there entry by entry, else
+    /// a copy made now. Then starts making the next copy ahead.
     /// Blocking.
     pub fn fill(self: &Arc<Self>, home: &Path) -> Result<(), CopyError> {
         let waiting = lock(&self.ahead).pop();

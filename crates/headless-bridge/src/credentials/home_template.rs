@@ -216,8 +216,7 @@ impl Made {
         if let Err(e) = fs::rename(copy, home) {
             let _ = crate::workspace::remove_tree(copy);
             if e.raw_os_error() == Some(libc::EXDEV) {
-                let waiting: Vec<PathBuf> = lock(&self.ahead).drain(..).collect();
-                self.stop_making_ahead(
+                let waiting = self.stop_making_ahead(
                     "the template and the runs' workspaces are on different file systems",
                 );
                 for copy in waiting {
@@ -376,12 +375,13 @@ impl Made {
         }
     }
 
-    /// No more copies are made ahead or taken, for the reason `why`; those made stay until
-    /// the template's directory goes.
-    fn stop_making_ahead(&self, why: &str) {
+    /// No more copies are made ahead or taken, for the reason `why`. Returns those that were
+    /// waiting: they stay on disk until the template's directory goes, unless the caller
+    /// removes them.
+    fn stop_making_ahead(&self, why: &str) -> Vec<PathBuf> {
         self.no_more_ahead.store(true, Ordering::Release);
-        lock(&self.ahead).clear();
         lock(&self.ahead_stopped).get_or_insert_with(|| why.to_owned());
+        std::mem::take(&mut *lock(&self.ahead))
     }
 
     /// Copies the template into `home` (an existing, empty directory), checking every file
@@ -495,7 +495,9 @@ impl HomeTemplate {
                 return Some(made.clone());
             }
             // Making it again removes it, and the copies made of it ahead.
-            State::Ready(made) => made.stop_making_ahead("the template is made again"),
+            State::Ready(made) => {
+                made.stop_making_ahead("the template is made again");
+            }
             State::Making(making) if *making == key => return None,
             State::Failed {
                 key: failed, at, ..
@@ -630,43 +632,26 @@ impl Making {
         // What a bridge that stopped while making one left running.
         let marker = format!("home-template:{}", self.root.display());
         supervisor::kill_marked(RUN_MARKER, &marker).await;
-        let dirs = RunDirs {
-            work: scratch.join("work"),
-            bin: scratch.join("bin"),
-            home: scratch.join("home"),
-            codex_home: scratch.join("codex-home"),
-            tmp: scratch.join("tmp"),
-            last_message: scratch.join("last-message.txt"),
-        };
+        let dirs = scratch_dirs(&scratch);
         let (setup_dirs, toml) = (dirs.clone(), self.toml.clone());
         let (root, setup_scratch) = (self.root.clone(), scratch.clone());
         blocking(move || set_up(&root, &setup_scratch, &setup_dirs, toml.as_deref()))
             .await
             .map_err(|e| format!("failed to set up {}: {e}", scratch.display()))?;
 
-        let mut args: Vec<OsString> = vec![
-            "exec".into(),
-            "resume".into(),
-            "--json".into(),
-            "--skip-git-repo-check".into(),
-        ];
-        args.extend(codex::settings(&self.config));
-        args.extend([NO_THREAD.into(), "--".into(), "x".into()]);
-        let spec = ProcessSpec {
-            program: self.config.bin.clone(),
-            args,
-            env: codex::environment(&dirs),
-            cwd: dirs.work.clone(),
-            marker: (RUN_MARKER.to_owned(), marker.clone()),
-            timeout: MAKE_TIMEOUT,
-            idle_timeout: None,
-            shim: self.shim.clone(),
-            run_as: None,
-        };
-        let outcome = supervisor::run(spec, CancellationToken::new(), |_, _| {})
-            .await
-            .map_err(|e| format!("failed to start {}: {e}", self.config.bin.display()))?;
-        if outcome.stopped.is_some() {
+        let env = codex::environment(&dirs);
+        let resume = vec![NO_THREAD.into()];
+        let finished = self
+            .run_cli(
+                &["exec", "resume"],
+                resume,
+                &dirs,
+                env,
+                &marker,
+                MAKE_TIMEOUT,
+            )
+            .await?;
+        if !finished {
             let _ = blocking(move || crate::workspace::remove_tree(&scratch)).await;
             return Err(format!(
                 "the CLI did not finish setting up a home within {}s",
@@ -725,29 +710,11 @@ impl Making {
             ));
         }
         let second = scratch.join("conversation");
-        let dirs = RunDirs {
-            work: second.join("work"),
-            bin: second.join("bin"),
-            home: second.join("home"),
-            codex_home: second.join("codex-home"),
-            tmp: second.join("tmp"),
-            last_message: second.join("last-message.txt"),
-        };
+        let dirs = scratch_dirs(&second);
         let (setup_dirs, setup_second) = (dirs.clone(), second.clone());
-        blocking(move || {
-            fs::DirBuilder::new().mode(0o700).create(&setup_second)?;
-            for dir in [
-                &setup_dirs.work,
-                &setup_dirs.home,
-                &setup_dirs.codex_home,
-                &setup_dirs.tmp,
-            ] {
-                fs::DirBuilder::new().mode(0o700).create(dir)?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| format!("failed to set up {}: {e}", second.display()))?;
+        blocking(move || make_scratch(&setup_second, &setup_dirs))
+            .await
+            .map_err(|e| format!("failed to set up {}: {e}", second.display()))?;
 
         let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
             .await
@@ -766,13 +733,7 @@ impl Making {
                 }
             }
         });
-        let mut args: Vec<OsString> = vec![
-            "exec".into(),
-            "--json".into(),
-            "--skip-git-repo-check".into(),
-        ];
-        args.extend(codex::settings(&self.config));
-        args.extend([
+        let provider = vec![
             "--config".into(),
             format!("model_provider=\"{UNREACHABLE_PROVIDER}\"").into(),
             "--config".into(),
@@ -782,9 +743,7 @@ impl Making {
                  request_max_retries = 0, stream_max_retries = 0 }}"
             )
             .into(),
-            "--".into(),
-            "x".into(),
-        ]);
+        ];
         // No proxy: the one connection is to the port above.
         let mut env: Vec<(OsString, OsString)> = codex::environment(&dirs)
             .into_iter()
@@ -799,22 +758,18 @@ impl Making {
             ("NO_PROXY".into(), "*".into()),
             ("no_proxy".into(), "*".into()),
         ]);
-        let spec = ProcessSpec {
-            program: self.config.bin.clone(),
-            args,
-            env,
-            cwd: dirs.work.clone(),
-            marker: (RUN_MARKER.to_owned(), marker.to_owned()),
-            timeout: CONVERSATION_TIMEOUT,
-            idle_timeout: None,
-            shim: self.shim.clone(),
-            run_as: None,
-        };
-        let outcome = supervisor::run(spec, CancellationToken::new(), |_, _| {}).await;
+        let finished = self
+            .run_cli(
+                &["exec"],
+                provider,
+                &dirs,
+                env,
+                marker,
+                CONVERSATION_TIMEOUT,
+            )
+            .await;
         closer.abort();
-        let outcome =
-            outcome.map_err(|e| format!("failed to start {}: {e}", self.config.bin.display()))?;
-        if outcome.stopped.is_some() {
+        if !finished? {
             return Err(format!(
                 "the CLI did not give up on a closed connection within {}s",
                 CONVERSATION_TIMEOUT.as_secs()
@@ -828,6 +783,60 @@ impl Making {
             .await
             .map_err(|e| format!("failed to keep the conversation's databases: {e}"))
     }
+
+    /// Runs `codex <subcommand> --json` with the bridge's settings, then `options`, on the
+    /// prompt "x", in the scratch tree `dirs` with `env`, under `marker`. True when it ended by
+    /// itself, false when it was stopped at `timeout`.
+    async fn run_cli(
+        &self,
+        subcommand: &[&str],
+        options: Vec<OsString>,
+        dirs: &RunDirs,
+        env: Vec<(OsString, OsString)>,
+        marker: &str,
+        timeout: Duration,
+    ) -> Result<bool, String> {
+        let mut args: Vec<OsString> = subcommand.iter().map(OsString::from).collect();
+        args.extend(["--json".into(), "--skip-git-repo-check".into()]);
+        args.extend(codex::settings(&self.config));
+        args.extend(options);
+        args.extend(["--".into(), "x".into()]);
+        let spec = ProcessSpec {
+            program: self.config.bin.clone(),
+            args,
+            env,
+            cwd: dirs.work.clone(),
+            marker: (RUN_MARKER.to_owned(), marker.to_owned()),
+            timeout,
+            idle_timeout: None,
+            shim: self.shim.clone(),
+            run_as: None,
+        };
+        let outcome = supervisor::run(spec, CancellationToken::new(), |_, _| {})
+            .await
+            .map_err(|e| format!("failed to start {}: {e}", self.config.bin.display()))?;
+        Ok(outcome.stopped.is_none())
+    }
+}
+
+/// A scratch tree under `root` laid out as a run's.
+fn scratch_dirs(root: &Path) -> RunDirs {
+    RunDirs {
+        work: root.join("work"),
+        bin: root.join("bin"),
+        home: root.join("home"),
+        codex_home: root.join("codex-home"),
+        tmp: root.join("tmp"),
+        last_message: root.join("last-message.txt"),
+    }
+}
+
+/// Makes `root` and the directories of `dirs` under it that the CLI needs.
+fn make_scratch(root: &Path, dirs: &RunDirs) -> io::Result<()> {
+    for dir in [root, &dirs.work, &dirs.home, &dirs.codex_home, &dirs.tmp] {
+        fs::DirBuilder::new().mode(0o700).create(dir)?;
+    }
+    Ok(())
 }
 
 /// Where the CLI reads its system-wide settings (codex-rs, on Unix).
@@ -946,10 +955,7 @@ fn set_up(root: &Path, scratch: &Path, dirs: &RunDirs, toml: Option<&[u8]>) -> i
             crate::workspace::remove_tree(&entry.path())?;
         }
     }
-    fs::DirBuilder::new().mode(0o700).create(scratch)?;
-    for dir in [&dirs.work, &dirs.home, &dirs.codex_home, &dirs.tmp] {
-        fs::DirBuilder::new().mode(0o700).create(dir)?;
-    }
+    make_scratch(scratch, dirs)?;
     if let Some(toml) = toml {
         fs::OpenOptions::new()
             .write(true)

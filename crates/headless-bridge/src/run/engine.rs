@@ -100,6 +100,9 @@ struct Inner {
     active: Mutex<HashMap<RunId, Active>>,
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Runs admitted and not yet finished (queued or running); a place is taken before a
+    /// submission is stored, so that parallel submissions cannot overrun the queue.
+    admitted: Arc<AtomicUsize>,
     draining: AtomicBool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -149,6 +152,7 @@ impl Engine {
             metrics: Arc::default(),
             active: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
+            admitted: Arc::default(),
             draining: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -256,14 +260,13 @@ impl Engine {
         if self.inner.draining.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
-        let queued = self.inner.waiting.load(Ordering::SeqCst);
-        if self.inner.slots.available_permits() == 0 && queued >= self.inner.config.max_queued_runs
-        {
+        let capacity = self.inner.config.max_concurrent_runs + self.inner.config.max_queued_runs;
+        let Some(admission) = Admission::take(&self.inner.admitted, capacity) else {
             return Err(SubmitError::QueueFull {
-                queued,
+                queued: self.inner.waiting.load(Ordering::SeqCst),
                 retry_after_s: RETRY_AFTER_S,
             });
-        }
+        };
 
         let record = RunRecord::queued(spec);
         let claim = idempotency_key.map(|key| (key, body_digest(&record.spec)));
@@ -284,7 +287,7 @@ impl Engine {
             }
         }
 
-        self.start(record.clone());
+        self.start(record.clone(), admission);
         Ok(Submitted::New(record))
     }
 
@@ -385,7 +388,7 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn start(&self, record: RunRecord) {
+    fn start(&self, record: RunRecord, admission: Admission) {
         let adapter = self
             .inner
             .adapters
@@ -456,6 +459,9 @@ impl Engine {
                 // The outcome event is stored before waiters wake, so a follower never misses it.
                 let _ = writer.await;
                 engine.lock_active().remove(&id);
+                // Its place goes before anyone learns it finished, so a client that saw it
+                // finish finds room for the next; the slot is held a little longer, below.
+                drop(admission);
                 let _ = done_tx.send(true);
                 engine
                     .inner
@@ -509,6 +515,27 @@ impl Engine {
             "run finished"
         );
         (record, leftover)
+    }
+}
+
+/// A place among the runs the engine holds at once: given back when dropped.
+struct Admission(Arc<AtomicUsize>);
+
+impl Admission {
+    /// A place, unless `capacity` runs already hold one.
+    fn take(admitted: &Arc<AtomicUsize>, capacity: usize) -> Option<Self> {
+        admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held < capacity).then_some(held + 1)
+            })
+            .ok()
+            .map(|_| Self(admitted.clone()))
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -296,9 +296,8 @@ pub(crate) async fn stop_group(pid: Option<Pid>, child: &mut tokio::process::Chi
     }
 }
 
-/// Kills what is left of the group and every process carrying the marker; returns how many
-/// marked processes it found.
-/// Kills what may be left of the group once its leader has exited.
+/// Kills what may be left of the group once its leader (a shim that cleaned up below itself)
+/// has exited. Finds no marked processes to count, so returns 0.
 fn kill_group(pid: Option<Pid>) -> usize {
     if let Some(pid) = pid {
         let _ = killpg(pid, Signal::SIGKILL);

@@ -198,6 +198,51 @@ async fn a_full_queue_answers_429_and_a_queued_run_can_be_cancelled() {
 }
 
 #[tokio::test]
+async fn submissions_sent_all_at_once_cannot_overrun_the_queue() {
+    let model = Model::start(Behavior::Hang).await;
+    let bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .var("HB_MAX_CONCURRENT_RUNS", "1")
+        .var("HB_MAX_QUEUED_RUNS", "2")
+        .start()
+        .await;
+
+    let submissions = (0..24).map(|n| {
+        bridge
+            .client
+            .post(format!("{}/v1/runs", bridge.url))
+            .bearer_auth(TOKEN)
+            .json(&run_request(&format!("burst {n}")))
+            .send()
+    });
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for response in futures::future::join_all(submissions).await {
+        let response = response.unwrap();
+        match response.status().as_u16() {
+            202 => admitted.push(response.json::<Value>().await.unwrap()),
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+
+    // One run holds the slot and two wait; every other submission is refused.
+    assert_eq!((admitted.len(), refused), (3, 21));
+    let (_, listed) = bridge.get("/v1/runs?state=queued").await;
+    assert!(listed["runs"].as_array().unwrap().len() <= 2, "{listed}");
+    for run in &admitted {
+        let id = run["id"].as_str().unwrap();
+        let (_, cancelled) = bridge
+            .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+        assert_eq!(cancelled["outcome"], "cancelled");
+    }
+    // Places are given back as runs finish: the queue takes new work again.
+    let (status, _) = bridge.post("/v1/runs", &run_request("after")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
 async fn listings_filter_and_page_and_logs_hold_the_raw_stream() {
     let model = Model::start(Behavior::Reply("listed".into())).await;
     let bridge = model.bridge().await;

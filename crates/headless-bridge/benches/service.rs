@@ -174,11 +174,14 @@ async fn codex_turn(
         direct.turn(&direct.reused).await,
         "a direct Codex turn succeeds"
     );
-    // Taken in turn, so that the machine drifting affects the three alike.
+    // Taken in turn, so that the machine drifting affects the three alike. The bridge's turn
+    // follows the reused home's at once, so that each pair sees the same machine; what the
+    // bridge does after a run (removing its workspace, copying a home ahead) falls on the
+    // new-home turn that comes next, not on the baseline.
     let (mut reused, mut fresh, mut through) = Default::default();
     for n in 0..CODEX_TURNS {
-        timed(&mut reused, direct.turn(&direct.reused)).await;
         timed(&mut fresh, direct.turn(&direct.new_home(n))).await;
+        timed(&mut reused, direct.turn(&direct.reused)).await;
         timed(&mut through, bridge.run_request("codex")).await;
     }
     let [reused, fresh, through]: [Stats; 3] = [reused, fresh, through];
@@ -210,6 +213,30 @@ async fn codex_turn(
         ),
         "target <= +20 ms",
     );
+    table.row(
+        "added by the bridge, turn by turn",
+        format!(
+            "{:+.1} ms median, {:+.1} to {:+.1} ms middle half",
+            paired_difference(&through, &reused, 50),
+            paired_difference(&through, &reused, 25),
+            paired_difference(&through, &reused, 75)
+        ),
+        "each bridge turn less the reused-home turn just before it",
+    );
+}
+
+/// A percentile of `a`'s latencies less `b`'s, pair by pair in the order they were taken: less
+/// moved by the machine drifting over the whole run than a difference of two medians.
+fn paired_difference(a: &Stats, b: &Stats, percentile: usize) -> f64 {
+    let mut differences: Vec<f64> = a
+        .latencies
+        .iter()
+        .zip(&b.latencies)
+        .map(|(a, b)| ms(*a) - ms(*b))
+        .collect();
+    differences.sort_by(f64::total_cmp);
+    let index = (differences.len().saturating_sub(1) * percentile) / 100;
+    differences.get(index).copied().unwrap_or_default()
 }
 
 /// Latencies of a batch of requests.

@@ -114,6 +114,7 @@ impl Bridge {
             }
         };
         let engine = Engine::new(config.clone(), store, adapters.clone(), jobs);
+        engine.resume_webhooks().await?;
         let sessions = Sessions::new(config.clone(), adapters, engine.shared_login()).await;
         Ok(Self {
             state: AppState::new(config, engine, sessions),

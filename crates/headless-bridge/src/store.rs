@@ -61,6 +61,12 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE runs ADD COLUMN adapter TEXT NOT NULL DEFAULT 'codex';
     CREATE INDEX runs_contract_id ON runs (contract_id);",
+    // Completion webhooks still to deliver: a row is written with the finished record and
+    // deleted once the delivery has ended, so one cut short by a stop or a crash is resumed.
+    "CREATE TABLE webhook_outbox (
+        run_id   TEXT PRIMARY KEY,
+        attempts INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;",
 ];
 
 /// A failure of the run store. Always our fault, never the client's.
@@ -125,10 +131,17 @@ impl Store {
         })
     }
 
-    /// Inserts a new record or replaces the stored one with the same id.
+    /// Inserts a new record or replaces the stored one with the same id. A finished record
+    /// with a callback URL is written with its webhook delivery pending, in one transaction.
     pub async fn put(&self, record: &RunRecord) -> Result<(), StoreError> {
         let row = RunRow::of(record)?;
-        self.with_conn_mut(move |conn| row.upsert(conn)).await
+        self.with_conn_mut(move |conn| {
+            let tx = conn.transaction()?;
+            row.upsert(&tx)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
     }
 
     /// The record with this id, if any.
@@ -275,6 +288,7 @@ impl Store {
                     rows.collect::<Result<_, _>>()?
                 };
                 for id in &ids {
+                    tx.execute("DELETE FROM webhook_outbox WHERE run_id = ?1", [id])?;
                     tx.execute("DELETE FROM events WHERE run_id = ?1", [id])?;
                     tx.execute("DELETE FROM idempotency WHERE run_id = ?1", [id])?;
                     tx.execute("DELETE FROM runs WHERE id = ?1", [id])?;
@@ -284,6 +298,52 @@ impl Store {
             })
             .await?;
         Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// Finished runs whose completion webhook is still to be delivered, oldest first, with
+    /// the attempts already made.
+    pub async fn pending_webhooks(&self) -> Result<Vec<(RunRecord, u32)>, StoreError> {
+        let rows: Vec<(String, i64)> = self
+            .with_conn(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT runs.record, webhook_outbox.attempts FROM webhook_outbox
+                     JOIN runs ON runs.id = webhook_outbox.run_id ORDER BY webhook_outbox.run_id",
+                )?;
+                let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(json, attempts)| {
+                Ok((
+                    serde_json::from_str(&json)?,
+                    u32::try_from(attempts).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// Notes that `attempts` attempts to deliver the run's webhook have failed so far.
+    pub async fn webhook_attempted(&self, id: RunId, attempts: u32) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with_conn_mut(move |conn| {
+            conn.execute(
+                "UPDATE webhook_outbox SET attempts = ?2 WHERE run_id = ?1",
+                params![id, attempts],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Ends the run's webhook delivery, delivered or given up.
+    pub async fn webhook_settled(&self, id: RunId) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with_conn_mut(move |conn| {
+            conn.execute("DELETE FROM webhook_outbox WHERE run_id = ?1", [id])?;
+            Ok(())
+        })
+        .await
     }
 
     /// Marks every unfinished run as interrupted: called at start-up, when no run of this
@@ -371,6 +431,8 @@ struct RunRow {
     created_at: String,
     adapter: String,
     json: String,
+    /// The record is finished and has a completion webhook to deliver.
+    webhook: bool,
 }
 
 impl RunRow {
@@ -382,9 +444,11 @@ impl RunRow {
             created_at: rfc3339(record.created_at),
             adapter: record.spec.adapter.clone(),
             json: serde_json::to_string(record)?,
+            webhook: record.state == RunState::Finished && record.spec.callback_url.is_some(),
         })
     }
 
+    /// Writes the row; call it within a transaction.
     fn upsert(&self, conn: &Connection) -> Result<(), StoreError> {
         conn.execute(
             "INSERT INTO runs (id, state, contract_id, created_at, record, adapter)
@@ -399,6 +463,12 @@ impl RunRow {
                 self.adapter
             ],
         )?;
+        if self.webhook {
+            conn.execute(
+                "INSERT OR IGNORE INTO webhook_outbox (run_id) VALUES (?1)",
+                [&self.id],
+            )?;
+        }
         Ok(())
     }
 }
@@ -605,6 +675,64 @@ mod tests {
             store.insert_new(&second, claim("h2")).await.unwrap(),
             Claim::Claimed
         );
+    }
+
+    #[tokio::test]
+    async fn a_finished_run_with_a_callback_has_its_webhook_pending_until_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.sqlite3")).unwrap();
+        let mut hooked = RunRecord::queued(RunSpec {
+            callback_url: Some("https://hooks.example/run".into()),
+            ..spec()
+        });
+        store.put(&hooked).await.unwrap();
+        let mut plain = RunRecord::queued(spec());
+        plain.state = RunState::Finished;
+        store.put(&plain).await.unwrap();
+        assert_eq!(
+            store.pending_webhooks().await.unwrap(),
+            [],
+            "a run still going, and one without a callback, have nothing to deliver"
+        );
+
+        hooked.state = RunState::Finished;
+        hooked.outcome = Some(Outcome::Succeeded);
+        store.put(&hooked).await.unwrap();
+        store.webhook_attempted(hooked.id, 2).await.unwrap();
+        // Put again (as a restart's interruption would): still one delivery, attempts kept.
+        store.put(&hooked).await.unwrap();
+        assert_eq!(
+            store.pending_webhooks().await.unwrap(),
+            [(hooked.clone(), 2)]
+        );
+
+        store.webhook_settled(hooked.id).await.unwrap();
+        assert_eq!(store.pending_webhooks().await.unwrap(), []);
+    }
+
+    #[tokio::test]
+    async fn a_pruned_run_takes_its_pending_webhook_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.sqlite3")).unwrap();
+        let mut hooked = RunRecord::queued(RunSpec {
+            callback_url: Some("https://hooks.example/run".into()),
+            ..spec()
+        });
+        hooked.state = RunState::Finished;
+        store.put(&hooked).await.unwrap();
+
+        store
+            .prune(std::time::Duration::from_secs(3600), 0)
+            .await
+            .unwrap();
+        assert_eq!(store.pending_webhooks().await.unwrap(), []);
+        let left: i64 = store
+            .with_conn(|conn| {
+                Ok(conn.query_row("SELECT COUNT(*) FROM webhook_outbox", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use tracing::Instrument as _;
 
 use super::events::EventSink;
 use super::pipeline::Pipeline;
-use super::webhook::Webhooks;
+use super::webhook::{self, Webhooks};
 use crate::adapter::Adapters;
 use crate::config::Config;
 use crate::credentials::relay::{LoginView, StartError};
@@ -143,7 +143,7 @@ impl Engine {
             logins,
             jobs: jobs.map(Arc::new),
             fetcher: Fetcher::new(policy.clone(), config.fetch.clone()),
-            webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone()),
+            webhooks: Webhooks::new(policy.clone(), config.webhook_secret.clone(), store.clone()),
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
             policy,
             config,
@@ -358,7 +358,23 @@ impl Engine {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
-        self.inner.webhooks.close().await;
+        self.inner.webhooks.close(webhook::CLOSE_GRACE).await;
+    }
+
+    /// Resumes the completion webhooks a previous process left undelivered (it stopped or
+    /// crashed first, or its runs were marked interrupted at this start).
+    pub async fn resume_webhooks(&self) -> Result<(), StoreError> {
+        let pending = self.inner.store.pending_webhooks().await?;
+        if !pending.is_empty() {
+            tracing::info!(
+                count = pending.len(),
+                "resuming webhook deliveries a previous process left"
+            );
+        }
+        for (record, attempts_made) in pending {
+            self.inner.webhooks.deliver(&record, attempts_made);
+        }
+        Ok(())
     }
 
     /// Runs waiting for a slot, and runs holding one.
@@ -463,10 +479,7 @@ impl Engine {
                 // finish finds room for the next; the slot is held a little longer, below.
                 drop(admission);
                 let _ = done_tx.send(true);
-                engine
-                    .inner
-                    .webhooks
-                    .deliver(&finished, &engine.inner.tasks);
+                engine.inner.webhooks.deliver(&finished, 0);
                 if let Some((workspace, _slot)) = leftover {
                     remove_workspace(workspace).await;
                 }

@@ -5,9 +5,17 @@
 //! HMAC-SHA256 over `<t>.<body>` keyed with `HB_WEBHOOK_SECRET`; binding the time stops
 //! replays of an old delivery. Network errors, 5xx and 429 are retried with exponential
 //! backoff and jitter; any other answer ends the delivery. The URL is checked against the host
-//! policy at every attempt and redirects are not followed.
+//! policy at every attempt, its name is resolved within the policy again for the connection
+//! (so a DNS answer that changes in between cannot aim it at a private address), and
+//! redirects are not followed.
+//!
+//! Nothing is lost to a stop or a crash: the store writes a pending delivery with the finished
+//! record, and it is removed only once the delivery has ended. A bridge that stops lets
+//! attempts in flight finish for a moment and leaves the rest pending; the next start resumes
+//! them with the attempts already made. A receiver may therefore see a delivery twice, and
+//! should take the run id as the key.
 
-use crate::lazy_client::LazyClient;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{KeyInit as _, Mac as _};
@@ -16,13 +24,18 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::Secret;
+use crate::fetch::resolver::PolicyResolver;
+use crate::lazy_client::LazyClient;
 use crate::policy::UrlPolicy;
 use crate::run::RunRecord;
+use crate::store::Store;
 
 /// Attempts per delivery; with the backoff below the last one is about 30 s after the first.
 const ATTEMPTS: u32 = 6;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping bridge lets attempts in flight finish; the rest resume at the next start.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-hb-signature";
 
@@ -34,17 +47,33 @@ pub struct Webhooks {
     client: LazyClient,
     policy: UrlPolicy,
     secret: Option<Secret>,
+    store: Store,
+    /// No new attempt starts once this is cancelled; attempts in flight go on.
+    closing: CancellationToken,
+    /// Abandons attempts in flight.
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
+/// How a delivery ended.
+enum Delivery {
+    Delivered {
+        attempts: u32,
+    },
+    Failed(String),
+    /// Left pending for the next start: the bridge is stopping.
+    Deferred,
+}
+
 impl Webhooks {
-    /// Webhooks checked by `policy` and signed with `secret`.
-    pub fn new(policy: UrlPolicy, secret: Option<Secret>) -> Self {
-        let client = LazyClient::new(|| {
+    /// Webhooks checked by `policy`, signed with `secret`, their pending deliveries in `store`.
+    pub fn new(policy: UrlPolicy, secret: Option<Secret>, store: Store) -> Self {
+        let resolver = Arc::new(PolicyResolver::new(policy.clone()));
+        let client = LazyClient::new(move || {
             reqwest::Client::builder()
                 .user_agent(concat!("headless-bridge/", env!("CARGO_PKG_VERSION")))
                 .redirect(reqwest::redirect::Policy::none())
+                .dns_resolver(resolver.clone())
                 .no_proxy()
                 .timeout(REQUEST_TIMEOUT)
                 .build()
@@ -54,6 +83,8 @@ impl Webhooks {
             client,
             policy,
             secret,
+            store,
+            closing: CancellationToken::new(),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -64,46 +95,75 @@ impl Webhooks {
         self.secret.is_some()
     }
 
-    /// Starts delivering `record` to its callback URL, if it has one.
-    pub fn deliver(&self, record: &RunRecord, _runs: &TaskTracker) {
-        let (Some(url), Some(secret)) = (record.spec.callback_url.clone(), self.secret.clone())
-        else {
+    /// Starts delivering the finished `record` to its callback URL, if it has one, counting
+    /// the `attempts_made` before (by a previous process).
+    pub fn deliver(&self, record: &RunRecord, attempts_made: u32) {
+        let Some(url) = record.spec.callback_url.clone() else {
             return;
         };
         let body = serde_json::to_vec(record).expect("a run record serializes");
         let this = self.clone();
         let run_id = record.id;
-        self.tasks.spawn(async move {
-            tokio::select! {
-                delivered = this.send_with_retries(&url, &secret, body) => match delivered {
-                    Ok(attempts) => tracing::info!(%run_id, attempts, "webhook delivered"),
-                    Err(why) => tracing::warn!(%run_id, why, "webhook not delivered"),
-                },
-                () = this.stop.cancelled() => tracing::warn!(%run_id, "webhook not delivered: the bridge is shutting down"),
+        self.tasks.spawn(
+            async move {
+                let delivery = match this.secret.clone() {
+                    Some(secret) => tokio::select! {
+                        delivery = this.send_with_retries(run_id, &url, &secret, body, attempts_made) => delivery,
+                        () = this.stop.cancelled() => Delivery::Deferred,
+                    },
+                    // Submissions with a callback need a secret, but the operator may have
+                    // removed it since this one was made.
+                    None => Delivery::Failed("HB_WEBHOOK_SECRET is no longer set".into()),
+                };
+                match delivery {
+                    Delivery::Delivered { attempts } => {
+                        tracing::info!(%run_id, attempts, "webhook delivered")
+                    }
+                    Delivery::Failed(why) => tracing::warn!(%run_id, why, "webhook not delivered"),
+                    Delivery::Deferred => {
+                        tracing::info!(%run_id, "webhook delivery left for the next start");
+                        return;
+                    }
+                }
+                if let Err(e) = this.store.webhook_settled(run_id).await {
+                    tracing::error!(%run_id, error = %crate::error_chain(&e), "failed to record a webhook delivery as ended");
+                }
             }
-        }.in_current_span());
+            .in_current_span(),
+        );
     }
 
-    /// Stops retrying and waits for deliveries in flight.
-    pub async fn close(&self) {
-        self.stop.cancel();
+    /// Starts no more attempts, gives those in flight up to `grace`, and leaves every delivery
+    /// not ended pending in the store.
+    pub async fn close(&self, grace: Duration) {
+        self.closing.cancel();
         self.tasks.close();
-        self.tasks.wait().await;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            self.stop.cancel();
+            self.tasks.wait().await;
+        }
     }
 
     async fn send_with_retries(
         &self,
+        run_id: crate::run::RunId,
         url: &str,
         secret: &Secret,
         body: Vec<u8>,
-    ) -> Result<u32, String> {
+        attempts_made: u32,
+    ) -> Delivery {
         let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
-            let checked = self
-                .policy
-                .check(url)
-                .await
-                .map_err(|e| format!("the callback URL {e}"))?;
+        for attempt in attempts_made + 1..=ATTEMPTS {
+            if self.closing.is_cancelled() {
+                return Delivery::Deferred;
+            }
+            let checked = match self.policy.check(url).await {
+                Ok(checked) => checked,
+                Err(e) => return Delivery::Failed(format!("the callback URL {e}")),
+            };
             let timestamp = time::OffsetDateTime::now_utc().unix_timestamp();
             let request = self
                 .client
@@ -116,12 +176,14 @@ impl Webhooks {
                 )
                 .body(body.clone());
             let retry = match request.send().await {
-                Ok(response) if response.status().is_success() => return Ok(attempt),
+                Ok(response) if response.status().is_success() => {
+                    return Delivery::Delivered { attempts: attempt };
+                }
                 Ok(response) if response.status().is_server_error() || response.status() == 429 => {
                     format!("HTTP {}", response.status().as_u16())
                 }
                 Ok(response) => {
-                    return Err(format!(
+                    return Delivery::Failed(format!(
                         "the receiver answered HTTP {}",
                         response.status().as_u16()
                     ));
@@ -129,12 +191,18 @@ impl Webhooks {
                 Err(e) => crate::error_chain(&e),
             };
             tracing::debug!(attempt, why = %retry, "webhook attempt failed");
+            if let Err(e) = self.store.webhook_attempted(run_id, attempt).await {
+                tracing::error!(%run_id, error = %crate::error_chain(&e), "failed to record a webhook attempt");
+            }
             if attempt < ATTEMPTS {
-                tokio::time::sleep(jitter(backoff)).await;
+                tokio::select! {
+                    () = tokio::time::sleep(jitter(backoff)) => {}
+                    () = self.closing.cancelled() => return Delivery::Deferred,
+                }
                 backoff *= 2;
             }
         }
-        Err(format!("{ATTEMPTS} attempts failed"))
+        Delivery::Failed(format!("{ATTEMPTS} attempts failed"))
     }
 }
 
@@ -160,6 +228,32 @@ fn jitter(base: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_callback_host_is_resolved_within_the_policy_for_the_connection() {
+        // The receiver is on loopback, reached by name: had the name passed the check and
+        // then been answered with a private address (DNS rebinding), this is the connection
+        // that would reach it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let hook = axum::Router::new().route("/", axum::routing::post(|| async { "ok" }));
+            axum::serve(listener, hook).await
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.sqlite3")).unwrap();
+        let url = format!("http://localhost:{port}/");
+
+        let refused = Webhooks::new(UrlPolicy::default(), None, store.clone());
+        let error = refused.client.get().post(&url).send().await.unwrap_err();
+        assert!(
+            crate::error_chain(&error).contains("non-public address"),
+            "{error:?}"
+        );
+        let allowed = Webhooks::new(UrlPolicy::new(["localhost"]), None, store);
+        let response = allowed.client.get().post(&url).send().await.unwrap();
+        assert!(response.status().is_success());
+    }
 
     #[test]
     fn the_signature_covers_time_and_body() {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use headless_bridge::run::supervisor::processes_with_env;
@@ -344,6 +345,123 @@ async fn a_webhook_receives_the_signed_record_after_two_failures() {
     assert_eq!(
         (&record["id"], &record["outcome"]),
         (&run["id"], &json!("succeeded"))
+    );
+}
+
+/// A webhook receiver on loopback that answers 503 until it is opened, then takes deliveries.
+struct Receiver {
+    url: String,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    attempts: mpsc::UnboundedReceiver<()>,
+    delivered: mpsc::UnboundedReceiver<(HeaderMap, String)>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (attempt_tx, attempts) = mpsc::unbounded_channel();
+        let (delivered_tx, delivered) = mpsc::unbounded_channel();
+        let router = {
+            let open = open.clone();
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |headers: HeaderMap, body: String| {
+                    let (open, attempt_tx, delivered_tx) =
+                        (open.clone(), attempt_tx.clone(), delivered_tx.clone());
+                    async move {
+                        let _ = attempt_tx.send(());
+                        if !open.load(Ordering::SeqCst) {
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let _ = delivered_tx.send((headers, body));
+                        StatusCode::NO_CONTENT
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self {
+            url,
+            open,
+            attempts,
+            delivered,
+        }
+    }
+
+    /// The record of the next delivery, its signature checked.
+    async fn next_record(&mut self, secret: &str) -> Value {
+        let (headers, body) = tokio::time::timeout(Duration::from_secs(120), self.delivered.recv())
+            .await
+            .expect("a delivery within two minutes")
+            .expect("the receiver is running");
+        let signature = headers["x-hb-signature"].to_str().unwrap();
+        let timestamp: i64 = signature[2..signature.find(',').unwrap()].parse().unwrap();
+        assert_eq!(
+            signature,
+            headless_bridge::run::webhook::signature(secret, timestamp, body.as_bytes())
+        );
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_still_failing_when_the_bridge_stops_is_delivered_after_its_restart() {
+    const SECRET: &str = "webhook-secret-0123456789";
+    let mut receiver = Receiver::start().await;
+    let model = Model::start(Behavior::Reply("hooked".into())).await;
+    let builder = || {
+        BridgeBuilder::new()
+            .codex_dir(model.codex_dir.path())
+            .var("HB_WEBHOOK_SECRET", SECRET)
+    };
+    let bridge = builder().start().await;
+    let request = json!({"adapter": "codex", "prompt": "p", "callback_url": receiver.url});
+    let (_, run) = bridge.post("/v1/runs", &request).await;
+    receiver.attempts.recv().await.expect("a first attempt");
+
+    // The stop finds the delivery waiting to retry; the next start takes it up again.
+    let bridge = bridge.restart(builder()).await;
+    receiver.open.store(true, Ordering::SeqCst);
+    let record = receiver.next_record(SECRET).await;
+
+    assert_eq!(
+        (&record["id"], &record["outcome"]),
+        (&run["id"], &json!("succeeded"))
+    );
+    let (_, stored) = bridge
+        .get(&format!("/v1/runs/{}", run["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(record, stored, "the delivery is the stored record");
+}
+
+#[tokio::test]
+async fn a_run_cut_short_by_a_kill_9_still_calls_its_webhook() {
+    use crate::support::BridgeProcess;
+    const SECRET: &str = "webhook-secret-0123456789";
+    let mut receiver = Receiver::start().await;
+    receiver.open.store(true, Ordering::SeqCst);
+    let model = Model::start(Behavior::Hang).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let vars: [(&str, &std::path::Path); 3] = [
+        ("HB_CODEX_DIR", model.codex_dir.path()),
+        ("HB_WEBHOOK_SECRET", std::path::Path::new(SECRET)),
+        ("HB_ALLOWED_HOSTS", std::path::Path::new("127.0.0.1")),
+    ];
+    let mut bridge = BridgeProcess::start_with(data_dir.path(), &vars).await;
+    let request = json!({"adapter": "codex", "prompt": "hang", "callback_url": receiver.url});
+    let (status, run) = bridge.client().post("/v1/runs", &request).await;
+    assert_eq!(status, 202, "{run}");
+    model.fake.wait_for_requests(1).await;
+
+    bridge.child.kill().await.expect("SIGKILL the bridge");
+    let _restarted = BridgeProcess::start_with(data_dir.path(), &vars).await;
+    let record = receiver.next_record(SECRET).await;
+
+    assert_eq!(
+        (&record["id"], &record["outcome"]),
+        (&run["id"], &json!("interrupted"))
     );
 }
 

@@ -2,7 +2,9 @@
 # The main job, end to end, on this machine: starts a local fake model (speaking the OpenAI
 # Responses API), a git server with a demo repository and a file server with the `ak` tool,
 # all on 127.0.0.1; starts the bridge with a Codex login pointing at the fake model; POSTs a
-# task to /run_codex_session; prints the JSON answer. The real, pinned Codex CLI does the run.
+# task to /run_codex_session; prints the JSON answer. The real, pinned Codex CLI does the run;
+# the fake model fixes nothing: it has Codex run `ak --version && head -n 3 README.md` and
+# answers with what that printed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$(pwd)
@@ -49,7 +51,7 @@ curl -s "http://127.0.0.1:$port/health?deep=1" | jq -c . >&2
 request=$(jq -n --slurpfile w "$state/world.json" '{
   contract_id: "demo-1",
   repo_url: $w[0].repo_url,
-  failure_details: "test_add fails: add(2, 2) returned 0 instead of 4",
+  failure_details: "`python3 stats.py` prints 2.0 instead of 3.0",
   ak_url: $w[0].tool_url,
   ak_hash: $w[0].tool_sha256
 }')

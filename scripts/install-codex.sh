@@ -20,7 +20,9 @@ mkdir -p "$prefix"
 # install script is needed to place it.
 npm install --prefix "$prefix" --no-audit --no-fund --no-save --ignore-scripts \
   "@openai/codex@$CODEX_VERSION" >&2
-version_home="$(mktemp -d)"
+# Codex refuses to put its helper links in a home under /tmp and warns that it could not
+# create PATH aliases; a throw-away home inside the install keeps that harmless line away.
+version_home="$(mktemp -d "$prefix/version-home.XXXXXX")"
 CODEX_HOME="$version_home" "$bin" --version >&2
 rm -rf "$version_home"
 echo "$CODEX_VERSION" > "$prefix/.version"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages the bridge and its tests need, from Debian, when missing:
 # git (clones), Node.js and npm (the Codex, Claude Code, Gemini and Vercel CLIs ship through
-# npm), curl (the demo), gh (the GitHub CLI example profile's tests), OpenSSH's client and
-# server (`ssh://` repositories are tested against a real sshd on loopback), Chromium (the
-# runs page is tested in it, headless, driven by playwright-core from install-playwright.sh),
-# python3 with venv (interactive sessions are tested with a script that asks questions; the
-# MCP client and schemathesis live in virtual environments), dialog (a curses program for
-# sessions) and iproute2 (the API fuzz runs in a network namespace whose loopback it brings
-# up).
+# npm), curl and jq (the demo sends its request and reads the JSON answers), gh (the GitHub
+# CLI example profile's tests), OpenSSH's client and server (`ssh://` repositories are tested
+# against a real sshd on loopback), Chromium (the runs page is tested in it, headless, driven
+# by playwright-core from install-playwright.sh), python3 with venv (interactive sessions are
+# tested with a script that asks questions; the MCP client and schemathesis live in virtual
+# environments), dialog (a curses program for sessions) and iproute2 (the API fuzz runs in a
+# network namespace whose loopback it brings up).
 set -euo pipefail
 
 missing=()
@@ -15,6 +15,7 @@ command -v git >/dev/null || missing+=(git)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v curl >/dev/null || missing+=(curl)
+command -v jq >/dev/null || missing+=(jq)
 command -v gh >/dev/null || missing+=(gh)
 { command -v ssh && command -v ssh-keygen; } >/dev/null || missing+=(openssh-client)
 # sshd lives in /usr/sbin, which a non-root PATH may not hold.

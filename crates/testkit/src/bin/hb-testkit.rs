@@ -33,6 +33,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Start the demo world: a fake model, a git host with a demo repo and the `ak` tool.
+    ///
+    /// Prints one line of JSON (`model_base_url`, `repo_url`, `tool_url`, `tool_sha256`,
+    /// `codex_dir`), then serves until stdin reaches EOF or a SIGTERM or SIGINT arrives. In
+    /// the background, keep stdin open: `hb-testkit demo ... < <(sleep infinity) &`.
     Demo {
         /// Where to write `codex/config.toml` and `codex/auth.json`.
         #[arg(long)]
@@ -42,6 +46,10 @@ enum Command {
         api_key: String,
     },
     /// Start only a fake model with a chosen behavior, and a Codex home for it.
+    ///
+    /// Prints one line of JSON (`base_url`, `codex_dir`), then serves until stdin reaches EOF
+    /// or a SIGTERM or SIGINT arrives. In the background, keep stdin open:
+    /// `hb-testkit model ... < <(sleep infinity) &`.
     Model {
         /// Where to write `config.toml` and `auth.json`.
         #[arg(long)]

@@ -156,13 +156,18 @@ impl Bridge {
         let grace = self.state.config.shutdown_grace;
         let retention = tokio::spawn(retention_loop(self.state.config.clone(), engine.clone()));
 
-        // Once the signal comes, axum stops accepting and waits for requests in flight, some of
-        // which wait for runs; draining lets those runs finish or be cancelled, so it ends.
+        // Once the signal comes the runs drain while the API still serves: a new run is
+        // refused with 503 `shutting_down`, but clients can follow, poll and cancel the runs
+        // finishing (and a load balancer still sending here gets an answer, not a refused
+        // connection). Then axum stops accepting and waits for requests in flight.
         let signalled = CancellationToken::new();
+        let drained = CancellationToken::new();
         let drain = {
-            let (engine, signalled) = (engine.clone(), signalled.clone());
+            let (engine, signalled, drained) = (engine.clone(), signalled.clone(), drained.clone());
             let sessions = self.state.sessions.clone();
             tokio::spawn(async move {
+                // Whatever happens below, the listener is let go in the end.
+                let _drained = drained.drop_guard();
                 signalled.cancelled().await;
                 // A session has no natural end to wait for: end them at once, with the runs'
                 // drain.
@@ -172,12 +177,13 @@ impl Bridge {
         };
         let streams = self.state.clone();
         let app = api::router(self.state);
-        let on_signal = signalled.clone();
+        let (on_signal, on_drained) = (signalled.clone(), drained.clone());
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 tracing::info!("shutting down: draining runs in progress");
                 on_signal.cancel();
+                on_drained.cancelled().await;
                 streams.begin_shutdown();
             })
             .await;

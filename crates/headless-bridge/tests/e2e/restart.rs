@@ -46,6 +46,45 @@ async fn a_run_cut_short_by_shutdown_is_recorded_as_interrupted() {
 }
 
 #[tokio::test]
+async fn while_runs_drain_the_api_refuses_new_ones_and_serves_the_rest() {
+    let model = Model::start(Behavior::Hang).await;
+    let mut bridge = BridgeBuilder::new()
+        .codex_dir(model.codex_dir.path())
+        .var("HB_SHUTDOWN_GRACE", "600")
+        .start()
+        .await;
+    let request = json!({"adapter": "codex", "prompt": "hang"});
+    let (_, run) = bridge.post("/v1/runs", &request).await;
+    let id = run["id"].as_str().unwrap().to_owned();
+    model.fake.wait_for_requests(1).await;
+
+    bridge.begin_stop();
+    // The drain has begun once submissions are refused.
+    let refused = loop {
+        let (status, body) = bridge.post("/v1/runs", &request).await;
+        if status != 202 {
+            break (status, body);
+        }
+        let id = body["id"].as_str().unwrap();
+        bridge
+            .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+    };
+    assert_eq!(
+        (refused.0.as_u16(), refused.1["error"]["code"].as_str()),
+        (503, Some("shutting_down"))
+    );
+    let (status, going) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!((status.as_u16(), &going["state"]), (200, &json!("running")));
+    // Cancelling the last run ends the drain, long before its grace period.
+    let (_, cancelled) = bridge
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancelled["outcome"], "cancelled");
+    bridge.stopped().await;
+}
+
+#[tokio::test]
 async fn after_a_kill_9_the_restarted_bridge_records_the_run_and_kills_what_it_left() {
     use headless_bridge::run::supervisor::{RUN_MARKER, processes_with_env};
 

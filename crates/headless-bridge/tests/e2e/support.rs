@@ -222,6 +222,20 @@ impl TestBridge {
         (status, response.bytes().await.expect("a body").to_vec())
     }
 
+    /// Sends the stop signal (as SIGTERM would) without waiting: the bridge drains its runs.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until the server has stopped, after [`TestBridge::begin_stop`].
+    pub async fn stopped(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.await.expect("the server task ends cleanly");
+        }
+    }
+
     /// The data directory, while the bridge runs.
     pub fn data_dir(&self) -> &Path {
         self.data_dir.as_ref().expect("held until stop").path()

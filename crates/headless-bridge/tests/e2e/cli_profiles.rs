@@ -159,6 +159,46 @@ async fn a_failing_cli_reports_its_exit_code() {
     );
 }
 
+/// Regression: under the run shim (the default) a missing CLI ended as `cli_error` with the
+/// shim's own words, not as `cli_not_found` with the hint on how to fix it.
+#[tokio::test]
+async fn a_missing_cli_under_the_shim_is_cli_not_found() {
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("missing.toml"),
+        "description = \"not installed\"\nexecutable = \"/nonexistent/cli\"\nargs = []\n",
+    )
+    .unwrap();
+    sh_profile(
+        profiles.path(),
+        "exits127",
+        "echo 'sh: 1: frob: not found' >&2; exit 127",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let missing = run(&bridge, "missing", "x").await;
+    assert_eq!(
+        (&missing["outcome"], &missing["reason"]),
+        (&json!("failed"), &json!("cli_not_found")),
+        "{missing}"
+    );
+    let message = missing["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("failed to start /nonexistent/cli: No such file or directory")
+            && message.contains("install it"),
+        "{message}"
+    );
+
+    // A CLI that ran and exited 127 itself is not one that could not be started.
+    let exited = run(&bridge, "exits127", "x").await;
+    assert_eq!(
+        (&exited["reason"], &exited["exit_code"]),
+        (&json!("cli_error"), &json!(127)),
+        "{exited}"
+    );
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_runs_are_all_recorded_and_leave_nothing_behind() {
     let profiles = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use headless_bridge::run::supervisor::{RUN_MARKER, processes_with_env};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::support::{BridgeBuilder, BridgeProcess, TestBridge};
+use crate::support::{BridgeBuilder, BridgeProcess, TestBridge, traversable_data_dir};
 
 /// A profile running `script` with /bin/sh; the prompt is its `$1`.
 fn sh_profile(dir: &Path, name: &str, script: &str, extra: &str) {
@@ -197,6 +197,36 @@ async fn a_missing_cli_under_the_shim_is_cli_not_found() {
         (&json!("cli_error"), &json!(127)),
         "{exited}"
     );
+}
+
+/// Regression: a root bridge (umask 077) made a missing HB_DATA_DIR 0700, and every run as
+/// another user then failed as `workspace_error`.
+#[tokio::test]
+async fn a_data_dir_the_bridge_creates_lets_a_cli_run_as_another_user_through() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "switching users needs root (CI and the development machines run as root)"
+    );
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "nobody",
+        "echo \"$(id -u) $(stat -c '%a %u' \"$HOME/..\")\"",
+        "run_as = { uid = 65534, gid = 65534 }\n",
+    );
+    let parent = traversable_data_dir();
+    let data_dir = parent.path().join("not-yet/data");
+    let bridge =
+        BridgeProcess::start_with(&data_dir, &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+
+    let run = run(&bridge.client(), "nobody", "x").await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(
+        run["output"], "65534 700 65534\n",
+        "the CLI's user passes through, and its workspace stays its own"
+    );
+    bridge.stop_and_read_log().await;
 }
 
 #[tokio::test]

@@ -102,6 +102,30 @@ impl JsonObject {
     }
 }
 
+/// Refuses a field of `object` that is not in `allowed`, naming it and listing those there
+/// are: a misspelt optional field would otherwise be ignored without a word. `within` names
+/// the object when it is nested in the body (`repo`, `tools[0]`).
+pub fn only_fields(
+    object: &Map<String, Value>,
+    within: Option<&str>,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) else {
+        return Ok(());
+    };
+    let (field, of) = match within {
+        Some(parent) => (format!("{parent}.{unknown}"), format!("`{parent}`")),
+        None => (unknown.clone(), "this request".to_owned()),
+    };
+    Err(ApiError::bad_request(
+        "unknown_field",
+        format!(
+            "`{field}` is not a field of {of}; these are: {}",
+            allowed.join(", ")
+        ),
+    ))
+}
+
 /// Reads an optional string field of `object`.
 pub fn optional_string(
     object: &Map<String, Value>,

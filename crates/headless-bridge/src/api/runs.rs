@@ -347,8 +347,27 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(format!("key:{key}")))
 }
 
+/// The fields of a run request (see [`SubmitRunRequest`]).
+const RUN_FIELDS: &[&str] = &[
+    "adapter",
+    "prompt",
+    "repo",
+    "tools",
+    "artifacts",
+    "credential",
+    "timeout_s",
+    "idle_timeout_s",
+    "contract_id",
+    "callback_url",
+];
+/// The fields of a run request's `repo` (see [`super::schema::RepoRequest`]).
+const REPO_FIELDS: &[&str] = &["url", "ref", "submodules"];
+/// The fields of each of a run request's `tools` (see [`super::schema::ToolRequest`]).
+const TOOL_FIELDS: &[&str] = &["name", "url", "sha256", "mirrors", "archive_path"];
+
 /// Checks a run request and turns it into a spec; every problem is a 4xx before any work.
 pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
+    body::only_fields(&body.0, None, RUN_FIELDS)?;
     let known = state.engine.adapters().names().join(", ");
     let adapter = body.string("adapter", 64, &format!("the CLI to run, one of: {known}"))?;
     if state.engine.adapters().get(&adapter).is_none() {
@@ -481,6 +500,7 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
 }
 
 async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<RepoSpec, ApiError> {
+    body::only_fields(repo, Some("repo"), REPO_FIELDS)?;
     let url = body::optional_string(repo, "url", MAX_URL)?.ok_or_else(|| {
         ApiError::bad_request(
             "missing_field",
@@ -535,6 +555,7 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
                 format!("`tools[{i}]` must be an object {{name, url, sha256}}"),
             ));
         };
+        body::only_fields(tool, Some(&format!("tools[{i}]")), TOOL_FIELDS)?;
         let field = |name: &str| format!("tools[{i}].{name}");
         let required = |name: &str, max: usize| {
             body::optional_string(tool, name, max)?.ok_or_else(|| {

@@ -22,6 +22,7 @@ use super::error::{ApiError, ErrorBody};
 use super::schema::{AdapterList, RunPage, SubmitRunRequest};
 use crate::adapter::{Adapter, CODEX, codex, health};
 use crate::git;
+use crate::policy::UrlPolicy;
 use crate::run::engine::{CancelError, Submitted};
 use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, RunState, ToolSpec};
 use crate::store::RunFilter;
@@ -368,6 +369,8 @@ const TOOL_FIELDS: &[&str] = &["name", "url", "sha256", "mirrors", "archive_path
 /// Checks a run request and turns it into a spec; every problem is a 4xx before any work.
 pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
     body::only_fields(&body.0, None, RUN_FIELDS)?;
+    let policy = state.engine.policy();
+    let mut urls = body::UrlChecks::default();
     let known = state.engine.adapters().names().join(", ");
     let adapter = body.string("adapter", 64, &format!("the CLI to run, one of: {known}"))?;
     if state.engine.adapters().get(&adapter).is_none() {
@@ -435,7 +438,7 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
             ));
         }
         Some(url) => {
-            body::url(state.engine.policy(), "callback_url", &url).await?;
+            urls.syntax(policy, "callback_url", &url)?;
             Some(url)
         }
         None => None,
@@ -443,7 +446,7 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
 
     let repo = match body.0.get("repo") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(repo)) => Some(validate_repo(state, repo).await?),
+        Some(Value::Object(repo)) => Some(validate_repo(policy, repo, &mut urls)?),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_field",
@@ -453,7 +456,7 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
     };
     let tools = match body.0.get("tools") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => validate_tools(state, items).await?,
+        Some(Value::Array(items)) => validate_tools(policy, items, &mut urls)?,
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_field",
@@ -479,6 +482,9 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
             ));
         }
     }
+    // Last, as they may resolve names: every other mistake is reported first.
+    urls.hosts(policy).await?;
+
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let prompt = if adapter == CODEX {
         codex::run_prompt(&prompt, &names)
@@ -499,7 +505,11 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
     })
 }
 
-async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<RepoSpec, ApiError> {
+fn validate_repo(
+    policy: &UrlPolicy,
+    repo: &Map<String, Value>,
+    urls: &mut body::UrlChecks,
+) -> Result<RepoSpec, ApiError> {
     body::only_fields(repo, Some("repo"), REPO_FIELDS)?;
     let url = body::optional_string(repo, "url", MAX_URL)?.ok_or_else(|| {
         ApiError::bad_request(
@@ -507,12 +517,7 @@ async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<Re
             "`repo.url` is required: the https URL to clone",
         )
     })?;
-    state
-        .engine
-        .policy()
-        .check_repo(&url)
-        .await
-        .map_err(|e| ApiError::bad_request(e.code(), format!("`repo.url` {e}")))?;
+    urls.repo_syntax(policy, "repo.url", &url)?;
     let git_ref = body::optional_string(repo, "ref", 255)?;
     if let Some(name) = &git_ref {
         git::check_ref_name(name).map_err(|why| {
@@ -539,7 +544,11 @@ async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<Re
     })
 }
 
-async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpec>, ApiError> {
+fn validate_tools(
+    policy: &UrlPolicy,
+    items: &[Value],
+    urls: &mut body::UrlChecks,
+) -> Result<Vec<ToolSpec>, ApiError> {
     if items.len() > MAX_TOOLS {
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -573,9 +582,9 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
             ));
         }
         let url = required("url", MAX_URL)?;
-        body::url(state.engine.policy(), &field("url"), &url).await?;
+        urls.syntax(policy, &field("url"), &url)?;
         let sha256 = body::digest(&field("sha256"), &required("sha256", 320)?)?;
-        let mirrors = validate_mirrors(state, tool, &field("mirrors")).await?;
+        let mirrors = validate_mirrors(policy, tool, &field("mirrors"), urls)?;
         let archive_path = body::optional_string(tool, "archive_path", 512)?;
         if let Some(path) = &archive_path {
             crate::artifacts::check_declared(path).map_err(|why| {
@@ -600,10 +609,11 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
 /// limit, so a long list only delays the verdict.
 const MAX_MIRRORS: usize = 8;
 
-async fn validate_mirrors(
-    state: &AppState,
+fn validate_mirrors(
+    policy: &UrlPolicy,
     tool: &Map<String, Value>,
     field: &str,
+    urls: &mut body::UrlChecks,
 ) -> Result<Vec<String>, ApiError> {
     let items = match tool.get("mirrors") {
         None | Some(Value::Null) => return Ok(Vec::new()),
@@ -624,7 +634,7 @@ async fn validate_mirrors(
                 format!("`{name}` must be a URL of at most {MAX_URL} bytes"),
             ));
         };
-        body::url(state.engine.policy(), &name, url).await?;
+        urls.syntax(policy, &name, url)?;
         mirrors.push(url.to_owned());
     }
     Ok(mirrors)

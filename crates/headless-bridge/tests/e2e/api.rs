@@ -265,6 +265,38 @@ async fn the_run_api_refuses_bad_requests_with_a_code() {
     assert_no_runs(&bridge).await;
 }
 
+/// Regression: the host of a URL was resolved before the rest of the request was read, so a
+/// request with a public host and a malformed digest or ref was refused for the DNS answer
+/// (`url_host_unresolvable` off-line) instead of its own mistake.
+#[tokio::test]
+async fn syntax_errors_are_reported_before_any_host_lookup() {
+    let bridge = BridgeBuilder::new().start().await;
+    let cases = [
+        (
+            json!({"adapter": "codex", "prompt": "p",
+                   "tools": [{"name": "ak", "url": "https://tools.example.com/ak", "sha256": "abc"}]}),
+            "invalid_checksum_format",
+        ),
+        (
+            json!({"adapter": "codex", "prompt": "p",
+                   "repo": {"url": "https://github.com/a/b", "ref": "a..b"}}),
+            "invalid_ref",
+        ),
+        (
+            json!({"adapter": "codex", "prompt": "p",
+                   "repo": {"url": "https://github.com/a/b"},
+                   "tools": [{"name": "-ak", "url": "https://tools.example.com/ak", "sha256": HASH}]}),
+            "invalid_tool_name",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, answer) = bridge.post("/v1/runs", &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+    }
+    assert_no_runs(&bridge).await;
+}
+
 /// Regression: unknown fields were ignored, so `repo_url` (the original API's name) started a
 /// run with no repository, and a misspelt `promt` was reported only as `prompt` missing.
 #[tokio::test]

@@ -253,20 +253,24 @@ pub async fn list(
             )
         })?),
     };
+    // One more than the page holds, to know whether a run follows it: a full page alone
+    // does not say so.
     let filter = RunFilter {
         state: run_state,
         adapter: query.adapter,
         contract_id: query.contract_id,
         before,
-        limit,
+        limit: limit + 1,
     };
-    let runs = state
+    let mut runs = state
         .engine
         .store()
         .list(filter)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let next_cursor = (runs.len() == limit)
+    let more = runs.len() > limit;
+    runs.truncate(limit);
+    let next_cursor = more
         .then(|| runs.last().map(|r| r.id.to_string()))
         .flatten();
     Ok(Json(
@@ -334,11 +338,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // A header value may hold tabs (RFC 9110, field-value), which are not visible.
     let key = value
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255);
+        .filter(|k| !k.is_empty() && k.len() <= 255 && !k.contains('\t'));
     let key = key.ok_or_else(|| {
         ApiError::bad_request(
             "invalid_idempotency_key",
@@ -673,4 +678,33 @@ fn check_tool_name(name: &str) -> Result<(), &'static str> {
         return Err("must be letters, digits, '.', '_' or '-', not starting with '.' or '-'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(value: &str) -> Result<Option<String>, ApiError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "idempotency-key",
+            HeaderValue::from_str(value).expect("a valid header value"),
+        );
+        idempotency_key(&headers)
+    }
+
+    #[test]
+    fn an_idempotency_key_is_visible_characters() {
+        assert_eq!(key(" job-7 ").unwrap().as_deref(), Some("key:job-7"));
+        assert!(key("").is_err());
+        assert!(key(&"k".repeat(256)).is_err());
+    }
+
+    /// Regression: a key with a tab inside was accepted, though the answer to a bad key says
+    /// "visible characters".
+    #[test]
+    fn an_idempotency_key_with_a_tab_is_refused() {
+        let err = key("job\t7").unwrap_err();
+        assert_eq!(err.code, "invalid_idempotency_key");
+    }
 }

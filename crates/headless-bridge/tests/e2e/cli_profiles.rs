@@ -229,6 +229,45 @@ async fn a_data_dir_the_bridge_creates_lets_a_cli_run_as_another_user_through() 
     bridge.stop_and_read_log().await;
 }
 
+/// Regression: a `Last-Event-ID` above i64::MAX wrapped around and replayed every event.
+#[tokio::test]
+async fn a_last_event_id_past_the_end_replays_nothing() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "echo", "echo \"$1\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+    let run = run(&bridge, "echo", "x").await;
+    let path = format!("/v1/runs/{}/events", run["id"].as_str().unwrap());
+    assert!(!bridge.sse(&path, None).await.is_empty());
+
+    for past_the_end in [99_999, 1 << 63, u64::MAX] {
+        let replayed = bridge.sse(&path, Some(past_the_end)).await;
+        assert_eq!(replayed.len(), 0, "after {past_the_end}: {replayed:?}");
+    }
+}
+
+/// Regression: a full page offered a `next_cursor` even when no run followed it.
+#[tokio::test]
+async fn a_page_of_runs_offers_a_cursor_only_when_more_follow() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "echo", "echo \"$1\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+    for prompt in ["a", "b"] {
+        run(&bridge, "echo", prompt).await;
+    }
+
+    let (_, exact) = bridge.get("/v1/runs?limit=2").await;
+    assert_eq!(exact["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(exact["next_cursor"], Value::Null, "{exact}");
+
+    let (_, first) = bridge.get("/v1/runs?limit=1").await;
+    let cursor = first["next_cursor"].as_str().expect("a run follows");
+    let (_, last) = bridge
+        .get(&format!("/v1/runs?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(last["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(last["next_cursor"], Value::Null, "{last}");
+}
+
 #[tokio::test]
 async fn two_hundred_concurrent_runs_are_all_recorded_and_leave_nothing_behind() {
     let profiles = tempfile::tempdir().unwrap();

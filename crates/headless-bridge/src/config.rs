@@ -470,7 +470,12 @@ impl RawConfig {
 
     /// Parses and checks the merged settings.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let listen = self.parse("listen", DEFAULT_LISTEN, |v| v.parse::<SocketAddr>().ok())?;
+        let listen = self.address(
+            "listen",
+            DEFAULT_LISTEN,
+            "an IP address and port, such as 127.0.0.1:8080 or 0.0.0.0:8080",
+            |v| v.parse::<SocketAddr>().ok(),
+        )?;
         let api_tokens = self.api_tokens()?;
         if api_tokens.is_empty() && !listen.ip().is_loopback() {
             return Err(ConfigError::new(
@@ -483,7 +488,12 @@ impl RawConfig {
             ));
         }
 
-        let metrics_listen = self.parse("metrics_listen", "off", parse_optional_address)?;
+        let metrics_listen = self.address(
+            "metrics_listen",
+            "off",
+            "`off`, or an IP address and port, such as 127.0.0.1:9090",
+            parse_optional_address,
+        )?;
         if let Some(metrics) = metrics_listen
             && shares_port(metrics, listen)
         {
@@ -741,6 +751,21 @@ impl RawConfig {
             .map(|(v, _)| v.as_str())
             .unwrap_or(default);
         parse(text.trim()).ok_or_else(|| self.error(key, format!("cannot use `{text}`")))
+    }
+
+    /// A listening address. Host names are not resolved (`localhost` may name more than one
+    /// address, or another one than meant), so the message says what is expected.
+    fn address<T>(
+        &self,
+        key: &str,
+        default: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        self.parse(key, default, parse).map_err(|_| {
+            let text = self.values.get(key).map_or(default, |(v, _)| v.as_str());
+            self.error(key, format!("cannot use `{text}`: expected {expected}"))
+        })
     }
 
     fn seconds(&self, key: &str, default: u64) -> Result<Duration, ConfigError> {
@@ -1112,6 +1137,24 @@ mod tests {
         assert!(
             !err.contains("secret"),
             "the message must not echo a token: {err}"
+        );
+    }
+
+    /// Regression: `HB_LISTEN=localhost` was refused as "cannot use `localhost`", with no word
+    /// of what would do.
+    #[rstest]
+    #[case::listen_name("HB_LISTEN", "localhost", "127.0.0.1:8080")]
+    #[case::listen_without_port("HB_LISTEN", "127.0.0.1", "127.0.0.1:8080")]
+    #[case::metrics_name("HB_METRICS_LISTEN", "localhost:9090", "127.0.0.1:9090")]
+    fn a_listen_address_that_is_not_ip_and_port_says_what_is_expected(
+        #[case] name: &str,
+        #[case] value: &str,
+        #[case] example: &str,
+    ) {
+        let err = from_env(&[(name, value)]).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("cannot use `{value}`: expected")) && err.contains(example),
+            "{err}"
         );
     }
 

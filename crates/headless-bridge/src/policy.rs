@@ -38,6 +38,11 @@ pub enum UrlError {
     Scheme(String),
     #[error("uses plain http for host `{0}`, which is not in HB_ALLOWED_HOSTS: use https")]
     PlainHttp(String),
+    #[error(
+        "uses plain http for host `{0}`, a loopback or private address: an operator must list \
+         the host in HB_ALLOWED_HOSTS to allow it"
+    )]
+    PlainHttpLocal(String),
     #[error("carries a user name or password: give credentials another way, never in the URL")]
     Credentials,
     #[error("has no host")]
@@ -59,9 +64,10 @@ impl UrlError {
     /// The stable error code an API client can branch on.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NonPublicAddress { .. } | Self::PlainHttp(_) | Self::SshHost(_) => {
-                "url_not_allowed"
-            }
+            Self::NonPublicAddress { .. }
+            | Self::PlainHttp(_)
+            | Self::PlainHttpLocal(_)
+            | Self::SshHost(_) => "url_not_allowed",
             Self::Unresolvable(_) => "url_host_unresolvable",
             Self::Credentials => "url_has_credentials",
             _ => "invalid_url",
@@ -88,20 +94,26 @@ impl UrlPolicy {
     /// Checks `raw` and returns it parsed. Resolves the host name unless it is allowed.
     pub async fn check(&self, raw: &str) -> Result<Url, UrlError> {
         let url = self.check_syntax(raw)?;
+        self.check_addresses(&url).await?;
+        Ok(url)
+    }
+
+    /// The check that may need the network, for a URL [`UrlPolicy::check_syntax`] or
+    /// [`UrlPolicy::check_repo_syntax`] accepted: every address its host resolves to is
+    /// public, unless the operator allowed the host (as every ssh host is).
+    pub async fn check_addresses(&self, url: &Url) -> Result<(), UrlError> {
         let host = url.host().ok_or(UrlError::NoHost)?;
         if self.is_allowed(&host) {
-            return Ok(url);
+            return Ok(());
         }
-
         let addrs = resolve(&host, url.port_or_known_default().unwrap_or(443)).await?;
-        let host_text = host.to_string();
         if let Some(addr) = addrs.into_iter().find(|a| !is_public(*a)) {
             return Err(UrlError::NonPublicAddress {
-                host: host_text,
+                host: host.to_string(),
                 addr,
             });
         }
-        Ok(url)
+        Ok(())
     }
 
     /// The addresses a program that resolves names itself (git) must connect to for `url`,
@@ -135,11 +147,18 @@ impl UrlPolicy {
     /// `ssh://[user@]host[:port]/path` when the operator listed the host. An ssh user name is
     /// not a secret (it is `git` on every code host); a password is refused.
     pub async fn check_repo(&self, raw: &str) -> Result<Url, UrlError> {
+        let url = self.check_repo_syntax(raw)?;
+        self.check_addresses(&url).await?;
+        Ok(url)
+    }
+
+    /// The checks of [`UrlPolicy::check_repo`] that need no network.
+    pub fn check_repo_syntax(&self, raw: &str) -> Result<Url, UrlError> {
         if !raw
             .get(..6)
             .is_some_and(|s| s.eq_ignore_ascii_case("ssh://"))
         {
-            return self.check(raw).await;
+            return self.check_syntax(raw);
         }
         check_shape(raw)?;
         let url = Url::parse(raw).map_err(|e| UrlError::Malformed(e.to_string()))?;
@@ -173,7 +192,13 @@ impl UrlPolicy {
             return Err(UrlError::Malformed("port 0 names no service".into()));
         }
         if url.scheme() == "http" && !self.is_allowed(&host) {
-            return Err(UrlError::PlainHttp(host.to_string()));
+            // Over https such a host would be refused next for its address, so "use https"
+            // would send the caller round in a circle.
+            return Err(if is_local(&host) {
+                UrlError::PlainHttpLocal(host.to_string())
+            } else {
+                UrlError::PlainHttp(host.to_string())
+            });
         }
         Ok(url)
     }
@@ -201,6 +226,19 @@ fn check_shape(raw: &str) -> Result<(), UrlError> {
         return Err(UrlError::ControlCharacters);
     }
     Ok(())
+}
+
+/// A host that is not public by its name alone: a loopback, private or otherwise reserved IP
+/// literal, or `localhost` and the names below it (RFC 6761, section 6.3).
+fn is_local(host: &Host<&str>) -> bool {
+    match host {
+        Host::Ipv4(ip) => !is_public(IpAddr::V4(*ip)),
+        Host::Ipv6(ip) => !is_public(IpAddr::V6(*ip)),
+        Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
 }
 
 /// Lowercases a host and drops the brackets of an IPv6 literal, so `[::1]` matches `::1`.
@@ -392,6 +430,33 @@ mod tests {
         let url: Url = "https://localhost/r.git".parse().expect("a URL");
         let err = policy().pin(&url).await.expect_err("refused");
         assert_eq!(err.code(), "url_not_allowed");
+    }
+
+    /// Regression: plain http to a loopback host said "use https", which would then be
+    /// refused for the address.
+    #[rstest]
+    #[case::loopback("http://127.0.0.2:8080/r.git")]
+    #[case::private("http://10.1.2.3/tool")]
+    #[case::ipv6_loopback("http://[::2]/tool")]
+    #[case::localhost("http://localhost:9000/tool")]
+    #[case::below_localhost("http://git.localhost/r.git")]
+    fn plain_http_to_a_local_host_asks_for_the_allowed_list(#[case] raw: &str) {
+        let err = policy().check_syntax(raw).expect_err("refused");
+        assert_eq!(err.code(), "url_not_allowed");
+        let message = err.to_string();
+        assert!(
+            message.contains("an operator must list the host in HB_ALLOWED_HOSTS")
+                && !message.contains("use https"),
+            "{raw}: {message}"
+        );
+    }
+
+    #[test]
+    fn plain_http_to_a_public_host_asks_for_https() {
+        let err = policy()
+            .check_syntax("http://93.184.215.14/tool")
+            .expect_err("refused");
+        assert!(err.to_string().ends_with("use https"), "{err}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,10 +77,15 @@ impl Bridge {
     /// Opens the data directory and the run store, and cleans up after a previous process.
     pub async fn open(config: Config) -> Result<Self, ServeError> {
         let data_dir = &config.data_dir;
-        for dir in [data_dir.clone(), data_dir.join("logs")] {
-            std::fs::create_dir_all(&dir)
-                .map_err(|source| ServeError::DataDir { path: dir, source })?;
-        }
+        // Only root can start a CLI as another user (Claude Code runs as nobody then).
+        let others_pass = nix::unistd::geteuid().is_root();
+        create_data_dir(data_dir, others_pass).map_err(|source| ServeError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let logs = data_dir.join("logs");
+        std::fs::create_dir_all(&logs)
+            .map_err(|source| ServeError::DataDir { path: logs, source })?;
         let lock = lock_data_dir(data_dir)?;
         let store = Store::open(&data_dir.join("runs.sqlite3"))?;
         let interrupted = store.interrupt_unfinished().await?;
@@ -245,6 +250,27 @@ fn lock_data_dir(data_dir: &Path) -> Result<Flock<File>, ServeError> {
     })
 }
 
+/// Creates the data directory and whichever of its parents are missing. A CLI started as
+/// another user must pass through every directory above its workspace, so when
+/// `others_pass`, the directories made here are 0711 (others may search them, not list
+/// them) rather than the 0700 the bridge's umask would leave. Directories that existed
+/// already are the operator's and keep their mode.
+fn create_data_dir(dir: &Path, others_pass: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_owned)
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    if others_pass {
+        for made in missing {
+            std::fs::set_permissions(made, std::fs::Permissions::from_mode(0o711))?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes the directory of workspaces, passable but not listable by others (0711): a CLI that
 /// runs as another user must reach its own workspace through it, and the bridge's umask would
 /// make it 0700.
@@ -262,5 +288,45 @@ fn remove_children(dir: &Path) {
         if let Err(e) = crate::workspace::remove_tree(&entry.path()) {
             tracing::warn!(error = %e, path = %entry.path().display(), "failed to remove a stale workspace");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    /// Regression: a root bridge made its data directory 0700, which no run started as
+    /// another user could pass through.
+    #[test]
+    fn a_data_dir_the_bridge_makes_lets_others_pass_but_not_list() {
+        let existing = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(existing.path(), std::fs::Permissions::from_mode(0o750))
+            .expect("chmod");
+        let data_dir = existing.path().join("state/bridge");
+
+        create_data_dir(&data_dir, true).expect("created");
+
+        assert_eq!(mode(&data_dir), 0o711);
+        assert_eq!(mode(data_dir.parent().unwrap()), 0o711);
+        assert_eq!(
+            mode(existing.path()),
+            0o750,
+            "an existing parent is left alone"
+        );
+    }
+
+    #[test]
+    fn an_existing_data_dir_keeps_its_mode() {
+        let data_dir = tempfile::tempdir().expect("a temp dir");
+        std::fs::set_permissions(data_dir.path(), std::fs::Permissions::from_mode(0o750))
+            .expect("chmod");
+        create_data_dir(data_dir.path(), true).expect("exists");
+        assert_eq!(mode(data_dir.path()), 0o750);
     }
 }

@@ -224,7 +224,10 @@ impl Store {
                 let mut stmt = conn.prepare_cached(
                     "SELECT seq, at, kind, data FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )?;
-                let rows = stmt.query_map(params![run, after as i64, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                // Past i64::MAX is past every event: it must not wrap to a negative number,
+                // which would replay the whole log.
+                let after = i64::try_from(after).unwrap_or(i64::MAX);
+                let rows = stmt.query_map(params![run, after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
                 Ok(rows.collect::<Result<_, _>>()?)
             })
             .await?;

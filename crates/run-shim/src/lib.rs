@@ -37,8 +37,12 @@ use signal_hook::consts::{
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How long the shim keeps killing stragglers before it gives up on them.
 const CLEANUP_PATIENCE: Duration = Duration::from_secs(5);
-/// What shells report for a command that could not be run.
-const NOT_STARTED: i32 = 127;
+/// The exit status of a shim that could not start its CLI: what shells report for a command
+/// they could not run. A CLI may well exit with it itself, so it tells nothing alone: the shim
+/// also prints a [`NotStarted`] line on stderr, which a CLI that ran would not have printed.
+pub const NOT_STARTED: i32 = 127;
+/// How the shim's line about a CLI it could not start begins; the errno follows.
+const NOT_STARTED_PREFIX: &str = "headless-bridge shim: cli not started: errno ";
 
 /// How the shim runs its CLI.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,6 +54,61 @@ pub struct Options {
     pub tty: bool,
     /// The user and group to start the CLI as.
     pub run_as: Option<(u32, u32)>,
+}
+
+/// The shim could not start its CLI (exec failed, or the switch to the run's user did).
+///
+/// The shim says so on stderr as the last line it prints, in a form [`NotStarted::parse`]
+/// reads back, and exits with [`NOT_STARTED`]:
+///
+/// `headless-bridge shim: cli not started: errno 2: failed to start codex: No such file or
+/// directory (os error 2)`
+///
+/// That lets whoever started the shim report the failure as it would a CLI it failed to start
+/// itself, with the OS error, instead of as a CLI that ran and failed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotStarted {
+    /// The OS error of the failed start (EINVAL for a command line the OS was never given,
+    /// such as an argument with a NUL byte).
+    pub errno: i32,
+    /// The rest of the line: what failed, in words.
+    pub message: String,
+}
+
+impl NotStarted {
+    /// Describes the failed start of `program`.
+    pub fn new(program: &std::ffi::OsStr, err: &std::io::Error) -> Self {
+        Self {
+            errno: err.raw_os_error().unwrap_or(Errno::EINVAL as i32),
+            message: format!("failed to start {}: {err}", program.to_string_lossy()),
+        }
+    }
+
+    /// Reads the line back from a shim's stderr, given its exit status. Only the last line
+    /// counts and only with [`NOT_STARTED`]: nothing runs after the shim prints it, while a
+    /// CLI that ran and exited 127 printed whatever it printed before that.
+    pub fn parse(exit_code: i32, stderr: &str) -> Option<Self> {
+        if exit_code != NOT_STARTED {
+            return None;
+        }
+        let last = stderr.lines().rev().find(|line| !line.trim().is_empty())?;
+        let (errno, message) = last.strip_prefix(NOT_STARTED_PREFIX)?.split_once(": ")?;
+        Some(Self {
+            errno: errno.parse().ok()?,
+            message: message.to_owned(),
+        })
+    }
+
+    /// The OS error of the failed start, as the shim saw it.
+    pub fn io_error(&self) -> std::io::Error {
+        std::io::Error::from_raw_os_error(self.errno)
+    }
+}
+
+impl std::fmt::Display for NotStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{NOT_STARTED_PREFIX}{}: {}", self.errno, self.message)
+    }
 }
 
 /// Why the shim's arguments were refused.
@@ -147,10 +206,7 @@ fn supervise(program: OsString, args: Vec<OsString>, options: Options) -> i32 {
     let cli = match command.spawn() {
         Ok(child) => Pid::from_raw(child.id() as i32),
         Err(e) => {
-            eprintln!(
-                "headless-bridge shim: failed to start {}: {e}",
-                program.to_string_lossy()
-            );
+            eprintln!("{}", NotStarted::new(&program, &e));
             return NOT_STARTED;
         }
     };
@@ -398,6 +454,38 @@ mod tests {
             parent_of(std::process::id() as i32),
             Some(std::os::unix::process::parent_id() as i32)
         );
+    }
+
+    #[test]
+    fn a_failed_start_is_read_back_from_the_last_stderr_line() {
+        let err = std::io::Error::from_raw_os_error(Errno::ENOENT as i32);
+        let line = NotStarted::new("codex".as_ref(), &err).to_string();
+        assert!(
+            line.ends_with("failed to start codex: No such file or directory (os error 2)"),
+            "{line}"
+        );
+
+        let stderr = format!("headless-bridge shim: failed to become a subreaper: x\n{line}\n");
+        let read = NotStarted::parse(NOT_STARTED, &stderr).expect("recognised");
+        assert_eq!(read.io_error().kind(), std::io::ErrorKind::NotFound);
+        assert_eq!(read, NotStarted::new("codex".as_ref(), &err));
+    }
+
+    /// A CLI that ran and exited 127 must not pass for one the shim could not start.
+    #[test]
+    fn a_cli_exiting_127_is_not_a_failed_start() {
+        let err = std::io::Error::from_raw_os_error(Errno::ENOENT as i32);
+        let line = NotStarted::new("codex".as_ref(), &err).to_string();
+        assert_eq!(
+            NotStarted::parse(NOT_STARTED, "sh: 1: frob: not found\n"),
+            None
+        );
+        assert_eq!(NotStarted::parse(NOT_STARTED, ""), None);
+        assert_eq!(
+            NotStarted::parse(NOT_STARTED, &format!("{line}\nmore\n")),
+            None
+        );
+        assert_eq!(NotStarted::parse(1, &line), None);
     }
 
     #[test]

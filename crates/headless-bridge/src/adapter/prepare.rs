@@ -38,6 +38,10 @@ pub enum PrepareError {
         "the CLI runs as uid {uid} but cannot pass through {dir}: make the data directory's parents traversable (chmod o+x) or move HB_DATA_DIR"
     )]
     Unreachable { dir: PathBuf, uid: u32 },
+    #[error(
+        "the CLI runs as uid {uid} but cannot pass through the data directory {dir}: make it traversable (chmod o+x; 0711 keeps it unlistable) or move HB_DATA_DIR"
+    )]
+    DataDirUnreachable { dir: PathBuf, uid: u32 },
     #[error("failed to prepare {path} in the run's workspace: {source}")]
     Workspace {
         path: PathBuf,
@@ -54,7 +58,9 @@ impl PrepareError {
                 ReasonCode::CredentialsMissing
             }
             Self::SecretUnreadable { .. } => ReasonCode::CredentialsInvalid,
-            Self::Workspace { .. } | Self::Unreachable { .. } => ReasonCode::WorkspaceError,
+            Self::Workspace { .. } | Self::Unreachable { .. } | Self::DataDirUnreachable { .. } => {
+                ReasonCode::WorkspaceError
+            }
         }
     }
 }
@@ -276,9 +282,15 @@ fn hand_over(dirs: &RunDirs, user: RunAs) -> Result<(), PrepareError> {
 }
 
 /// Every directory above the workspace must let others pass, or the CLI cannot reach its
-/// own directories; better to say so than to fail with a bare "permission denied".
+/// own directories; better to say so than to fail with a bare "permission denied". A
+/// workspace lives in `<data_dir>/workspaces/<id>`, so the data directory, when it is the one
+/// in the way, is named as such.
 fn check_reachable(root: &Path, user: RunAs) -> Result<(), PrepareError> {
     use std::os::unix::fs::MetadataExt as _;
+    let workspaces = root.parent();
+    let data_dir = workspaces
+        .filter(|dir| dir.file_name().is_some_and(|name| name == "workspaces"))
+        .and_then(Path::parent);
     for dir in root.ancestors().skip(1) {
         let meta = fs::metadata(dir).map_err(|source| PrepareError::Workspace {
             path: dir.to_owned(),
@@ -287,12 +299,15 @@ fn check_reachable(root: &Path, user: RunAs) -> Result<(), PrepareError> {
         let passable = meta.mode() & 0o001 != 0
             || (meta.uid() == user.uid && meta.mode() & 0o100 != 0)
             || (meta.gid() == user.gid && meta.mode() & 0o010 != 0);
-        if !passable {
-            return Err(PrepareError::Unreachable {
-                dir: dir.to_owned(),
-                uid: user.uid,
-            });
+        if passable {
+            continue;
         }
+        let (dir, uid) = (dir.to_owned(), user.uid);
+        return Err(if data_dir == Some(dir.as_path()) {
+            PrepareError::DataDirUnreachable { dir, uid }
+        } else {
+            PrepareError::Unreachable { dir, uid }
+        });
     }
     Ok(())
 }
@@ -347,6 +362,44 @@ mod tests {
             secrets.display()
         );
         Profile::parse("tool", "tool.toml", &text).unwrap()
+    }
+
+    /// Regression: a data directory of mode 0700 was reported as one of its parents, with
+    /// advice about the parents only.
+    #[test]
+    fn the_data_directory_is_named_when_it_is_what_blocks_another_user() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let chmod = |dir: &Path, mode| {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        let parent = tempfile::tempdir().unwrap();
+        let data_dir = parent.path().join("data");
+        let root = data_dir.join("workspaces/run-1");
+        fs::create_dir_all(&root).unwrap();
+        chmod(&data_dir.join("workspaces"), 0o711);
+        chmod(&data_dir, 0o700);
+        let nobody = RunAs {
+            uid: 65534,
+            gid: 65534,
+        };
+
+        let err = check_reachable(&root, nobody).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::DataDirUnreachable { dir, .. } if *dir == data_dir),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("through the data directory"),
+            "{err}"
+        );
+
+        chmod(&data_dir, 0o711);
+        chmod(parent.path(), 0o700);
+        let err = check_reachable(&root, nobody).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Unreachable { dir, .. } if dir == parent.path()),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -102,6 +102,30 @@ impl JsonObject {
     }
 }
 
+/// Refuses a field of `object` that is not in `allowed`, naming it and listing those there
+/// are: a misspelt optional field would otherwise be ignored without a word. `within` names
+/// the object when it is nested in the body (`repo`, `tools[0]`).
+pub fn only_fields(
+    object: &Map<String, Value>,
+    within: Option<&str>,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) else {
+        return Ok(());
+    };
+    let (field, of) = match within {
+        Some(parent) => (format!("{parent}.{unknown}"), format!("`{parent}`")),
+        None => (unknown.clone(), "this request".to_owned()),
+    };
+    Err(ApiError::bad_request(
+        "unknown_field",
+        format!(
+            "`{field}` is not a field of {of}; these are: {}",
+            allowed.join(", ")
+        ),
+    ))
+}
+
 /// Reads an optional string field of `object`.
 pub fn optional_string(
     object: &Map<String, Value>,
@@ -140,16 +164,62 @@ pub fn digest(field: &str, raw: &str) -> Result<Sha256Digest, ApiError> {
     })
 }
 
+/// The URL fields of a request whose syntax passed, waiting for the host checks, which may
+/// resolve names. Those run after every other check of the request, so a request hears of
+/// its syntax errors first, whatever the DNS says and without waiting for it.
+#[derive(Debug, Default)]
+pub struct UrlChecks(Vec<(String, url::Url)>);
+
+impl UrlChecks {
+    /// Checks the syntax of the URL field `field` now, and its host in [`UrlChecks::hosts`].
+    pub fn syntax(
+        &mut self,
+        policy: &crate::policy::UrlPolicy,
+        field: &str,
+        raw: &str,
+    ) -> Result<(), ApiError> {
+        let url = policy.check_syntax(raw).map_err(|e| url_error(field, &e))?;
+        self.0.push((field.to_owned(), url));
+        Ok(())
+    }
+
+    /// Like [`UrlChecks::syntax`], for a repository URL (which may use ssh).
+    pub fn repo_syntax(
+        &mut self,
+        policy: &crate::policy::UrlPolicy,
+        field: &str,
+        raw: &str,
+    ) -> Result<(), ApiError> {
+        let url = policy
+            .check_repo_syntax(raw)
+            .map_err(|e| url_error(field, &e))?;
+        self.0.push((field.to_owned(), url));
+        Ok(())
+    }
+
+    /// The host checks, in the order the fields were read.
+    pub async fn hosts(self, policy: &crate::policy::UrlPolicy) -> Result<(), ApiError> {
+        for (field, url) in self.0 {
+            policy
+                .check_addresses(&url)
+                .await
+                .map_err(|e| url_error(&field, &e))?;
+        }
+        Ok(())
+    }
+}
+
+fn url_error(field: &str, err: &crate::policy::UrlError) -> ApiError {
+    ApiError::bad_request(err.code(), format!("`{field}` {err}"))
+}
+
 /// Checks a URL field against the policy, with the field's name in the message.
 pub async fn url(
     policy: &crate::policy::UrlPolicy,
     field: &str,
     raw: &str,
 ) -> Result<url::Url, ApiError> {
-    policy
-        .check(raw)
-        .await
-        .map_err(|e| ApiError::bad_request(e.code(), format!("`{field}` {e}")))
+    policy.check(raw).await.map_err(|e| url_error(field, &e))
 }
 
 /// A query string, refused with a JSON error when it does not parse.

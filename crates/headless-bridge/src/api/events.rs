@@ -60,11 +60,7 @@ pub async fn events(
             format!("no run has id `{id}`"),
         ));
     }
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let after = last_event_id(&headers);
 
     let cursor = Cursor {
         store,
@@ -85,6 +81,24 @@ pub async fn events(
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// The event to resume after: `Last-Event-ID`, or 0 (the start) without one or with one that
+/// is not a number, as no id this bridge sends would be. A number too large for a `u64` is
+/// still past every event, so it resumes past the end rather than at the start.
+fn last_event_id(headers: &HeaderMap) -> u64 {
+    let Some(id) = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    else {
+        return 0;
+    };
+    match id.parse::<u64>() {
+        Ok(seq) => seq,
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => u64::MAX,
+        Err(_) => 0,
+    }
 }
 
 /// Where a subscriber is in a run's log.
@@ -146,4 +160,31 @@ fn to_sse(event: &RunEvent) -> Event {
         .id(event.seq.to_string())
         .event(event.kind.as_str())
         .data(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn after(id: &str) -> u64 {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "last-event-id",
+            HeaderValue::from_str(id).expect("a header"),
+        );
+        last_event_id(&headers)
+    }
+
+    #[test]
+    fn last_event_id_resumes_after_the_number_given() {
+        assert_eq!(last_event_id(&HeaderMap::new()), 0);
+        assert_eq!(after(" 3 "), 3);
+        assert_eq!(after("not-a-number"), 0);
+    }
+
+    #[test]
+    fn a_last_event_id_past_any_number_is_past_every_event() {
+        assert_eq!(after("18446744073709551615"), u64::MAX);
+        assert_eq!(after("99999999999999999999999"), u64::MAX);
+    }
 }

@@ -22,6 +22,7 @@ use super::error::{ApiError, ErrorBody};
 use super::schema::{AdapterList, RunPage, SubmitRunRequest};
 use crate::adapter::{Adapter, CODEX, codex, health};
 use crate::git;
+use crate::policy::UrlPolicy;
 use crate::run::engine::{CancelError, Submitted};
 use crate::run::{RepoSpec, RunId, RunRecord, RunSpec, RunState, ToolSpec};
 use crate::store::RunFilter;
@@ -252,20 +253,24 @@ pub async fn list(
             )
         })?),
     };
+    // One more than the page holds, to know whether a run follows it: a full page alone
+    // does not say so.
     let filter = RunFilter {
         state: run_state,
         adapter: query.adapter,
         contract_id: query.contract_id,
         before,
-        limit,
+        limit: limit + 1,
     };
-    let runs = state
+    let mut runs = state
         .engine
         .store()
         .list(filter)
         .await
         .map_err(|e| ApiError::internal(&e))?;
-    let next_cursor = (runs.len() == limit)
+    let more = runs.len() > limit;
+    runs.truncate(limit);
+    let next_cursor = more
         .then(|| runs.last().map(|r| r.id.to_string()))
         .flatten();
     Ok(Json(
@@ -333,11 +338,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // A header value may hold tabs (RFC 9110, field-value), which are not visible.
     let key = value
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 255);
+        .filter(|k| !k.is_empty() && k.len() <= 255 && !k.contains('\t'));
     let key = key.ok_or_else(|| {
         ApiError::bad_request(
             "invalid_idempotency_key",
@@ -347,8 +353,29 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(format!("key:{key}")))
 }
 
+/// The fields of a run request (see [`SubmitRunRequest`]).
+const RUN_FIELDS: &[&str] = &[
+    "adapter",
+    "prompt",
+    "repo",
+    "tools",
+    "artifacts",
+    "credential",
+    "timeout_s",
+    "idle_timeout_s",
+    "contract_id",
+    "callback_url",
+];
+/// The fields of a run request's `repo` (see [`super::schema::RepoRequest`]).
+const REPO_FIELDS: &[&str] = &["url", "ref", "submodules"];
+/// The fields of each of a run request's `tools` (see [`super::schema::ToolRequest`]).
+const TOOL_FIELDS: &[&str] = &["name", "url", "sha256", "mirrors", "archive_path"];
+
 /// Checks a run request and turns it into a spec; every problem is a 4xx before any work.
 pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunSpec, ApiError> {
+    body::only_fields(&body.0, None, RUN_FIELDS)?;
+    let policy = state.engine.policy();
+    let mut urls = body::UrlChecks::default();
     let known = state.engine.adapters().names().join(", ");
     let adapter = body.string("adapter", 64, &format!("the CLI to run, one of: {known}"))?;
     if state.engine.adapters().get(&adapter).is_none() {
@@ -416,7 +443,7 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
             ));
         }
         Some(url) => {
-            body::url(state.engine.policy(), "callback_url", &url).await?;
+            urls.syntax(policy, "callback_url", &url)?;
             Some(url)
         }
         None => None,
@@ -424,7 +451,7 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
 
     let repo = match body.0.get("repo") {
         None | Some(Value::Null) => None,
-        Some(Value::Object(repo)) => Some(validate_repo(state, repo).await?),
+        Some(Value::Object(repo)) => Some(validate_repo(policy, repo, &mut urls)?),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_field",
@@ -434,7 +461,7 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
     };
     let tools = match body.0.get("tools") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => validate_tools(state, items).await?,
+        Some(Value::Array(items)) => validate_tools(policy, items, &mut urls)?,
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_field",
@@ -460,6 +487,9 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
             ));
         }
     }
+    // Last, as they may resolve names: every other mistake is reported first.
+    urls.hosts(policy).await?;
+
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let prompt = if adapter == CODEX {
         codex::run_prompt(&prompt, &names)
@@ -480,19 +510,19 @@ pub(super) async fn validate(state: &AppState, body: &JsonObject) -> Result<RunS
     })
 }
 
-async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<RepoSpec, ApiError> {
+fn validate_repo(
+    policy: &UrlPolicy,
+    repo: &Map<String, Value>,
+    urls: &mut body::UrlChecks,
+) -> Result<RepoSpec, ApiError> {
+    body::only_fields(repo, Some("repo"), REPO_FIELDS)?;
     let url = body::optional_string(repo, "url", MAX_URL)?.ok_or_else(|| {
         ApiError::bad_request(
             "missing_field",
             "`repo.url` is required: the https URL to clone",
         )
     })?;
-    state
-        .engine
-        .policy()
-        .check_repo(&url)
-        .await
-        .map_err(|e| ApiError::bad_request(e.code(), format!("`repo.url` {e}")))?;
+    urls.repo_syntax(policy, "repo.url", &url)?;
     let git_ref = body::optional_string(repo, "ref", 255)?;
     if let Some(name) = &git_ref {
         git::check_ref_name(name).map_err(|why| {
@@ -519,7 +549,11 @@ async fn validate_repo(state: &AppState, repo: &Map<String, Value>) -> Result<Re
     })
 }
 
-async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpec>, ApiError> {
+fn validate_tools(
+    policy: &UrlPolicy,
+    items: &[Value],
+    urls: &mut body::UrlChecks,
+) -> Result<Vec<ToolSpec>, ApiError> {
     if items.len() > MAX_TOOLS {
         return Err(ApiError::bad_request(
             "invalid_field",
@@ -535,6 +569,7 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
                 format!("`tools[{i}]` must be an object {{name, url, sha256}}"),
             ));
         };
+        body::only_fields(tool, Some(&format!("tools[{i}]")), TOOL_FIELDS)?;
         let field = |name: &str| format!("tools[{i}].{name}");
         let required = |name: &str, max: usize| {
             body::optional_string(tool, name, max)?.ok_or_else(|| {
@@ -552,9 +587,9 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
             ));
         }
         let url = required("url", MAX_URL)?;
-        body::url(state.engine.policy(), &field("url"), &url).await?;
+        urls.syntax(policy, &field("url"), &url)?;
         let sha256 = body::digest(&field("sha256"), &required("sha256", 320)?)?;
-        let mirrors = validate_mirrors(state, tool, &field("mirrors")).await?;
+        let mirrors = validate_mirrors(policy, tool, &field("mirrors"), urls)?;
         let archive_path = body::optional_string(tool, "archive_path", 512)?;
         if let Some(path) = &archive_path {
             crate::artifacts::check_declared(path).map_err(|why| {
@@ -579,10 +614,11 @@ async fn validate_tools(state: &AppState, items: &[Value]) -> Result<Vec<ToolSpe
 /// limit, so a long list only delays the verdict.
 const MAX_MIRRORS: usize = 8;
 
-async fn validate_mirrors(
-    state: &AppState,
+fn validate_mirrors(
+    policy: &UrlPolicy,
     tool: &Map<String, Value>,
     field: &str,
+    urls: &mut body::UrlChecks,
 ) -> Result<Vec<String>, ApiError> {
     let items = match tool.get("mirrors") {
         None | Some(Value::Null) => return Ok(Vec::new()),
@@ -603,7 +639,7 @@ async fn validate_mirrors(
                 format!("`{name}` must be a URL of at most {MAX_URL} bytes"),
             ));
         };
-        body::url(state.engine.policy(), &name, url).await?;
+        urls.syntax(policy, &name, url)?;
         mirrors.push(url.to_owned());
     }
     Ok(mirrors)
@@ -642,4 +678,33 @@ fn check_tool_name(name: &str) -> Result<(), &'static str> {
         return Err("must be letters, digits, '.', '_' or '-', not starting with '.' or '-'");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(value: &str) -> Result<Option<String>, ApiError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "idempotency-key",
+            HeaderValue::from_str(value).expect("a valid header value"),
+        );
+        idempotency_key(&headers)
+    }
+
+    #[test]
+    fn an_idempotency_key_is_visible_characters() {
+        assert_eq!(key(" job-7 ").unwrap().as_deref(), Some("key:job-7"));
+        assert!(key("").is_err());
+        assert!(key(&"k".repeat(256)).is_err());
+    }
+
+    /// Regression: a key with a tab inside was accepted, though the answer to a bad key says
+    /// "visible characters".
+    #[test]
+    fn an_idempotency_key_with_a_tab_is_refused() {
+        let err = key("job\t7").unwrap_err();
+        assert_eq!(err.code, "invalid_idempotency_key");
+    }
 }

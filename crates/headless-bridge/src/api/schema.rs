@@ -18,8 +18,10 @@ use utoipa::ToSchema;
 use crate::run::RunRecord;
 use crate::run::events::EventKind;
 
-/// `POST /v1/runs`: what to run.
+/// `POST /v1/runs`: what to run. A field not listed here is refused as `unknown_field`, here
+/// and in `repo` and `tools`.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SubmitRunRequest {
     /// The adapter to run: `codex`, `claude`, `gemini` or a profile's name
     /// (`GET /v1/adapters` lists them).
@@ -61,6 +63,7 @@ pub struct SubmitRunRequest {
 
 /// The repository to clone into the run's work tree.
 #[derive(serde::Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RepoRequest {
     /// An https URL (or a URL on a host in `HB_ALLOWED_HOSTS`).
     #[schema(format = "uri", max_length = 2048)]
@@ -75,6 +78,7 @@ pub struct RepoRequest {
 
 /// A tool the run needs, verified by its sha256 before the CLI starts.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ToolRequest {
     /// Its command name on the run's PATH.
     #[schema(pattern = "^[A-Za-z0-9_][A-Za-z0-9._-]*$", max_length = 64)]

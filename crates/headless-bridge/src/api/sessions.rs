@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use super::AppState;
-use super::body::{ApiPath, ApiQuery, JsonObject};
+use super::body::{self, ApiPath, ApiQuery, JsonObject};
 use super::error::ApiError;
 use super::error::ErrorBody;
 use crate::run::ReasonCode;
@@ -676,16 +676,7 @@ fn size(body: &JsonObject, default: Option<(u16, u16)>) -> Result<(u16, u16), Ap
 }
 
 fn only_fields(body: &JsonObject, allowed: &[&str]) -> Result<(), ApiError> {
-    match body.0.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::bad_request(
-            "unknown_field",
-            format!(
-                "`{unknown}` is not a field of this request; these are: {}",
-                allowed.join(", ")
-            ),
-        )),
-        None => Ok(()),
-    }
+    body::only_fields(&body.0, None, allowed)
 }
 
 pub(super) fn live(state: &AppState, id: &str) -> Result<Arc<Session>, ApiError> {

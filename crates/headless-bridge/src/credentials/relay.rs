@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::WorkingCopy;
 use crate::config::CodexConfig;
-use crate::run::text::strip_ansi;
+use crate::run::text::strip_controls;
 
 /// How long the CLI may take to print the URL and the code.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -210,7 +210,7 @@ impl LoginRelay {
             tokio::spawn(async move {
                 let mut reader = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
-                    let _ = lines_tx.send(strip_ansi(&line));
+                    let _ = lines_tx.send(strip_controls(&line));
                 }
             });
         }

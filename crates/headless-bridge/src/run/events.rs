@@ -383,6 +383,13 @@ mod tests {
         );
         assert_eq!(events[1].data, json!({"line": "hello"}));
         assert_eq!(store.events_after(run, 2, 100).await.unwrap().len(), 1);
+        // Regression: an id above i64::MAX wrapped to a negative number and replayed all.
+        for past_the_end in [1 << 63, u64::MAX] {
+            assert_eq!(
+                store.events_after(run, past_the_end, 100).await.unwrap(),
+                []
+            );
+        }
     }
 
     #[tokio::test]

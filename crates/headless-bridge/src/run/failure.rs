@@ -134,20 +134,41 @@ fn cli_stopped_message(reader: &OutputReader, outcome: &supervisor::ProcessOutco
     }
 }
 
-pub(super) fn cli_not_started(program: &std::path::Path, err: &std::io::Error) -> Failure {
-    let hint = match err.kind() {
-        std::io::ErrorKind::NotFound => {
-            ": install it, or set the adapter's executable (HB_CODEX_BIN, HB_CLAUDE_BIN, HB_GEMINI_BIN, or the profile's `executable`)"
+/// The failure of a CLI that could not be started, by the bridge or by the run shim, saying
+/// what the operator can do about it. `run_as_uid` is the user it was started as, when not
+/// the bridge's own.
+pub(super) fn cli_not_started(
+    program: &std::path::Path,
+    err: &std::io::Error,
+    run_as_uid: Option<u32>,
+) -> Failure {
+    const SET_IT: &str = "set the adapter's executable (HB_CODEX_BIN, HB_CLAUDE_BIN, \
+                          HB_GEMINI_BIN, or the profile's `executable`)";
+    let shown = program.display();
+    // A name without a slash is looked up on PATH, and execvp(3) reports EACCES when it met a
+    // directory on PATH the user cannot search and found the name nowhere else: a CLI that is
+    // simply not installed looks the same as one the user may not run.
+    let on_path = !program.as_os_str().as_encoded_bytes().contains(&b'/');
+    let message = match (err.kind(), run_as_uid) {
+        (std::io::ErrorKind::NotFound, _) => {
+            format!("failed to start {shown}: {err}: install it, or {SET_IT}")
         }
-        std::io::ErrorKind::PermissionDenied => {
-            ": the user the adapter runs as (`run_as`) must be able to reach it and the data directory"
-        }
-        _ => "",
+        (std::io::ErrorKind::PermissionDenied, Some(uid)) if on_path => format!(
+            "failed to start {shown}: not found on PATH, or not executable by uid {uid} \
+             ({err}): install it where uid {uid} can run it, or {SET_IT}"
+        ),
+        (std::io::ErrorKind::PermissionDenied, Some(uid)) => format!(
+            "failed to start {shown}: not executable by uid {uid}, or a directory above it \
+             does not let uid {uid} pass ({err}): make it reachable (chmod o+x on the \
+             directories, o+rx on the file), or {SET_IT}"
+        ),
+        (std::io::ErrorKind::PermissionDenied, None) => format!(
+            "failed to start {shown}: {err}: make it executable by the bridge's user, or \
+             {SET_IT}"
+        ),
+        _ => format!("failed to start {shown}: {err}"),
     };
-    Failure::failed(
-        ReasonCode::CliNotFound,
-        format!("failed to start {}: {err}{hint}", program.display()),
-    )
+    Failure::failed(ReasonCode::CliNotFound, message)
 }
 
 /// Failures that say the login itself is dead, as opposed to the run.
@@ -259,6 +280,48 @@ mod tests {
             err.message.contains("unexpected argument"),
             "{}",
             err.message
+        );
+    }
+
+    #[test]
+    fn a_missing_cli_says_how_to_install_or_point_at_it() {
+        let missing = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let failure = cli_not_started(std::path::Path::new("codex"), &missing, None);
+        assert_eq!(failure.reason, ReasonCode::CliNotFound);
+        assert!(
+            failure.message.starts_with(
+                "failed to start codex: No such file or directory (os error 2): install it"
+            ),
+            "{}",
+            failure.message
+        );
+        assert!(
+            failure.message.contains("HB_CODEX_BIN"),
+            "{}",
+            failure.message
+        );
+    }
+
+    /// Regression: a CLI missing from PATH, started as another user, was reported only as
+    /// `Permission denied (os error 13)`, from a PATH directory that user cannot search.
+    #[test]
+    fn permission_denied_for_another_user_says_not_found_or_not_executable() {
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        let by_name = cli_not_started(std::path::Path::new("claude"), &denied, Some(65534));
+        assert!(
+            by_name.message.starts_with(
+                "failed to start claude: not found on PATH, or not executable by uid 65534 ("
+            ),
+            "{}",
+            by_name.message
+        );
+        let by_path = cli_not_started(std::path::Path::new("/opt/x/claude"), &denied, Some(65534));
+        assert!(
+            by_path
+                .message
+                .contains("not executable by uid 65534, or a directory above it"),
+            "{}",
+            by_path.message
         );
     }
 

@@ -335,6 +335,7 @@ impl Pipeline {
             .spec
             .idle_timeout_s
             .map_or(self.config.run_idle_timeout, Duration::from_secs);
+        let run_as_uid = run_as.as_ref().map(|user| user.uid);
         let spec = ProcessSpec {
             program: program.clone(),
             args,
@@ -403,7 +404,7 @@ impl Pipeline {
         };
         let outcome = supervisor::run(spec, process_stop.clone(), on_line).await;
         watcher.abort();
-        let outcome = outcome.map_err(|e| cli_not_started(&program, &e))?;
+        let outcome = outcome.map_err(|e| cli_not_started(&program, &e, run_as_uid))?;
 
         account.extend(reader.account());
         let stderr = codex::meaningful_stderr(&outcome.stderr);

@@ -113,6 +113,9 @@ pub enum Stream {
 /// Starts `spec`, feeds each output line to `on_line` as it arrives, and returns once the
 /// process and every process carrying its marker are gone. Cancelling `cancel` stops the
 /// process like a timeout does.
+///
+/// An error means the program could not be started, by the bridge or by the shim: a shim
+/// that says so (see [`run_shim::NotStarted`]) gives the same error as a failed spawn.
 pub async fn run(
     spec: ProcessSpec,
     cancel: CancellationToken,
@@ -205,6 +208,14 @@ pub async fn run(
     }
     readers.iter().for_each(|reader| reader.abort());
 
+    // The shim reports a program it could not start on its stderr; the caller is told as if
+    // the bridge had failed to start it, with the same OS error.
+    if let (Some(_), None, ExitKind::Code(code)) = (&spec.shim, stopped, exit_kind(status))
+        && let Some(not_started) = run_shim::NotStarted::parse(code, &stderr_head.text)
+    {
+        tracing::debug!(error = %not_started, "the shim could not start the program");
+        return Err(not_started.io_error());
+    }
     Ok(ProcessOutcome {
         exit: exit_kind(status),
         stopped,

@@ -265,6 +265,84 @@ async fn the_run_api_refuses_bad_requests_with_a_code() {
     assert_no_runs(&bridge).await;
 }
 
+/// Regression: the host of a URL was resolved before the rest of the request was read, so a
+/// request with a public host and a malformed digest or ref was refused for the DNS answer
+/// (`url_host_unresolvable` off-line) instead of its own mistake.
+#[tokio::test]
+async fn syntax_errors_are_reported_before_any_host_lookup() {
+    let bridge = BridgeBuilder::new().start().await;
+    let cases = [
+        (
+            json!({"adapter": "codex", "prompt": "p",
+                   "tools": [{"name": "ak", "url": "https://tools.example.com/ak", "sha256": "abc"}]}),
+            "invalid_checksum_format",
+        ),
+        (
+            json!({"adapter": "codex", "prompt": "p",
+                   "repo": {"url": "https://github.com/a/b", "ref": "a..b"}}),
+            "invalid_ref",
+        ),
+        (
+            json!({"adapter": "codex", "prompt": "p",
+                   "repo": {"url": "https://github.com/a/b"},
+                   "tools": [{"name": "-ak", "url": "https://tools.example.com/ak", "sha256": HASH}]}),
+            "invalid_tool_name",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, answer) = bridge.post("/v1/runs", &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+    }
+    assert_no_runs(&bridge).await;
+}
+
+/// Regression: unknown fields were ignored, so `repo_url` (the original API's name) started a
+/// run with no repository, and a misspelt `promt` was reported only as `prompt` missing.
+#[tokio::test]
+async fn the_run_api_refuses_unknown_fields_by_name() {
+    let bridge = BridgeBuilder::new().start().await;
+    let repo = json!({"url": "http://127.0.0.1:9/r", "branch": "main"});
+    let tool = json!({"name": "ak", "url": "http://127.0.0.1:9/t", "sha256": HASH, "sha": HASH});
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (
+            json!({"adapter": "codex", "prompt": "x", "repo_url": "https://github.com/a/b"}),
+            "`repo_url` is not a field of this request",
+            "adapter, prompt, repo, tools",
+        ),
+        (
+            json!({"adapter": "codex", "promt": "x"}),
+            "`promt` is not a field of this request",
+            "callback_url",
+        ),
+        (
+            json!({"adapter": "codex", "prompt": "x", "repo": repo}),
+            "`repo.branch` is not a field of `repo`",
+            "url, ref, submodules",
+        ),
+        (
+            json!({"adapter": "codex", "prompt": "x", "tools": [tool]}),
+            "`tools[0].sha` is not a field of `tools[0]`",
+            "name, url, sha256, mirrors, archive_path",
+        ),
+    ];
+    for (body, names_it, lists) in cases {
+        let (status, answer) = bridge.post("/v1/runs", &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "unknown_field", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(names_it), "{message}");
+        assert!(message.contains(lists), "{message}");
+    }
+    assert_no_runs(&bridge).await;
+
+    // The original API's contract is kept as it was: extra fields pass unremarked.
+    let extra = legacy(&[("ak_hash", json!("nope")), ("note", json!("x"))]);
+    let (status, answer) = bridge.post("/run_codex_session", &extra).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_checksum_format");
+}
+
 #[tokio::test]
 async fn malformed_and_oversized_bodies_are_refused() {
     let bridge = BridgeBuilder::new().start().await;

@@ -8,7 +8,7 @@ use headless_bridge::run::supervisor::{RUN_MARKER, processes_with_env};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::support::{BridgeBuilder, BridgeProcess, TestBridge};
+use crate::support::{BridgeBuilder, BridgeProcess, TestBridge, traversable_data_dir};
 
 /// A profile running `script` with /bin/sh; the prompt is its `$1`.
 fn sh_profile(dir: &Path, name: &str, script: &str, extra: &str) {
@@ -157,6 +157,115 @@ async fn a_failing_cli_reports_its_exit_code() {
         run["logs"].as_str().unwrap().contains("no such file"),
         "{run}"
     );
+}
+
+/// Regression: under the run shim (the default) a missing CLI ended as `cli_error` with the
+/// shim's own words, not as `cli_not_found` with the hint on how to fix it.
+#[tokio::test]
+async fn a_missing_cli_under_the_shim_is_cli_not_found() {
+    let profiles = tempfile::tempdir().unwrap();
+    std::fs::write(
+        profiles.path().join("missing.toml"),
+        "description = \"not installed\"\nexecutable = \"/nonexistent/cli\"\nargs = []\n",
+    )
+    .unwrap();
+    sh_profile(
+        profiles.path(),
+        "exits127",
+        "echo 'sh: 1: frob: not found' >&2; exit 127",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+
+    let missing = run(&bridge, "missing", "x").await;
+    assert_eq!(
+        (&missing["outcome"], &missing["reason"]),
+        (&json!("failed"), &json!("cli_not_found")),
+        "{missing}"
+    );
+    let message = missing["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("failed to start /nonexistent/cli: No such file or directory")
+            && message.contains("install it"),
+        "{message}"
+    );
+
+    // A CLI that ran and exited 127 itself is not one that could not be started.
+    let exited = run(&bridge, "exits127", "x").await;
+    assert_eq!(
+        (&exited["reason"], &exited["exit_code"]),
+        (&json!("cli_error"), &json!(127)),
+        "{exited}"
+    );
+}
+
+/// Regression: a root bridge (umask 077) made a missing HB_DATA_DIR 0700, and every run as
+/// another user then failed as `workspace_error`.
+#[tokio::test]
+async fn a_data_dir_the_bridge_creates_lets_a_cli_run_as_another_user_through() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "switching users needs root (CI and the development machines run as root)"
+    );
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "nobody",
+        "echo \"$(id -u) $(stat -c '%a %u' \"$HOME/..\")\"",
+        "run_as = { uid = 65534, gid = 65534 }\n",
+    );
+    let parent = traversable_data_dir();
+    let data_dir = parent.path().join("not-yet/data");
+    let bridge =
+        BridgeProcess::start_with(&data_dir, &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+
+    let run = run(&bridge.client(), "nobody", "x").await;
+
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert_eq!(
+        run["output"], "65534 700 65534\n",
+        "the CLI's user passes through, and its workspace stays its own"
+    );
+    bridge.stop_and_read_log().await;
+}
+
+/// Regression: a `Last-Event-ID` above i64::MAX wrapped around and replayed every event.
+#[tokio::test]
+async fn a_last_event_id_past_the_end_replays_nothing() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "echo", "echo \"$1\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+    let run = run(&bridge, "echo", "x").await;
+    let path = format!("/v1/runs/{}/events", run["id"].as_str().unwrap());
+    assert!(!bridge.sse(&path, None).await.is_empty());
+
+    for past_the_end in [99_999, 1 << 63, u64::MAX] {
+        let replayed = bridge.sse(&path, Some(past_the_end)).await;
+        assert_eq!(replayed.len(), 0, "after {past_the_end}: {replayed:?}");
+    }
+}
+
+/// Regression: a full page offered a `next_cursor` even when no run followed it.
+#[tokio::test]
+async fn a_page_of_runs_offers_a_cursor_only_when_more_follow() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "echo", "echo \"$1\"", "");
+    let bridge = bridge_with(&profiles, &[]).await;
+    for prompt in ["a", "b"] {
+        run(&bridge, "echo", prompt).await;
+    }
+
+    let (_, exact) = bridge.get("/v1/runs?limit=2").await;
+    assert_eq!(exact["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(exact["next_cursor"], Value::Null, "{exact}");
+
+    let (_, first) = bridge.get("/v1/runs?limit=1").await;
+    let cursor = first["next_cursor"].as_str().expect("a run follows");
+    let (_, last) = bridge
+        .get(&format!("/v1/runs?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(last["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(last["next_cursor"], Value::Null, "{last}");
 }
 
 #[tokio::test]

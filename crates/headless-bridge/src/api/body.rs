@@ -178,9 +178,7 @@ impl UrlChecks {
         field: &str,
         raw: &str,
     ) -> Result<(), ApiError> {
-        let url = policy.check_syntax(raw).map_err(|e| url_error(field, &e))?;
-        self.0.push((field.to_owned(), url));
-        Ok(())
+        self.add(field, policy.check_syntax(raw))
     }
 
     /// Like [`UrlChecks::syntax`], for a repository URL (which may use ssh).
@@ -190,9 +188,15 @@ impl UrlChecks {
         field: &str,
         raw: &str,
     ) -> Result<(), ApiError> {
-        let url = policy
-            .check_repo_syntax(raw)
-            .map_err(|e| url_error(field, &e))?;
+        self.add(field, policy.check_repo_syntax(raw))
+    }
+
+    fn add(
+        &mut self,
+        field: &str,
+        checked: Result<url::Url, crate::policy::UrlError>,
+    ) -> Result<(), ApiError> {
+        let url = checked.map_err(|e| url_error(field, &e))?;
         self.0.push((field.to_owned(), url));
         Ok(())
     }

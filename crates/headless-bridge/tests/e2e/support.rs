@@ -270,12 +270,8 @@ impl TestBridge {
     }
 
     async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("the server task ends cleanly");
-        }
+        self.begin_stop();
+        self.stopped().await;
     }
 }
 

@@ -481,12 +481,35 @@ fn write_profiles(dirs: &RunDirs) -> Result<(), Failure> {
     let profile = codex::shell_profile(&dirs.bin);
     for name in [".bash_profile", ".profile"] {
         let path: PathBuf = dirs.home.join(name);
-        std::fs::write(&path, &profile).map_err(|e| {
+        overwrite(&path, profile.as_bytes()).map_err(|e| {
             Failure::failed(
                 ReasonCode::WorkspaceError,
                 format!("failed to write {}: {e}", path.display()),
             )
         })?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` over the file at `path` (never through a link), creating it if needed.
+///
+/// A recycled workspace keeps the previous run's profiles, of the same length as the next
+/// ones, so the file is written in place and cut only when it was longer. Truncating first
+/// would free its blocks and allocate them again on every run, and on a file system mounted
+/// with `discard` each freeing waits for the disk.
+fn overwrite(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path)?;
+    file.write_all(contents)?;
+    let len = contents.len() as u64;
+    if file.metadata()?.len() > len {
+        file.set_len(len)?;
     }
     Ok(())
 }
@@ -509,6 +532,28 @@ fn cap_text(text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_is_overwritten_whole_whatever_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".profile");
+        overwrite(&path, b"a longer profile left by an earlier run\n").unwrap();
+        overwrite(&path, b"short\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"short\n");
+        overwrite(&path, b"longer again\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"longer again\n");
+    }
+
+    #[test]
+    fn a_profile_replaced_by_a_link_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let path = dir.path().join(".profile");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(overwrite(&path, b"PATH=x\n").is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+    }
 
     #[test]
     fn long_accounts_keep_their_head_and_tail() {

@@ -59,17 +59,22 @@ async fn service(table: &mut Table, client: &reqwest::Client, bridge: &Bridge, w
         "target < 15 MiB",
     );
     let direct_1 = spawn_loop(300, 1).await;
-    let direct_64 = spawn_loop(2000, 64).await;
+    let (direct_64, direct_cpu) = Cpu::during(std::process::id(), spawn_loop(2000, 64)).await;
     let bridge_1 = load(client, 300, 1, || bridge.run_request("trivial")).await;
-    let bridge_64 = load(client, 2000, 64, || bridge.run_request("trivial")).await;
+    let (bridge_64, bridge_cpu) = Cpu::during(
+        bridge.pid(),
+        load(client, 2000, 64, || bridge.run_request("trivial")),
+    )
+    .await;
     let webhook = Webhook::start(work).await;
     let (webhook_1, webhook_64) = match &webhook {
         Some(hook) => (
             Some(load(client, 300, 1, || hook.request(client)).await),
-            Some(load(client, 2000, 64, || hook.request(client)).await),
+            Some(Cpu::during(hook.pid(), load(client, 2000, 64, || hook.request(client))).await),
         ),
         None => (None, None),
     };
+    let (webhook_64, webhook_cpu) = webhook_64.unzip();
     table.section("trivial CLI (/bin/echo): runs/s, p50, p99");
     table.row(
         "spawned directly, concurrency 1",
@@ -108,6 +113,28 @@ async fn service(table: &mut Table, client: &reqwest::Client, bridge: &Bridge, w
         "runs lost at concurrency 64",
         bridge_64.failures.to_string(),
         "target 0",
+    );
+
+    // What bounds the rates above: CPU time per run, on a machine whose cores are all busy.
+    table.section("trivial CLI at concurrency 64: CPU per run, own + reaped children");
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let ceiling = |cpu: &Cpu| format!("at most {:.0}/s on {cores} cores", cpu.ceiling(cores, 2000));
+    table.row(
+        "spawned directly (the benchmark, /bin/echo)",
+        direct_cpu.per_run(2000),
+        &ceiling(&direct_cpu),
+    );
+    table.row(
+        "through webhook (webhook, /bin/echo)",
+        webhook_cpu
+            .as_ref()
+            .map_or("webhook not installed".into(), |cpu| cpu.per_run(2000)),
+        &webhook_cpu.as_ref().map_or(String::new(), ceiling),
+    );
+    table.row(
+        "through the bridge (bridge, shim, /bin/echo)",
+        bridge_cpu.per_run(2000),
+        &ceiling(&bridge_cpu),
     );
 
     table.section("under load");
@@ -390,12 +417,16 @@ impl Bridge {
         panic!("the Codex home template was not ready within 60 s");
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     fn rss_kib(&self) -> u64 {
-        proc_status_kib(self.child.id().expect("running"), "VmRSS:")
+        proc_status_kib(self.pid(), "VmRSS:")
     }
 
     fn peak_kib(&self) -> u64 {
-        proc_status_kib(self.child.id().expect("running"), "VmHWM:")
+        proc_status_kib(self.pid(), "VmHWM:")
     }
 }
 
@@ -434,6 +465,63 @@ fn listening_port(pid: u32) -> Option<u16> {
         }
         u16::from_str_radix(fields.get(1)?.split(':').nth(1)?, 16).ok()
     })
+}
+
+/// CPU time a process used while some work went on: its own, and its children's once it had
+/// reaped them (which includes what they reaped in turn).
+struct Cpu {
+    own: Duration,
+    children: Duration,
+}
+
+impl Cpu {
+    async fn during<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (T, Self) {
+        let before = proc_cpu(pid);
+        let value = work.await;
+        let after = proc_cpu(pid);
+        let cpu = Self {
+            own: after.0.saturating_sub(before.0),
+            children: after.1.saturating_sub(before.1),
+        };
+        (value, cpu)
+    }
+
+    fn per_run(&self, runs: usize) -> String {
+        let per = |d: Duration| ms(d) / runs as f64;
+        format!(
+            "{:.2} ms ({:.2} own + {:.2} children)",
+            per(self.own + self.children),
+            per(self.own),
+            per(self.children)
+        )
+    }
+
+    /// Runs a second `cores` could do at this cost, with nothing else to run.
+    fn ceiling(&self, cores: usize, runs: usize) -> f64 {
+        cores as f64 * runs as f64 / (self.own + self.children).as_secs_f64()
+    }
+}
+
+/// utime + stime and cutime + cstime of /proc/PID/stat.
+fn proc_cpu(pid: u32) -> (Duration, Duration) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold anything.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ticks = |from: usize| {
+        fields
+            .get(from..from + 2)
+            .map_or(0, |f| f.iter().sum::<u64>())
+    };
+    let tick = Duration::from_secs(1) / rustix::param::clock_ticks_per_second() as u32;
+    // utime is the 14th field of the line, the 12th after the name.
+    (tick * ticks(11) as u32, tick * ticks(13) as u32)
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -599,7 +687,7 @@ fn codex_bin() -> PathBuf {
 
 /// Debian's `webhook`, running /bin/echo per request and answering with its output.
 struct Webhook {
-    _child: Child,
+    child: Child,
     url: String,
 }
 
@@ -633,11 +721,15 @@ impl Webhook {
         let client = reqwest::Client::new();
         for _ in 0..500 {
             if client.post(&url).send().await.is_ok() {
-                return Some(Self { _child: child, url });
+                return Some(Self { child, url });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         None
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
     }
 
     fn request(&self, client: &reqwest::Client) -> impl std::future::Future<Output = bool> + use<> {

@@ -451,26 +451,25 @@ impl RunRow {
         })
     }
 
-    /// Writes the row; call it within a transaction.
+    /// Writes the row; call it within a transaction. A run is written at each change of state,
+    /// so the statements are kept prepared.
     fn upsert(&self, conn: &Connection) -> Result<(), StoreError> {
-        conn.execute(
+        conn.prepare_cached(
             "INSERT INTO runs (id, state, contract_id, created_at, record, adapter)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, record = excluded.record",
-            params![
-                self.id,
-                self.state,
-                self.contract_id,
-                self.created_at,
-                self.json,
-                self.adapter
-            ],
-        )?;
+        )?
+        .execute(params![
+            self.id,
+            self.state,
+            self.contract_id,
+            self.created_at,
+            self.json,
+            self.adapter
+        ])?;
         if self.webhook {
-            conn.execute(
-                "INSERT OR IGNORE INTO webhook_outbox (run_id) VALUES (?1)",
-                [&self.id],
-            )?;
+            conn.prepare_cached("INSERT OR IGNORE INTO webhook_outbox (run_id) VALUES (?1)")?
+                .execute([&self.id])?;
         }
         Ok(())
     }

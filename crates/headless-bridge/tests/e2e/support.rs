@@ -124,7 +124,8 @@ impl BridgeBuilder {
         self
     }
 
-    pub async fn start(self) -> TestBridge {
+    /// The bridge these settings make, opened on its data directory but not serving.
+    pub async fn open(self) -> (Bridge, TempDir) {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| tempfile::tempdir().expect("a temp dir"));
@@ -137,15 +138,21 @@ impl BridgeBuilder {
                 .map(|(_, v)| v.clone())
         });
         let config = raw.build().expect("test configuration is valid");
+        let bridge = Bridge::open(config).await.expect("the bridge opens");
+        (bridge, data_dir)
+    }
 
-        let listener = match self.listener {
+    pub async fn start(mut self) -> TestBridge {
+        let (listener, metrics) = (self.listener.take(), self.metrics);
+        let (bridge, data_dir) = self.open().await;
+        let listener = match listener {
             Some(listener) => listener,
             None => tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind a loopback port"),
         };
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
-        let metrics = if self.metrics {
+        let metrics = if metrics {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
             Some(listener.expect("bind a loopback port for metrics"))
         } else {
@@ -154,7 +161,6 @@ impl BridgeBuilder {
         let metrics_url = metrics
             .as_ref()
             .map(|l| format!("http://{}", l.local_addr().expect("bound address")));
-        let bridge = Bridge::open(config).await.expect("the bridge opens");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             bridge

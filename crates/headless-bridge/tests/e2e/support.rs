@@ -587,3 +587,18 @@ pub fn unsigned_jwt(claims: &Value) -> String {
         encode(claims)
     )
 }
+
+/// A tar.gz archive holding one executable file at `path`.
+pub fn tar_gz(path: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    builder.append_data(&mut header, path, data).unwrap();
+    let mut gz = builder.into_inner().unwrap();
+    gz.flush().unwrap();
+    gz.finish().unwrap()
+}

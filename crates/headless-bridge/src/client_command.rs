@@ -16,7 +16,9 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use headless_bridge::client::{Client, ClientError, RunEvent};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::run_request::RunRequestArgs;
 
 /// Where the bridge is and how to authenticate; shared by every client command.
 #[derive(Args)]
@@ -59,26 +61,11 @@ pub enum ClientCommand {
 /// Arguments of `submit`.
 #[derive(Args)]
 pub struct SubmitArgs {
-    /// The adapter (CLI) to run: codex, claude, gemini or a profile's name.
-    #[arg(long, default_value = "codex")]
-    adapter: String,
-    /// A repository to clone into the run's work tree.
-    #[arg(long, value_name = "URL")]
-    repo: Option<String>,
-    /// A branch, tag or commit of the repository.
-    #[arg(long = "ref", value_name = "REF", requires = "repo")]
-    git_ref: Option<String>,
-    /// The caller's reference; a repeated submission with the same one returns the same run.
-    #[arg(long, value_name = "ID")]
-    contract_id: Option<String>,
-    /// Seconds the run may take.
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<u64>,
+    #[command(flatten)]
+    run: RunRequestArgs,
     /// Print only the CLI's final message on stdout instead of the run's record.
     #[arg(long)]
     final_message: bool,
-    /// The task for the CLI.
-    prompt: String,
     #[command(flatten)]
     connection: Connection,
 }
@@ -107,6 +94,17 @@ pub struct RunsArgs {
 
 /// Runs a client command and maps its outcome to the documented exit codes.
 pub fn run(command: ClientCommand) -> ExitCode {
+    // A run request the bridge would refuse is not sent.
+    let submission = match &command {
+        ClientCommand::Submit(args) => match args.run.to_request() {
+            Ok(request) => Some(request),
+            Err(message) => {
+                eprintln!("headless-bridge: {message}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let connection = match &command {
         ClientCommand::Submit(args) => &args.connection,
         ClientCommand::Runs(args) => &args.connection,
@@ -124,7 +122,10 @@ pub fn run(command: ClientCommand) -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("the tokio runtime starts");
     let result = runtime.block_on(async {
         match command {
-            ClientCommand::Submit(args) => submit(&client, args).await,
+            ClientCommand::Submit(args) => {
+                let request = submission.expect("made above for submit");
+                submit(&client, &request, args.final_message).await
+            }
             ClientCommand::Runs(args) => runs(&client, args).await,
             ClientCommand::Logs { follow, run_id, .. } => logs(&client, &run_id, follow).await,
             ClientCommand::Cancel { run_id, .. } => cancel(&client, &run_id).await,
@@ -157,21 +158,8 @@ fn connect(connection: &Connection) -> Result<Client, String> {
     Client::new(&url, token).map_err(|e| e.to_string())
 }
 
-async fn submit(client: &Client, args: SubmitArgs) -> Result<u8, ClientError> {
-    let mut request = json!({ "adapter": args.adapter, "prompt": args.prompt });
-    if let Some(url) = args.repo {
-        request["repo"] = json!({ "url": url });
-        if let Some(git_ref) = args.git_ref {
-            request["repo"]["ref"] = json!(git_ref);
-        }
-    }
-    if let Some(id) = args.contract_id {
-        request["contract_id"] = json!(id);
-    }
-    if let Some(timeout) = args.timeout {
-        request["timeout_s"] = json!(timeout);
-    }
-    let created = client.json(Method::POST, "v1/runs", Some(&request)).await?;
+async fn submit(client: &Client, request: &Value, final_message: bool) -> Result<u8, ClientError> {
+    let created = client.json(Method::POST, "v1/runs", Some(request)).await?;
     let id = created["id"]
         .as_str()
         .ok_or_else(|| ClientError::Protocol("the new run has no id".into()))?
@@ -185,7 +173,7 @@ async fn submit(client: &Client, args: SubmitArgs) -> Result<u8, ClientError> {
     let record = client
         .json(Method::GET, &format!("v1/runs/{id}"), None)
         .await?;
-    if args.final_message {
+    if final_message {
         println!("{}", record["output"].as_str().unwrap_or_default());
     } else {
         println!("{}", pretty(&record));
@@ -351,6 +339,8 @@ fn cli_event_text(event: &Value) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

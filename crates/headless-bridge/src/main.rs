@@ -17,6 +17,7 @@ use headless_bridge::{error_chain, telemetry};
 mod attach_command;
 mod client_command;
 mod fetch_command;
+mod run_request;
 
 #[derive(Parser)]
 #[command(

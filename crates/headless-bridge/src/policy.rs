@@ -179,18 +179,8 @@ impl UrlPolicy {
 
     /// The checks that need no network: shape, scheme, credentials and plain http.
     pub fn check_syntax(&self, raw: &str) -> Result<Url, UrlError> {
-        check_shape(raw)?;
-        let url = Url::parse(raw).map_err(|e| UrlError::Malformed(e.to_string()))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(UrlError::Scheme(url.scheme().to_owned()));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(UrlError::Credentials);
-        }
+        let url = check_http_url(raw)?;
         let host = url.host().ok_or(UrlError::NoHost)?;
-        if url.port() == Some(0) {
-            return Err(UrlError::Malformed("port 0 names no service".into()));
-        }
         if url.scheme() == "http" && !self.is_allowed(&host) {
             // Over https such a host would be refused next for its address, so "use https"
             // would send the caller round in a circle.
@@ -212,6 +202,28 @@ impl UrlPolicy {
         self.allowed_hosts
             .contains(&normalize_host(&host.to_string()))
     }
+}
+
+/// The checks of a tool or callback URL that need neither the network nor the operator's
+/// settings: its shape, an http(s) scheme, no credentials, a host and a port that names a
+/// service. Every bridge makes them ([`UrlPolicy::check_syntax`] adds the rule on plain http),
+/// so a client can make them before it sends a request.
+pub fn check_http_url(raw: &str) -> Result<Url, UrlError> {
+    check_shape(raw)?;
+    let url = Url::parse(raw).map_err(|e| UrlError::Malformed(e.to_string()))?;
+    if !matches!(url.scheme(), "https" | "http") {
+        return Err(UrlError::Scheme(url.scheme().to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(UrlError::Credentials);
+    }
+    if url.host().is_none() {
+        return Err(UrlError::NoHost);
+    }
+    if url.port() == Some(0) {
+        return Err(UrlError::Malformed("port 0 names no service".into()));
+    }
+    Ok(url)
 }
 
 /// What no URL may look like, whatever its scheme: empty, option-like, or with whitespace.

@@ -75,6 +75,31 @@ pub async fn ticket(
 }
 
 /// Upgrades to a WebSocket carrying the session's terminal.
+#[utoipa::path(
+    get, path = "/v1/sessions/{id}/attach", tag = "sessions",
+    summary = "Attach to a session's terminal over a WebSocket",
+    description = "A WebSocket handshake (RFC 6455): a GET with `Connection: Upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key`, answered 101. To the client go binary frames of raw output (the first draws the screen as it is) and, when the session ends, a text frame `{\"exited\": {...}}` with its final state, then a close (1000). From the client, binary frames are keystrokes; a text frame holding a JSON object is a control message, `{\"resize\": {\"rows\": R, \"cols\": C}}` (a bad one is answered with a text frame `{\"error\": {\"code\", \"message\"}}`, code `invalid_size` or `unknown_control`); any other text frame is typed. The token goes in `Authorization`; a client that cannot send headers on a WebSocket (a browser) puts a ticket from `POST /v1/sessions/{id}/attach-ticket` in `?ticket=` instead.",
+    params(
+        ("id" = String, Path, description = "the session's id"),
+        ("Connection" = String, Header, example = "Upgrade", description = "`Upgrade`, alone or among other options"),
+        ("Upgrade" = String, Header, example = "websocket", description = "`websocket`"),
+        ("Sec-WebSocket-Version" = String, Header, example = "13", description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, example = "dGhlIHNhbXBsZSBub25jZQ==", description = "16 random bytes in base64 (RFC 6455, section 4.1)"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open",
+         headers(
+             ("Connection" = String, description = "`upgrade`"),
+             ("Upgrade" = String, description = "`websocket`"),
+             ("Sec-WebSocket-Accept" = String, description = "the key's answer (RFC 6455, section 4.2.2)"),
+         )),
+        (status = 401, description = "`unauthorized`: no valid bearer token; or `invalid_ticket`: the ticket is unknown, used, expired or for another session", body = super::error::ErrorBody),
+        (status = 404, description = "`session_not_found`", body = super::error::ErrorBody),
+        (status = 409, description = "`session_exited`", body = super::error::ErrorBody),
+        (status = 426, description = "`websocket_required`: the GET was not a WebSocket handshake", body = super::error::ErrorBody),
+    ),
+    security(("bearer" = []), ("ticket" = [])),
+)]
 pub async fn attach(
     State(state): State<AppState>,
     Path(id): Path<String>,

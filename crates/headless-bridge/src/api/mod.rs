@@ -73,10 +73,11 @@ impl AppState {
     }
 }
 
-/// The route table: public routes, and routes behind the token. Each handler's
-/// `#[utoipa::path]` gives both its route and its documentation, so the router and the
-/// OpenAPI document are made from the same entries.
-fn route_table() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
+/// The route table: public routes, routes behind the token, and routes that check the token
+/// themselves because they also take another credential. Each handler's `#[utoipa::path]`
+/// gives both its route and its documentation, so the router and the OpenAPI document are
+/// made from the same entries.
+fn route_table() -> [OpenApiRouter<AppState>; 3] {
     let public = OpenApiRouter::new()
         .routes(routes!(health::health))
         .routes(routes!(openapi::serve))
@@ -108,23 +109,26 @@ fn route_table() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(sessions::recording))
         .routes(routes!(attach::ticket))
         .routes(routes!(mcp::post, mcp::stream, mcp::end));
-    (public, protected)
+    // A session's WebSocket: browsers cannot set headers on one, so it takes a single-use
+    // ticket instead of the token too (see `attach`).
+    let own_check = OpenApiRouter::new().routes(routes!(attach::attach));
+    [public, protected, own_check]
 }
 
 /// Every route, with its documentation.
 fn routes() -> OpenApiRouter<AppState> {
-    let (public, protected) = route_table();
-    public.merge(protected)
+    let [public, protected, own_check] = route_table();
+    public.merge(protected).merge(own_check)
 }
 
 /// The application: every route, with authentication, body limits and request spans.
 pub fn router(state: AppState) -> Router {
-    let (public, protected) = route_table();
+    let [public, protected, own_check] = route_table();
     let protected = protected.route_layer(middleware::from_fn_with_state(
         state.clone(),
         auth::require_token,
     ));
-    let (app, _documented) = public.merge(protected).split_for_parts();
+    let (app, _documented) = public.merge(protected).merge(own_check).split_for_parts();
     let mcp = mcp::McpEndpoint::new(state.clone(), state.shutdown.clone());
 
     // The Job workers' report and artifact routes: internal, not part of the documented API,
@@ -151,16 +155,7 @@ pub fn router(state: AppState) -> Router {
             internal::require_run_token,
         ));
 
-    // A session's WebSocket: browsers cannot set headers on one, so it checks the token
-    // itself or takes a single-use ticket (see `attach`). Not in the document: OpenAPI has no
-    // words for a WebSocket.
-    let attach = Router::new().route(
-        "/v1/sessions/{id}/attach",
-        axum::routing::get(attach::attach),
-    );
-
     app.merge(internal)
-        .merge(attach)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::Extension(mcp))

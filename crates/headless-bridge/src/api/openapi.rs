@@ -2,7 +2,8 @@
 //!
 //! The routes and their documentation come from one table ([`super::routes`]): each handler's
 //! `#[utoipa::path]` gives both its axum route and its operation in the document, so a route
-//! cannot be served without being documented, nor documented without being served. This module
+//! cannot be served without being documented, nor documented without being served (the Job
+//! workers' internal routes, which are no part of the API, are the one exception). This module
 //! adds what is common to every operation (bearer authentication, the error answers every route
 //! can give) and turns axum's wildcard syntax into OpenAPI's.
 //!
@@ -17,7 +18,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Ref, ResponseBuilder,
@@ -29,6 +32,8 @@ use utoipa::{PartialSchema as _, ToSchema as _};
 
 /// The name of the bearer security scheme in the document.
 const BEARER: &str = "bearer";
+/// The name of the attach ticket's security scheme, which only a session's attach takes.
+const TICKET: &str = "ticket";
 
 /// The document, built once: it depends on the code alone, never on the configuration.
 pub fn document() -> &'static Value {
@@ -74,8 +79,10 @@ fn finish(routes: OpenApi) -> OpenApi {
                 .version(env!("CARGO_PKG_VERSION"))
                 .description(Some(
                     "Runs developer CLIs headless behind an HTTP API. Every operation but \
-                     `/health` and `/openapi.json` needs `Authorization: Bearer <token>`. Errors \
-                     are `{\"error\": {\"code\", \"message\"}}` with a stable `code`.",
+                     `/health`, `/openapi.json` and the runs page's files needs \
+                     `Authorization: Bearer <token>` (a session's attach takes a single-use \
+                     `?ticket=` instead). Errors are `{\"error\": {\"code\", \"message\"}}` \
+                     with a stable `code`.",
                 ))
                 .build(),
         )
@@ -103,6 +110,15 @@ fn finish(routes: OpenApi) -> OpenApi {
     components.add_security_scheme(
         BEARER,
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+    );
+    components.add_security_scheme(
+        TICKET,
+        SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+            "ticket",
+            "a single-use ticket from `POST /v1/sessions/{id}/attach-ticket`, for clients \
+             that cannot send headers on a WebSocket; it names one session and expires after \
+             60 s",
+        ))),
     );
     let protected = SecurityRequirement::new(BEARER, Vec::<String>::new());
     doc.security = Some(vec![protected]);
@@ -222,6 +238,46 @@ mod tests {
         let get_run = &doc["paths"]["/v1/runs/{id}"]["get"];
         assert!(get_run["security"].is_null(), "inherits the document's");
         assert!(get_run["responses"]["401"].is_object());
+    }
+
+    #[test]
+    fn attach_is_a_websocket_handshake_with_the_token_or_a_ticket() {
+        let doc = document();
+        let attach = &doc["paths"]["/v1/sessions/{id}/attach"]["get"];
+        let statuses: Vec<&str> = attach["responses"]
+            .as_object()
+            .expect("responses")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for status in ["101", "401", "403", "404", "409", "426"] {
+            assert!(statuses.contains(&status), "{status} in {statuses:?}");
+        }
+        assert_eq!(
+            attach["security"],
+            serde_json::json!([{ "bearer": [] }, { "ticket": [] }])
+        );
+        let ticket = &doc["components"]["securitySchemes"]["ticket"];
+        assert_eq!(
+            (&ticket["type"], &ticket["in"]),
+            (&json!("apiKey"), &json!("query"))
+        );
+        let headers: Vec<&str> = attach["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter(|p| p["in"] == "header" && p["required"] == true)
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "Connection",
+                "Upgrade",
+                "Sec-WebSocket-Version",
+                "Sec-WebSocket-Key"
+            ]
+        );
     }
 
     #[test]

@@ -30,7 +30,6 @@ use crate::store::RunFilter;
 /// Linux caps a single argument at 128 KiB (MAX_ARG_STRLEN), and the prompt is one argument.
 const MAX_PROMPT: usize = 120 << 10;
 const MAX_URL: usize = 2048;
-const MAX_TOOLS: usize = 16;
 /// The longest a request may hold its connection waiting for an outcome.
 const MAX_WAIT_S: u64 = 600;
 const MAX_LIST: usize = 100;
@@ -554,10 +553,10 @@ fn validate_tools(
     items: &[Value],
     urls: &mut body::UrlChecks,
 ) -> Result<Vec<ToolSpec>, ApiError> {
-    if items.len() > MAX_TOOLS {
+    if items.len() > ToolSpec::MAX_PER_RUN {
         return Err(ApiError::bad_request(
             "invalid_field",
-            format!("at most {MAX_TOOLS} tools per run"),
+            format!("at most {} tools per run", ToolSpec::MAX_PER_RUN),
         ));
     }
     let mut seen = BTreeSet::new();
@@ -576,8 +575,8 @@ fn validate_tools(
                 ApiError::bad_request("missing_field", format!("`{}` is required", field(name)))
             })
         };
-        let name = required("name", 64)?;
-        check_tool_name(&name).map_err(|why| {
+        let name = required("name", ToolSpec::MAX_NAME)?;
+        ToolSpec::check_name(&name).map_err(|why| {
             ApiError::bad_request("invalid_tool_name", format!("`{}` {why}", field("name")))
         })?;
         if !seen.insert(name.clone()) {
@@ -610,10 +609,6 @@ fn validate_tools(
     Ok(tools)
 }
 
-/// The most mirrors one tool may list: each failing one costs retries within the fetch's time
-/// limit, so a long list only delays the verdict.
-const MAX_MIRRORS: usize = 8;
-
 fn validate_mirrors(
     policy: &UrlPolicy,
     tool: &Map<String, Value>,
@@ -622,11 +617,14 @@ fn validate_mirrors(
 ) -> Result<Vec<String>, ApiError> {
     let items = match tool.get("mirrors") {
         None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(items)) if items.len() <= MAX_MIRRORS => items,
+        Some(Value::Array(items)) if items.len() <= ToolSpec::MAX_MIRRORS => items,
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_field",
-                format!("`{field}` must be a list of at most {MAX_MIRRORS} URLs"),
+                format!(
+                    "`{field}` must be a list of at most {} URLs",
+                    ToolSpec::MAX_MIRRORS
+                ),
             ));
         }
     };
@@ -667,17 +665,6 @@ fn validate_artifacts(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
         paths.push(path.to_owned());
     }
     Ok(paths)
-}
-
-/// A tool name becomes a file name in the run's bin directory and a command name in a shell.
-fn check_tool_name(name: &str) -> Result<(), &'static str> {
-    let valid_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !valid_chars || name.starts_with(['.', '-']) {
-        return Err("must be letters, digits, '.', '_' or '-', not starting with '.' or '-'");
-    }
-    Ok(())
 }
 
 #[cfg(test)]

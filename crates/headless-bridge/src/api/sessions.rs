@@ -736,6 +736,9 @@ fn start_error(state: &AppState, err: StartError) -> ApiError {
             credential_code(reason),
             message,
         ),
+        StartError::CliNotFound(message) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cli_not_found", message)
+        }
         StartError::Spawn(e) => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "cli_not_found",

@@ -142,6 +142,19 @@ pub(super) fn cli_not_started(
     err: &std::io::Error,
     run_as_uid: Option<u32>,
 ) -> Failure {
+    Failure::failed(
+        ReasonCode::CliNotFound,
+        cli_not_started_message(program, err, run_as_uid),
+    )
+}
+
+/// What [`cli_not_started`] says, for whatever else starts a CLI (a session): the OS error and
+/// what the operator can do about it.
+pub(crate) fn cli_not_started_message(
+    program: &std::path::Path,
+    err: &std::io::Error,
+    run_as_uid: Option<u32>,
+) -> String {
     const SET_IT: &str = "set the adapter's executable (HB_CODEX_BIN, HB_CLAUDE_BIN, \
                           HB_GEMINI_BIN, or the profile's `executable`)";
     let shown = program.display();
@@ -149,7 +162,7 @@ pub(super) fn cli_not_started(
     // directory on PATH the user cannot search and found the name nowhere else: a CLI that is
     // simply not installed looks the same as one the user may not run.
     let on_path = !program.as_os_str().as_encoded_bytes().contains(&b'/');
-    let message = match (err.kind(), run_as_uid) {
+    match (err.kind(), run_as_uid) {
         (std::io::ErrorKind::NotFound, _) => {
             format!("failed to start {shown}: {err}: install it, or {SET_IT}")
         }
@@ -167,8 +180,7 @@ pub(super) fn cli_not_started(
              {SET_IT}"
         ),
         _ => format!("failed to start {shown}: {err}"),
-    };
-    Failure::failed(ReasonCode::CliNotFound, message)
+    }
 }
 
 /// Failures that say the login itself is dead, as opposed to the run.

@@ -166,6 +166,28 @@ pub struct ToolSpec {
     pub archive_path: Option<String>,
 }
 
+impl ToolSpec {
+    /// The most tools a run may ask for.
+    pub const MAX_PER_RUN: usize = 16;
+    /// The most mirrors one tool may list: each failing one costs retries within the fetch's
+    /// time limit, so a long list only delays the verdict.
+    pub const MAX_MIRRORS: usize = 8;
+    /// The longest tool name.
+    pub const MAX_NAME: usize = 64;
+
+    /// Checks a tool's name, which becomes a file name in the run's bin directory and a
+    /// command name in a shell.
+    pub fn check_name(name: &str) -> Result<(), &'static str> {
+        let valid_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !valid_chars || name.starts_with(['.', '-']) {
+            return Err("must be letters, digits, '.', '_' or '-', not starting with '.' or '-'");
+        }
+        Ok(())
+    }
+}
+
 mod digest_text {
     use serde::{Deserialize, Deserializer, Serializer};
 

@@ -16,6 +16,7 @@ use super::spec::Rules;
 use super::terminal::{Spawned, Terminal};
 use super::{Command, Emulator, EndReason, Session, SessionState, View, lock, start};
 use crate::redact::Redactor;
+use crate::run::failure::cli_not_started_message;
 use crate::run::supervisor::{self, ExitKind, RUN_MARKER};
 
 /// How long a session's processes have between SIGTERM and SIGKILL. The shim gives the
@@ -33,6 +34,9 @@ const BURST_SECONDS: u64 = 4;
 const ANSWER_ECHO_WAIT: Duration = Duration::from_secs(5);
 /// How often the idle timeout is checked.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How much of the end of the output is kept for the run shim's last line, which names the
+/// program it could not start: room for a path of PATH_MAX (4096) bytes and the OS's words.
+const OUTPUT_TAIL: usize = 8 << 10;
 
 /// A session's limits and idle window, resolved.
 pub(super) struct ActorSettings {
@@ -51,6 +55,16 @@ pub(super) struct ActorSettings {
     pub max_recording_bytes: u64,
 }
 
+/// The program a session runs, for saying why it could not be started.
+pub(super) struct Program {
+    pub path: PathBuf,
+    /// The user it runs as, when not the bridge's own.
+    pub run_as_uid: Option<u32>,
+    /// It runs under the run shim, which reports a program it could not start in its last
+    /// line of output and exits 127 (see [`run_shim::NotStarted`]).
+    pub under_shim: bool,
+}
+
 pub(super) struct Actor {
     pub session: Arc<Session>,
     pub emulator: Arc<Mutex<Emulator>>,
@@ -60,6 +74,7 @@ pub(super) struct Actor {
     pub redactor: Arc<Redactor>,
     pub rules: Rules,
     pub settings: ActorSettings,
+    pub program: Program,
     /// The session's directory: its record and recording.
     pub dir: PathBuf,
 }
@@ -85,6 +100,8 @@ struct Progress {
     /// submission is timed from the first ready screen, not from the start: a tool that takes
     /// long to start (a loaded machine) would otherwise look idle before it submits.
     first_prompt_pending: bool,
+    /// The last [`OUTPUT_TAIL`] bytes of output.
+    tail: Vec<u8>,
 }
 
 impl Actor {
@@ -106,6 +123,7 @@ impl Actor {
             submitted_until: None,
             answered_until: None,
             first_prompt_pending: self.settings.first_prompt && self.settings.submit_wait.is_some(),
+            tail: Vec::new(),
         };
         let lifetime_end = now + self.settings.lifetime;
         let mut idle_check = tokio::time::interval(IDLE_CHECK);
@@ -195,7 +213,7 @@ impl Actor {
         if let Some(recording) = &mut recording {
             recording.finish(&self.redactor);
         }
-        self.finish(reason, status);
+        self.finish(reason, status, &progress.tail);
         for reply in stop_replies {
             let _ = reply.send(());
         }
@@ -271,6 +289,9 @@ impl Actor {
         if !replies.is_empty() {
             terminal.write(replies);
         }
+        progress.tail.extend_from_slice(bytes);
+        let excess = progress.tail.len().saturating_sub(OUTPUT_TAIL);
+        progress.tail.drain(..excess);
         progress.last_change = Instant::now();
         progress.output_since_input = true;
         progress.answered_until = None;
@@ -395,19 +416,30 @@ impl Actor {
         });
     }
 
-    fn finish(&self, reason: EndReason, status: ExitKind) {
+    /// Publishes and stores the end. `tail` is the end of the output, where the run shim
+    /// reports a program it could not start: that session ends as `cli_not_found`, with the
+    /// words a run of the same program would have.
+    fn finish(&self, reason: EndReason, status: ExitKind, tail: &[u8]) {
         let (exit_code, signal) = match status {
             ExitKind::Code(code) => (Some(code), None),
             ExitKind::Signal(signal) => (None, Some(signal)),
         };
-        let message = match (reason, status) {
-            (EndReason::ProcessExited, ExitKind::Code(code)) => {
-                format!("the program exited with code {code}")
+        let not_started = match (reason, exit_code) {
+            (EndReason::ProcessExited, Some(code)) if self.program.under_shim => {
+                run_shim::NotStarted::parse(code, &String::from_utf8_lossy(tail))
             }
-            (EndReason::ProcessExited, ExitKind::Signal(signal)) => {
-                format!("the program was killed by signal {signal}")
-            }
-            (reason, _) => reason.message().to_owned(),
+            _ => None,
+        };
+        let (reason, message) = match not_started {
+            Some(not_started) => (
+                EndReason::CliNotFound,
+                cli_not_started_message(
+                    &self.program.path,
+                    &not_started.io_error(),
+                    self.program.run_as_uid,
+                ),
+            ),
+            None => (reason, end_message(reason, status)),
         };
         tracing::info!(session_id = %self.session.id, reason = ?reason, "session ended");
         let state = SessionState::Exited {
@@ -423,6 +455,19 @@ impl Actor {
         });
         let _ = self.session.states.send(state);
         start::write_record(&self.dir, &self.session.record());
+    }
+}
+
+/// What a session's end says, by its reason and how its program ended.
+fn end_message(reason: EndReason, status: ExitKind) -> String {
+    match (reason, status) {
+        (EndReason::ProcessExited, ExitKind::Code(code)) => {
+            format!("the program exited with code {code}")
+        }
+        (EndReason::ProcessExited, ExitKind::Signal(signal)) => {
+            format!("the program was killed by signal {signal}")
+        }
+        (reason, _) => reason.message().to_owned(),
     }
 }
 

@@ -164,6 +164,8 @@ impl SessionState {
 pub enum EndReason {
     /// The program exited by itself (or was killed from outside the bridge).
     ProcessExited,
+    /// The run shim could not start the program (it is not installed, or may not be run).
+    CliNotFound,
     /// A client deleted the session.
     Deleted,
     /// Nobody typed into or looked at the session for the idle timeout.
@@ -182,6 +184,7 @@ impl EndReason {
     fn message(self) -> &'static str {
         match self {
             Self::ProcessExited => "the program exited",
+            Self::CliNotFound => "the program could not be started",
             Self::Deleted => "the session was deleted by request",
             Self::IdleTimeout => {
                 "nobody typed into or looked at the session for its idle timeout \

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::actor::{Actor, ActorSettings};
+use super::actor::{Actor, ActorSettings, Program};
 use super::spec::{ExpectRule, Region, Rules, SessionSpec};
 use super::terminal::{self, TerminalCommand};
 use super::{EndReason, Session, SessionId, SessionRecord, SessionState, TERM, View};
@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::credentials::WorkingCopy;
 use crate::redact::{self, Redactor};
 use crate::run::ReasonCode;
+use crate::run::failure::cli_not_started_message;
 use crate::run::supervisor::{self, RUN_MARKER};
 use crate::workspace::Workspace;
 
@@ -50,6 +51,10 @@ pub enum StartError {
     ShuttingDown,
     #[error("{message}")]
     Credentials { reason: ReasonCode, message: String },
+    /// The CLI is certainly not there, so it was not even tried; the message says how to fix
+    /// it, as a run's `cli_not_found` does.
+    #[error("{0}")]
+    CliNotFound(String),
     #[error("failed to prepare the session: {0}")]
     Prepare(String),
     #[error(transparent)]
@@ -184,6 +189,11 @@ pub async fn start(
         .or(launch.spec.quiet_ms.map(Duration::from_millis))
         .unwrap_or(config.sessions.quiet);
 
+    let program = Program {
+        path: launch.program.clone(),
+        run_as_uid: launch.run_as.map(|(uid, _)| uid),
+        under_shim: config.shim_bin.is_some(),
+    };
     let command = TerminalCommand {
         program: launch.program,
         args: launch.args,
@@ -247,6 +257,7 @@ pub async fn start(
         redactor,
         rules,
         settings,
+        program,
         dir,
     };
 
@@ -347,6 +358,24 @@ fn launch(
     }
     std::fs::create_dir_all(&dirs.work)
         .map_err(|e| StartError::Prepare(format!("failed to create the work directory: {e}")))?;
+
+    // Under the run shim the start itself cannot fail (the shim starts, then reports a CLI it
+    // could not start as the session's end), so a CLI that is certainly absent is refused
+    // here, before the session exists.
+    let path = launch.env.iter().rev().find(|(name, _)| name == "PATH");
+    if terminal::is_missing(
+        &launch.program,
+        path.map(|(_, value)| value.as_os_str()),
+        &dirs.work,
+    ) {
+        let absent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let run_as_uid = launch.run_as.map(|(uid, _)| uid);
+        return Err(StartError::CliNotFound(cli_not_started_message(
+            &launch.program,
+            &absent,
+            run_as_uid,
+        )));
+    }
     Ok(launch)
 }
 

@@ -6,9 +6,9 @@
 //! that stops reading its input can block only the writer thread, never a runtime worker.
 //! The exit status is taken with waitpid(2) on a thread of its own.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{Read as _, Write as _};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
@@ -138,6 +138,30 @@ impl Terminal {
     }
 }
 
+/// Whether `program` is certainly absent: a path that does not exist, or a name that is in no
+/// directory of `path`, searched as execvp(3) will search it (an empty entry is the working
+/// directory `cwd`). Anything less certain, such as a directory that cannot be searched or no
+/// PATH at all, is left to the start itself, which reports what went wrong.
+pub fn is_missing(program: &Path, path: Option<&OsStr>, cwd: &Path) -> bool {
+    let absent = |candidate: &Path| {
+        std::fs::metadata(cwd.join(candidate)).is_err_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            )
+        })
+    };
+    if program.as_os_str().as_encoded_bytes().contains(&b'/') {
+        return absent(program);
+    }
+    match path {
+        Some(path) if !program.as_os_str().is_empty() => {
+            std::env::split_paths(path).all(|dir| absent(&dir.join(program)))
+        }
+        _ => false,
+    }
+}
+
 fn size(rows: u16, cols: u16) -> PtySize {
     PtySize {
         rows,
@@ -206,6 +230,43 @@ fn wait_exit(pid: Pid) -> ExitKind {
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             // Reaped by someone else (it should not be): the status is lost.
             Err(_) => return ExitKind::Code(-1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_program_that_is_certainly_absent_is_missing() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(bin.join("tool"), "").unwrap();
+        std::fs::write(dir.path().join("here"), "").unwrap();
+        let path = std::env::join_paths([bin.as_path(), Path::new("/nonexistent")]).unwrap();
+        let with_cwd = std::env::join_paths([Path::new("/nonexistent"), Path::new("")]).unwrap();
+        let cwd = dir.path();
+
+        let cases: [(&str, Option<&OsStr>, bool); 8] = [
+            ("/nonexistent/cli", None, true),
+            ("bin/tool", None, false),
+            ("bin/tool/below-a-file", None, true),
+            ("tool", Some(&path), false),
+            ("absent", Some(&path), true),
+            // An empty entry of PATH is the working directory, as execvp(3) reads it.
+            ("here", Some(&with_cwd), false),
+            // Without a PATH, execvp(3) has a default of its own: the start decides.
+            ("absent", None, false),
+            ("", Some(&path), false),
+        ];
+        for (program, path, missing) in cases {
+            assert_eq!(
+                is_missing(Path::new(program), path, cwd),
+                missing,
+                "{program} {path:?}"
+            );
         }
     }
 }

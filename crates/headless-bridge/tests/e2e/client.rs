@@ -4,10 +4,11 @@
 use std::process::Output;
 
 use serde_json::{Value, json};
+use testkit::faults::FaultServer;
 use testkit::git::GitServer;
 use testkit::model::Behavior;
 
-use crate::support::{Model, TOKEN, TestBridge};
+use crate::support::{Model, TOKEN, TestBridge, tar_gz};
 
 /// Runs `headless-bridge ARGS` as a client of `bridge`, with `HB_TOKEN` set to `token`.
 async fn client(bridge_url: &str, token: Option<&str>, args: &[&str]) -> Output {
@@ -250,5 +251,120 @@ async fn refusals_and_an_unreachable_bridge_are_clear_errors() {
         text(&out.stderr).contains("cannot reach the bridge"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn submit_gives_a_run_tools_from_a_mirror_archive_artifacts_and_an_idle_timeout() {
+    let files = FaultServer::start().await;
+    let archive = tar_gz("ak-2.0/bin/ak", b"#!/bin/sh\necho \"ak-client-ok $*\"\n");
+    files.add("/mirror/ak.tar.gz", archive.clone(), vec![]);
+    let digest = headless_bridge::digest::Sha256Digest::of(&archive);
+    let model = Model::start(Behavior::RunThenReply {
+        command: "ak hello > fix.patch && cat fix.patch".into(),
+        yield_time_ms: 10_000,
+    })
+    .await;
+    let bridge = model.bridge().await;
+    let (primary, mirror) = (
+        files.url("/missing/ak.tar.gz"),
+        files.url("/mirror/ak.tar.gz"),
+    );
+
+    let out = client(
+        &bridge.url,
+        Some(TOKEN),
+        &[
+            "submit",
+            "--tool",
+            &format!("ak={primary}"),
+            "--tool-mirror",
+            &format!("ak={mirror}"),
+            "--tool-sha256",
+            &format!("ak={}", digest.hex()),
+            "--tool-archive-path",
+            "ak=ak-2.0/bin/ak",
+            "--artifact",
+            "fix.patch",
+            "--timeout",
+            "120",
+            "--idle-timeout",
+            "90",
+            "make a patch",
+        ],
+    )
+    .await;
+
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record = stdout_json(&out);
+    assert_eq!(record["outcome"], "succeeded", "{record}");
+    let spec = &record["spec"];
+    assert_eq!(
+        spec["tools"],
+        json!([{"name": "ak", "url": primary, "sha256": digest.to_string(),
+                "mirrors": [mirror], "archive_path": "ak-2.0/bin/ak"}])
+    );
+    assert_eq!(
+        (
+            &spec["timeout_s"],
+            &spec["idle_timeout_s"],
+            &spec["artifacts"]
+        ),
+        (&json!(120), &json!(90), &json!(["fix.patch"]))
+    );
+    let id = record["id"].as_str().unwrap();
+    let (status, patch) = bridge
+        .get_bytes(&format!("/v1/runs/{id}/artifacts/fix.patch"))
+        .await;
+    assert_eq!(
+        (status.as_u16(), patch.as_slice()),
+        (200, b"ak-client-ok hello\n".as_slice())
+    );
+    assert_eq!(files.hits("/mirror/ak.tar.gz"), 1);
+}
+
+/// A flag the bridge would refuse is an error naming the flag, and nothing is sent: the
+/// client is pointed at a listener that would hold any connection it made.
+#[tokio::test]
+async fn submit_refuses_a_bad_tool_artifact_or_idle_timeout_before_sending_anything() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let digest = format!("ak={}", "ab".repeat(32));
+    let cases: [(&[&str], &str); 6] = [
+        (&["--tool", "ak"], "'--tool <NAME=URL>'"),
+        (
+            &["--tool", "ak=tools.example.com/ak"],
+            "'--tool <NAME=URL>'",
+        ),
+        (
+            &["--tool", "ak=https://tools.example.com/ak"],
+            "--tool-sha256 ak=",
+        ),
+        (&["--tool-sha256", &digest], "--tool-sha256 names tool `ak`"),
+        (&["--artifact", "../etc/passwd"], "'--artifact <PATH>'"),
+        (
+            &["--timeout", "60", "--idle-timeout", "120"],
+            "--idle-timeout 120",
+        ),
+    ];
+    for (flags, named) in cases {
+        let mut args = vec!["submit"];
+        args.extend(flags);
+        args.push("x");
+        let out = client(&url, Some(TOKEN), &args).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{flags:?} should name {named}: {stderr}"
+        );
+    }
+    let connected = listener.accept();
+    assert!(
+        connected
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "a client connected: {connected:?}"
     );
 }

@@ -705,3 +705,131 @@ async fn a_start_the_client_hangs_up_on_still_becomes_a_listed_deletable_session
     }
     bridge.stop().await;
 }
+
+/// Profiles whose CLI cannot be started (an absent path, a name on no directory of PATH, a
+/// script whose interpreter is absent), and one that runs and exits 127 by itself.
+fn unstartable_profiles() -> TempDir {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let script = dir.path().join("needs-interpreter");
+    std::fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let profiles = dir.path().join("adapters");
+    std::fs::create_dir(&profiles).unwrap();
+    let write = |name: &str, text: String| {
+        std::fs::write(profiles.join(format!("{name}.toml")), text).unwrap()
+    };
+    write(
+        "missing",
+        "executable = \"/nonexistent/cli\"\n[session]\n".to_owned(),
+    );
+    write(
+        "unnamed",
+        "executable = \"hb-no-such-cli\"\n[session]\n".to_owned(),
+    );
+    write(
+        "interpreter",
+        format!("executable = \"{}\"\n[session]\n", script.display()),
+    );
+    write(
+        "exits127",
+        r#"executable = "/bin/sh"
+[session]
+args = ["-c", "echo 'sh: 1: frob: not found' >&2; exit 127"]
+"#
+        .to_owned(),
+    );
+    dir
+}
+
+/// Regression: under the run shim, a session of a CLI that is not installed answered 201
+/// and then ended as `process_exited` with code 127, the shim's words only on its screen.
+#[tokio::test]
+async fn a_session_of_a_missing_cli_is_refused_as_cli_not_found() {
+    let world = unstartable_profiles();
+    let bridge = BridgeBuilder::new()
+        .var(
+            "HB_ADAPTERS_DIR",
+            world.path().join("adapters").display().to_string(),
+        )
+        .start()
+        .await;
+
+    for (adapter, program) in [
+        ("missing", "/nonexistent/cli"),
+        ("unnamed", "hb-no-such-cli"),
+    ] {
+        let (status, refused) = bridge
+            .post("/v1/sessions", &json!({"adapter": adapter}))
+            .await;
+        assert_eq!(
+            (status.as_u16(), refused["error"]["code"].as_str()),
+            (422, Some("cli_not_found")),
+            "{adapter}: {refused}"
+        );
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!(
+                "failed to start {program}: No such file or directory"
+            )) && message.contains("install it, or set the adapter's executable"),
+            "{message}"
+        );
+    }
+
+    // Nothing of the refused starts stays: no session, no record, no workspace (an emptied
+    // one may wait in `.spare` for the next).
+    let (_, list) = bridge.get("/v1/sessions").await;
+    assert_eq!(list["sessions"], json!([]), "{list}");
+    for dir in ["sessions", "workspaces"] {
+        let left: Vec<_> = std::fs::read_dir(bridge.data_dir().join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name())
+            .filter(|name| name != ".spare")
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+    bridge.stop().await;
+}
+
+/// A CLI that is there but that the shim still cannot start (here its interpreter is
+/// missing) ends the session as `cli_not_found`, as a run says; a program that ran and
+/// exited 127 itself is an ordinary exit.
+#[tokio::test]
+async fn a_cli_the_shim_cannot_start_ends_the_session_as_cli_not_found() {
+    let world = unstartable_profiles();
+    let bridge = BridgeBuilder::new()
+        .var(
+            "HB_ADAPTERS_DIR",
+            world.path().join("adapters").display().to_string(),
+        )
+        .start()
+        .await;
+
+    let id = start(&bridge, json!({"adapter": "interpreter"})).await;
+    let record = record_when_exited(&bridge, &id, Duration::from_secs(20)).await;
+    assert_eq!(
+        (&record["reason"], &record["exit_code"]),
+        (&json!("cli_not_found"), &json!(127)),
+        "{record}"
+    );
+    let script = world.path().join("needs-interpreter");
+    let message = record["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "failed to start {}: No such file or directory",
+            script.display()
+        )) && message.contains("install it"),
+        "{message}"
+    );
+    assert_eq!(leftovers(&id), 0);
+
+    let id = start(&bridge, json!({"adapter": "exits127"})).await;
+    let record = record_when_exited(&bridge, &id, Duration::from_secs(20)).await;
+    assert_eq!(
+        (&record["reason"], &record["exit_code"]),
+        (&json!("process_exited"), &json!(127)),
+        "{record}"
+    );
+    bridge.stop().await;
+}

@@ -124,7 +124,8 @@ impl BridgeBuilder {
         self
     }
 
-    pub async fn start(self) -> TestBridge {
+    /// The bridge these settings make, opened on its data directory but not serving.
+    pub async fn open(self) -> (Bridge, TempDir) {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| tempfile::tempdir().expect("a temp dir"));
@@ -137,15 +138,21 @@ impl BridgeBuilder {
                 .map(|(_, v)| v.clone())
         });
         let config = raw.build().expect("test configuration is valid");
+        let bridge = Bridge::open(config).await.expect("the bridge opens");
+        (bridge, data_dir)
+    }
 
-        let listener = match self.listener {
+    pub async fn start(mut self) -> TestBridge {
+        let (listener, metrics) = (self.listener.take(), self.metrics);
+        let (bridge, data_dir) = self.open().await;
+        let listener = match listener {
             Some(listener) => listener,
             None => tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind a loopback port"),
         };
         let url = format!("http://{}", listener.local_addr().expect("bound address"));
-        let metrics = if self.metrics {
+        let metrics = if metrics {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
             Some(listener.expect("bind a loopback port for metrics"))
         } else {
@@ -154,7 +161,6 @@ impl BridgeBuilder {
         let metrics_url = metrics
             .as_ref()
             .map(|l| format!("http://{}", l.local_addr().expect("bound address")));
-        let bridge = Bridge::open(config).await.expect("the bridge opens");
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             bridge
@@ -580,4 +586,19 @@ pub fn unsigned_jwt(claims: &Value) -> String {
         encode(&serde_json::json!({"alg": "none", "typ": "JWT"})),
         encode(claims)
     )
+}
+
+/// A tar.gz archive holding one executable file at `path`.
+pub fn tar_gz(path: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o755);
+    header.set_cksum();
+    builder.append_data(&mut header, path, data).unwrap();
+    let mut gz = builder.into_inner().unwrap();
+    gz.flush().unwrap();
+    gz.finish().unwrap()
 }

@@ -2,7 +2,6 @@
 //! commit that is no branch tip, disk limits, tools from mirrors and archives, and artifacts,
 //! each through a real run of the Codex CLI.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use testkit::faults::FaultServer;
 use testkit::git::GitServer;
 use testkit::model::Behavior;
 
-use crate::support::{BridgeBuilder, LogCapture, Model, TestBridge, assert_no_canary};
+use crate::support::{BridgeBuilder, LogCapture, Model, TestBridge, assert_no_canary, tar_gz};
 
 /// The private repository's token: must show up nowhere but in git's Authorization header.
 const TOKEN_CANARY: &str = "git-token-canary-8d2f61b7e4";
@@ -370,19 +369,6 @@ async fn too_little_free_space_refuses_to_start_a_clone() {
             .unwrap()
             .contains("HB_WORKSPACE_MIN_FREE_BYTES")
     );
-}
-
-fn tar_gz(path: &str, data: &[u8]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    let mut builder = tar::Builder::new(gz);
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o755);
-    header.set_cksum();
-    builder.append_data(&mut header, path, data).unwrap();
-    let mut gz = builder.into_inner().unwrap();
-    gz.flush().unwrap();
-    gz.finish().unwrap()
 }
 
 #[tokio::test]

@@ -222,6 +222,14 @@ impl EventSink {
         }
     }
 
+    /// Writes the lines the log file buffers, so that the logs endpoint serves them while the
+    /// run goes on. Call it where the output pauses, not after every line.
+    pub fn flush_log(&mut self) {
+        if let Some(spill) = &mut self.spill {
+            let _ = spill.file.flush();
+        }
+    }
+
     /// Stores the kept tail, a note of what was dropped, and the outcome as the last event.
     pub fn finish(mut self, outcome: Value) {
         if self.dropped_lines > 0 {

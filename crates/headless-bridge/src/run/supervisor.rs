@@ -124,6 +124,19 @@ pub async fn run(
     cancel: CancellationToken,
     mut on_line: impl FnMut(Stream, &str),
 ) -> io::Result<ProcessOutcome> {
+    run_batches(spec, cancel, |stream, lines| {
+        lines.iter().for_each(|line| on_line(stream, line));
+    })
+    .await
+}
+
+/// [`run`], feeding the lines in the batches they were read in: a batch ends where the
+/// output paused (or after 64 KiB), so a caller can flush what it keeps of them there.
+pub async fn run_batches(
+    spec: ProcessSpec,
+    cancel: CancellationToken,
+    mut on_lines: impl FnMut(Stream, &[String]),
+) -> io::Result<ProcessOutcome> {
     let started = Instant::now();
     let mut child = reaper::spawn(&mut command(&spec))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
@@ -147,11 +160,11 @@ pub async fn run(
         ),
     ];
     let mut stderr_head = StderrHead::default();
-    let mut observe = |stream: Stream, line: &str| {
+    let mut observe = |stream: Stream, lines: &[String]| {
         if stream == Stream::Stderr {
-            stderr_head.push(line);
+            lines.iter().for_each(|line| stderr_head.push(line));
         }
-        on_line(stream, line);
+        on_lines(stream, lines);
     };
 
     let deadline = tokio::time::sleep(spec.timeout);
@@ -171,7 +184,7 @@ pub async fn run(
     let status = loop {
         tokio::select! {
             Some((stream, batch)) = lines.recv() => {
-                batch.iter().for_each(|line| observe(stream, line));
+                observe(stream, &batch);
                 idle.as_mut().reset(idle_end(Instant::now()).into());
             }
             () = heard.notified() => idle.as_mut().reset(idle_end(Instant::now()).into()),
@@ -212,7 +225,7 @@ pub async fn run(
     };
     let drain = async {
         while let Some((stream, batch)) = lines.recv().await {
-            batch.iter().for_each(|line| observe(stream, line));
+            observe(stream, &batch);
         }
     };
     if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {

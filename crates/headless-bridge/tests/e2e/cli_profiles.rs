@@ -601,3 +601,38 @@ async fn a_cli_that_fills_its_workspace_is_stopped_and_the_bridge_carries_on() {
         "the bridge stays healthy: {next}"
     );
 }
+
+/// Regression: the log file was written through a 64 KiB buffer flushed only at the end, so
+/// `GET /v1/runs/{id}/logs` (and `headless-bridge logs`) showed nothing of a running CLI that
+/// had printed less than that.
+#[tokio::test]
+async fn the_logs_of_a_running_cli_hold_what_it_printed_so_far() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "talker",
+        "echo hello; echo oops >&2; sleep 1; echo \"[$1]\"; sleep 300",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+    let (status, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "talker", "prompt": "x"}))
+        .await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap();
+    // The first lines' batches were written before the last line was read.
+    wait_for_output(&bridge, id, "[x]").await;
+
+    let (status, logs) = bridge.get_bytes(&format!("/v1/runs/{id}/logs")).await;
+
+    assert_eq!(status, 200);
+    let logs = String::from_utf8(logs).unwrap();
+    assert!(
+        logs.contains("hello\n") && logs.contains("[stderr] oops\n"),
+        "the log while the CLI runs: {logs:?}"
+    );
+    let (_, cancelled) = bridge
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancelled["outcome"], "cancelled", "{cancelled}");
+}

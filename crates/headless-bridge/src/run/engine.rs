@@ -33,7 +33,7 @@ use crate::fetch::{FetchStats, Fetcher};
 use crate::k8s::executor::JobExecutor;
 use crate::metrics::Metrics;
 use crate::policy::UrlPolicy;
-use crate::run::{RunId, RunRecord, RunSpec, RunState};
+use crate::run::{Outcome, RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Claim, Store, StoreError};
 use crate::workspace::Workspace;
 
@@ -315,7 +315,19 @@ impl Engine {
         active.stop.cancel();
         let mut done = active.done;
         let _ = done.wait_for(|done| *done).await;
-        self.inner.store.get(id).await?.ok_or(CancelError::NotFound)
+        let record = self
+            .inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(CancelError::NotFound)?;
+        // The run may have been ending by itself (its CLI exited, a timeout or a question
+        // stopped it) when the request came: then the cancel did nothing, and says so.
+        if record.outcome == Some(Outcome::Cancelled) {
+            Ok(record)
+        } else {
+            Err(CancelError::Finished(Box::new(record)))
+        }
     }
 
     /// Channels to follow a run still in progress; `None` once it has finished.

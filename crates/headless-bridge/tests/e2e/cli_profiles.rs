@@ -636,3 +636,45 @@ async fn the_logs_of_a_running_cli_hold_what_it_printed_so_far() {
         .await;
     assert_eq!(cancelled["outcome"], "cancelled", "{cancelled}");
 }
+
+/// Regression: a cancel that came while the run was already ending by itself answered 200
+/// with the run's own outcome, as if it had cancelled it. Here the CLI asked a question,
+/// which stops it, and ignores SIGTERM, so the run is still ending when the cancel comes.
+#[tokio::test]
+async fn a_cancel_that_comes_as_the_run_ends_by_itself_is_a_conflict() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "stubborn",
+        "trap '' TERM; echo 'Enter a value:'; sleep 300",
+        "prompt_patterns = [\"Enter a value:\"]\n",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+    let (_, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "stubborn", "prompt": "x"}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    wait_for_output(&bridge, id, "Enter a value:").await;
+
+    let (status, answer) = bridge
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+
+    let (_, record) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        (&record["outcome"], &record["reason"]),
+        (&json!("failed"), &json!("interactive_prompt_blocked")),
+        "{record}"
+    );
+    assert_eq!(
+        (status.as_u16(), answer["error"]["code"].as_str()),
+        (409, Some("run_finished")),
+        "the cancel did not stop the run: {answer}"
+    );
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let outcomes: Vec<_> = events.iter().filter(|e| e.event == "outcome").collect();
+    assert_eq!(outcomes.len(), 1, "{events:?}");
+    assert_eq!(events.last().unwrap().event, "outcome");
+    assert_eq!(outcomes[0].data["data"]["outcome"], record["outcome"]);
+    assert_no_process_left(&record);
+}

@@ -244,6 +244,12 @@ impl Store {
             .collect()
     }
 
+    /// The run an idempotency key already names, as [`Store::insert_new`] would find it.
+    pub async fn claimed(&self, key: &str) -> Result<Option<Claim>, StoreError> {
+        let key = key.to_owned();
+        self.with_conn(move |conn| taken_key(conn, &key)).await
+    }
+
     /// Inserts a new run, claiming an idempotency key `(key, body digest)` for it in the same
     /// transaction. If the key is taken the run is not inserted. A key taken by a run that was
     /// interrupted is handed over, since that run never got to do its work.

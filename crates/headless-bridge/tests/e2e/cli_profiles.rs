@@ -678,3 +678,52 @@ async fn a_cancel_that_comes_as_the_run_ends_by_itself_is_a_conflict() {
     assert_eq!(outcomes[0].data["data"]["outcome"], record["outcome"]);
     assert_no_process_left(&record);
 }
+
+/// Regression: the queue's limit was checked before the idempotency key, so a client
+/// retrying a request whose run was in the queue got 429 `queue_full` (and a different body
+/// under that key 429 instead of 409) for as long as the queue stayed full.
+#[tokio::test]
+async fn a_repeated_request_gets_its_run_even_when_the_queue_is_full() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "waiter", "echo \"$1\"; sleep 300", "");
+    let bridge = bridge_with(
+        &profiles,
+        &[("HB_MAX_CONCURRENT_RUNS", "1"), ("HB_MAX_QUEUED_RUNS", "1")],
+    )
+    .await;
+    let submit = |key: &'static str, prompt: &'static str| {
+        bridge
+            .client
+            .post(format!("{}/v1/runs", bridge.url))
+            .bearer_auth(crate::support::TOKEN)
+            .header("idempotency-key", key)
+            .json(&json!({"adapter": "waiter", "prompt": prompt}))
+            .send()
+    };
+    let running: Value = submit("job-1", "one").await.unwrap().json().await.unwrap();
+    let queued: Value = submit("job-2", "two").await.unwrap().json().await.unwrap();
+    assert_eq!(queued["state"], "queued", "{queued}");
+
+    for (key, prompt, earlier) in [("job-1", "one", &running), ("job-2", "two", &queued)] {
+        let again = submit(key, prompt).await.unwrap();
+        assert_eq!(again.status(), 200, "a repeat of {key}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(again["id"], earlier["id"]);
+    }
+    let conflict = submit("job-1", "something else").await.unwrap();
+    assert_eq!(conflict.status(), 409);
+    let fresh = submit("job-3", "three").await.unwrap();
+    assert_eq!(
+        fresh.status(),
+        429,
+        "a new request still finds the queue full"
+    );
+
+    for run in [&queued, &running] {
+        let id = run["id"].as_str().unwrap();
+        bridge
+            .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+    }
+}

@@ -727,3 +727,53 @@ async fn a_repeated_request_gets_its_run_even_when_the_queue_is_full() {
             .await;
     }
 }
+
+/// Regression: a CLI printing one enormous line (cut into 4 MiB pieces as it is read) kept 200
+/// whole pieces for its account, and copies of them: 3.6 GB of resident memory for a 1 GiB
+/// line. And none of the line was kept: every piece was longer than the output's tail.
+#[tokio::test]
+async fn one_enormous_line_keeps_memory_flat_and_its_end() {
+    let profiles = tempfile::tempdir().unwrap();
+    // 256 MiB and 300 KiB without a newline, then the end to look for: the last piece read
+    // (300 KiB) is longer than both the output's tail and the events' tail.
+    let script = "head -c 268742656 /dev/zero | tr '\\000' x; printf 'the very end'";
+    sh_profile(profiles.path(), "oneline", script, "");
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge =
+        BridgeProcess::start_with(data_dir.path(), &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+    let client = bridge.client();
+
+    let (status, run) = client
+        .post(
+            "/v1/runs?wait=600",
+            &json!({"adapter": "oneline", "prompt": "x", "timeout_s": 600}),
+        )
+        .await;
+
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    let output = run["output"].as_str().unwrap();
+    assert!(
+        output.ends_with("xxxthe very end\n") && output.len() <= 64 << 10,
+        "{} bytes of output",
+        output.len()
+    );
+    let peak_kib = bridge.peak_rss_kib();
+    assert!(
+        peak_kib < 128 * 1024,
+        "the bridge peaked at {peak_kib} KiB while a CLI printed a 256 MiB line"
+    );
+    let id = run["id"].as_str().unwrap();
+    let events = client.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let last_output = events
+        .iter()
+        .rev()
+        .find(|e| e.event == "output")
+        .expect("the end of the line is an event");
+    assert!(
+        last_output.data["data"]["line"]
+            .as_str()
+            .unwrap()
+            .ends_with("xxxthe very end")
+    );
+}

@@ -777,3 +777,56 @@ async fn one_enormous_line_keeps_memory_flat_and_its_end() {
             .ends_with("xxxthe very end")
     );
 }
+
+/// Regression: `GET /v1/runs/{id}/logs` read the whole log file (up to HB_MAX_LOG_BYTES,
+/// 64 MiB) into memory before answering, and held it until the client had read it all: 20
+/// clients reading a 64 MiB log slowly took the bridge from 50 MB to 1.28 GB resident.
+#[tokio::test]
+async fn clients_reading_a_long_log_slowly_do_not_hold_it_in_memory() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let profiles = tempfile::tempdir().unwrap();
+    // 32 MiB of output in lines of 1 KiB.
+    let script = "head -c 33554432 /dev/zero | tr '\\000' x | fold -w 1023";
+    sh_profile(profiles.path(), "chatty", script, "");
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge =
+        BridgeProcess::start_with(data_dir.path(), &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+    let client = bridge.client();
+    let run = run(&client, "chatty", "x").await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    let id = run["id"].as_str().unwrap();
+    let address = client.url.strip_prefix("http://").unwrap().to_owned();
+    let before_kib = bridge.rss_kib();
+
+    // Readers that take the answer's head and then read nothing more.
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let request = format!(
+            "GET /v1/runs/{id}/logs HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+            crate::support::TOKEN
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            assert_eq!(
+                socket.read(&mut byte).await.unwrap(),
+                1,
+                "the answer's head"
+            );
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+        readers.push(socket);
+    }
+
+    let grown_kib = bridge.rss_kib().saturating_sub(before_kib);
+    assert!(
+        grown_kib < 32 * 1024,
+        "8 slow readers of a 32 MiB log grew the bridge by {grown_kib} KiB"
+    );
+    let (status, log) = client.get_bytes(&format!("/v1/runs/{id}/logs")).await;
+    assert_eq!(status, 200);
+    assert_eq!(log.len(), 33554432 + 33554432 / 1023 + 1, "the whole log");
+}

@@ -38,15 +38,19 @@ const MAX_TOOLS: usize = 16;
 const MAX_WAIT_S: u64 = 600;
 const MAX_LIST: usize = 100;
 
-/// Query of `POST /v1/runs`.
+/// Query of `POST /v1/runs`. A parameter it does not take is refused, as a misspelt one
+/// would otherwise be ignored without a word.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubmitQuery {
     /// Seconds to wait for the outcome before answering.
     wait: Option<u64>,
 }
 
-/// Query of `GET /v1/runs`.
+/// Query of `GET /v1/runs`. A parameter it does not take is refused: a misspelt filter
+/// (`status=running`) would otherwise list every run.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<usize>,
     state: Option<String>,

@@ -25,7 +25,8 @@ use crate::run::supervisor::{self, RUN_MARKER};
 use crate::session::Sessions;
 use crate::store::{Store, StoreError};
 
-/// How often finished runs past their retention are deleted.
+/// How often finished runs past their retention are deleted, at most: a shorter retention
+/// is swept as often as it lasts.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Why the bridge could not start or stopped serving.
@@ -207,7 +208,7 @@ impl Bridge {
 /// Deletes finished runs past their age or count limit, with their logs, workspaces and
 /// artifacts.
 async fn retention_loop(config: Arc<Config>, engine: Engine) {
-    let mut interval = tokio::time::interval(RETENTION_INTERVAL);
+    let mut interval = tokio::time::interval(retention_interval(config.run_retention));
     loop {
         interval.tick().await;
         match engine
@@ -230,6 +231,12 @@ async fn retention_loop(config: Arc<Config>, engine: Engine) {
             Err(e) => tracing::error!(error = %crate::error_chain(&e), "failed to delete old runs"),
         }
     }
+}
+
+/// How often to sweep for runs past a retention of `retention`: so that a run is deleted
+/// within twice its retention of its end, however short.
+fn retention_interval(retention: Duration) -> Duration {
+    RETENTION_INTERVAL.min(retention)
 }
 
 /// Takes the data directory's lock file, so a second bridge on it stops before it touches any
@@ -296,6 +303,16 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// Regression: the sweep ran every 10 minutes whatever the retention, so with
+    /// `HB_RUN_RETENTION=7` a run lived up to 10 minutes, not 7 seconds, after its end.
+    #[test]
+    fn a_short_retention_is_swept_as_often_as_it_lasts() {
+        let sweeps = |s| retention_interval(Duration::from_secs(s)).as_secs();
+        assert_eq!(sweeps(7), 7);
+        assert_eq!(sweeps(3600), 600);
+        assert_eq!(sweeps(7 * 86_400), 600);
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).expect("stat").permissions().mode() & 0o777

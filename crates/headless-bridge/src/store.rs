@@ -67,6 +67,10 @@ const MIGRATIONS: &[&str] = &[
         run_id   TEXT PRIMARY KEY,
         attempts INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;",
+    // Retention counts from the end of a run, not its start.
+    "ALTER TABLE runs ADD COLUMN finished_at TEXT;
+    UPDATE runs SET finished_at = json_extract(record, '$.finished_at');
+    CREATE INDEX runs_finished_at ON runs (finished_at);",
 ];
 
 /// A failure of the run store. Always our fault, never the client's.
@@ -244,6 +248,12 @@ impl Store {
             .collect()
     }
 
+    /// The run an idempotency key already names, as [`Store::insert_new`] would find it.
+    pub async fn claimed(&self, key: &str) -> Result<Option<Claim>, StoreError> {
+        let key = key.to_owned();
+        self.with_conn(move |conn| taken_key(conn, &key)).await
+    }
+
     /// Inserts a new run, claiming an idempotency key `(key, body digest)` for it in the same
     /// transaction. If the key is taken the run is not inserted. A key taken by a run that was
     /// interrupted is handed over, since that run never got to do its work.
@@ -271,21 +281,27 @@ impl Store {
         .await
     }
 
-    /// Deletes finished runs older than `max_age` or beyond the newest `max_count` finished
-    /// ones, with their events and idempotency keys. Returns the ids deleted.
+    /// Deletes runs that finished more than `max_age` ago, or before the `max_count` that
+    /// finished last, with their events and idempotency keys. Returns the ids deleted.
     pub async fn prune(
         &self,
         max_age: std::time::Duration,
         max_count: usize,
     ) -> Result<Vec<RunId>, StoreError> {
-        let cutoff = rfc3339(OffsetDateTime::now_utc() - max_age);
+        // An age reaching back before the calendar's start deletes nothing by age; every time
+        // sorts after the empty string.
+        let cutoff = time::Duration::try_from(max_age)
+            .ok()
+            .and_then(|age| OffsetDateTime::now_utc().checked_sub(age))
+            .map_or_else(String::new, rfc3339);
         let ids: Vec<String> = self
             .with_conn_mut(move |conn| {
                 let tx = conn.transaction()?;
                 let ids: Vec<String> = {
                     let mut stmt = tx.prepare(
-                        "SELECT id FROM runs WHERE state = 'finished' AND (created_at < ?1 OR id NOT IN
-                           (SELECT id FROM runs WHERE state = 'finished' ORDER BY id DESC LIMIT ?2))",
+                        "SELECT id FROM runs WHERE state = 'finished' AND (finished_at < ?1 OR id NOT IN
+                           (SELECT id FROM runs WHERE state = 'finished'
+                            ORDER BY finished_at DESC, id DESC LIMIT ?2))",
                     )?;
                     let rows = stmt.query_map(params![cutoff, max_count as i64], |r| r.get(0))?;
                     rows.collect::<Result<_, _>>()?
@@ -432,6 +448,7 @@ struct RunRow {
     state: &'static str,
     contract_id: Option<String>,
     created_at: String,
+    finished_at: Option<String>,
     adapter: String,
     json: String,
     /// The record is finished and has a completion webhook to deliver.
@@ -445,6 +462,7 @@ impl RunRow {
             state: state_text(record.state),
             contract_id: record.spec.contract_id.clone(),
             created_at: rfc3339(record.created_at),
+            finished_at: record.finished_at.map(rfc3339),
             adapter: record.spec.adapter.clone(),
             json: serde_json::to_string(record)?,
             webhook: record.state == RunState::Finished && record.spec.callback_url.is_some(),
@@ -455,9 +473,10 @@ impl RunRow {
     /// so the statements are kept prepared.
     fn upsert(&self, conn: &Connection) -> Result<(), StoreError> {
         conn.prepare_cached(
-            "INSERT INTO runs (id, state, contract_id, created_at, record, adapter)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, record = excluded.record",
+            "INSERT INTO runs (id, state, contract_id, created_at, record, adapter, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, record = excluded.record,
+               finished_at = excluded.finished_at",
         )?
         .execute(params![
             self.id,
@@ -465,7 +484,8 @@ impl RunRow {
             self.contract_id,
             self.created_at,
             self.json,
-            self.adapter
+            self.adapter,
+            self.finished_at
         ])?;
         if self.webhook {
             conn.prepare_cached("INSERT OR IGNORE INTO webhook_outbox (run_id) VALUES (?1)")?
@@ -761,6 +781,35 @@ mod tests {
             store.get(running.id).await.unwrap().is_some(),
             "unfinished runs are never pruned"
         );
+    }
+
+    /// Regression: age was counted from a run's creation and the count kept the runs created
+    /// last, so a long run could be deleted the moment it finished, before anyone read it.
+    #[tokio::test]
+    async fn retention_counts_from_the_end_of_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("runs.sqlite3")).unwrap();
+        let hours_ago = |h: i64| OffsetDateTime::now_utc() - time::Duration::hours(h);
+        let finished = |created: i64, ended: i64| {
+            let mut record = RunRecord::queued(spec());
+            record.created_at = hours_ago(created);
+            record.state = RunState::Finished;
+            record.finished_at = Some(hours_ago(ended));
+            record
+        };
+        // Created in this order; the long one, created first, finished last.
+        let (long, old, recent) = (finished(5, 0), finished(4, 3), finished(2, 1));
+        for record in [&long, &old, &recent] {
+            store.put(record).await.unwrap();
+        }
+
+        // An age reaching back past the calendar's start deletes nothing by age (it panicked).
+        let far_past = std::time::Duration::from_secs(1 << 40);
+        assert_eq!(store.prune(far_past, 10).await.unwrap(), []);
+        let two_hours = std::time::Duration::from_secs(2 * 3600);
+        assert_eq!(store.prune(two_hours, 10).await.unwrap(), [old.id]);
+        assert_eq!(store.prune(far_past, 1).await.unwrap(), [recent.id]);
+        assert!(store.get(long.id).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -14,12 +14,15 @@ use serde_json::Value;
 
 use super::Verdict;
 use super::profile::{OutputFormat, OutputSpec};
-use crate::run::{ReasonCode, Usage};
+use crate::run::{ReasonCode, Usage, text};
 
 /// Output kept as a text adapter's final message, from the end of stdout.
 const TEXT_OUTPUT_BYTES: usize = 64 << 10;
 /// Lines of output kept for the readable account.
 const ACCOUNT_LINES: usize = 200;
+/// An account line longer than this is cut: a record keeps 1 MiB of its account at most, and
+/// 200 whole lines of a CLI's longest (4 MiB each) would hold 800 MiB.
+const ACCOUNT_LINE_BYTES: usize = 4 << 10;
 /// Text collected from message events, at most.
 const MESSAGE_TEXT_BYTES: usize = 256 << 10;
 
@@ -103,10 +106,13 @@ impl GenericOutput {
     }
 
     fn remember(&mut self, line: &str) {
-        self.account.push_back(line.to_owned());
+        self.account
+            .push_back(text::shortened(line, ACCOUNT_LINE_BYTES));
         if self.account.len() > ACCOUNT_LINES {
             self.account.pop_front();
         }
+        // A line longer than the whole tail leaves its end, which is the end of stdout.
+        let line = text::last_bytes(line, TEXT_OUTPUT_BYTES - 1);
         self.tail.push_back(line.to_owned());
         self.tail_bytes += line.len() + 1;
         while self.tail_bytes > TEXT_OUTPUT_BYTES {
@@ -313,6 +319,34 @@ mod tests {
                 && text.ends_with("line 09999 ........................................\n")
         );
         assert_eq!(out.account.len(), ACCOUNT_LINES);
+    }
+
+    /// Regression: a line longer than the output tail dropped itself, leaving no output, and
+    /// the account kept 200 such lines whole (a CLI printing 4 MiB lines held gigabytes).
+    #[test]
+    fn a_huge_line_leaves_its_end_as_output_and_a_short_account_line() {
+        let mut out = GenericOutput::new(OutputSpec::default());
+        let huge = format!("{}the end", "x".repeat(1 << 20));
+        for _ in 0..3 {
+            out.observe(&huge);
+        }
+        let text = out.output();
+        assert!(
+            text.len() <= TEXT_OUTPUT_BYTES && text.ends_with("xxxthe end\n"),
+            "{} bytes of output ending {:?}",
+            text.len(),
+            text::last_bytes(&text, 20)
+        );
+        let kept: usize = out.account.iter().map(String::len).sum();
+        assert!(
+            kept <= 3 * (ACCOUNT_LINE_BYTES + 32),
+            "{kept} bytes of account"
+        );
+        assert!(
+            out.account[0].ends_with(&format!("[{} more bytes]", huge.len() - ACCOUNT_LINE_BYTES)),
+            "{}",
+            text::last_bytes(&out.account[0], 40)
+        );
     }
 
     #[rstest]

@@ -10,11 +10,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::io::AsyncReadExt as _;
+use tokio_util::io::ReaderStream;
 
 use super::AppState;
 use super::body::{self, ApiPath, ApiQuery, JsonObject};
@@ -34,15 +37,19 @@ const MAX_URL: usize = 2048;
 const MAX_WAIT_S: u64 = 600;
 const MAX_LIST: usize = 100;
 
-/// Query of `POST /v1/runs`.
+/// Query of `POST /v1/runs`. A parameter it does not take is refused, as a misspelt one
+/// would otherwise be ignored without a word.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubmitQuery {
     /// Seconds to wait for the outcome before answering.
     wait: Option<u64>,
 }
 
-/// Query of `GET /v1/runs`.
+/// Query of `GET /v1/runs`. A parameter it does not take is refused: a misspelt filter
+/// (`status=running`) would otherwise list every run.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     limit: Option<usize>,
     state: Option<String>,
@@ -291,12 +298,28 @@ pub async fn logs(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let text = read_log(&state, &id).await?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    // Streamed from the file: a log may be HB_MAX_LOG_BYTES long, and a client that reads it
+    // slowly must not hold all of it in memory.
+    let body = match open_log(&state, &id).await? {
+        Some(file) => Body::from_stream(ReaderStream::with_capacity(file, 64 << 10)),
+        None => Body::empty(),
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 /// The run's log file; empty while the run has written none.
 pub(super) async fn read_log(state: &AppState, id: &str) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::new();
+    if let Some(mut file) = open_log(state, id).await? {
+        file.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+    }
+    Ok(bytes)
+}
+
+/// The run's log file, open; `None` while the run has written none.
+async fn open_log(state: &AppState, id: &str) -> Result<Option<tokio::fs::File>, ApiError> {
     let run_id = parse_id(id)?;
     if state
         .engine
@@ -308,9 +331,9 @@ pub(super) async fn read_log(state: &AppState, id: &str) -> Result<Vec<u8>, ApiE
     {
         return Err(not_found(id));
     }
-    match tokio::fs::read(state.engine.log_path(run_id)).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+    match tokio::fs::File::open(state.engine.log_path(run_id)).await {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ApiError::internal(&e)),
     }
 }

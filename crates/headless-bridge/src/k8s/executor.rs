@@ -404,6 +404,7 @@ impl JobExecutor {
             }
             sink.apply(call);
         }
+        sink.flush_log();
     }
 
     /// Takes the worker's finished record, the artifacts it sent, and its refreshed login if

@@ -33,7 +33,7 @@ use crate::fetch::{FetchStats, Fetcher};
 use crate::k8s::executor::JobExecutor;
 use crate::metrics::Metrics;
 use crate::policy::UrlPolicy;
-use crate::run::{RunId, RunRecord, RunSpec, RunState};
+use crate::run::{Outcome, RunId, RunRecord, RunSpec, RunState};
 use crate::store::{Claim, Store, StoreError};
 use crate::workspace::Workspace;
 
@@ -257,6 +257,18 @@ impl Engine {
         spec: RunSpec,
         idempotency_key: Option<String>,
     ) -> Result<Submitted, SubmitError> {
+        let record = RunRecord::queued(spec);
+        let claim = idempotency_key.map(|key| (key, body_digest(&record.spec)));
+        // A repeat of an earlier request takes no place in the queue: it gets its run (or its
+        // conflict) even when the queue is full or the bridge is draining.
+        if let Some((key, digest)) = &claim
+            && let Some(Claim::Taken {
+                run_id,
+                body_sha256,
+            }) = self.inner.store.claimed(key).await?
+        {
+            return self.earlier_run(run_id, &body_sha256, key, digest).await;
+        }
         if self.inner.draining.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -268,27 +280,39 @@ impl Engine {
             });
         };
 
-        let record = RunRecord::queued(spec);
-        let claim = idempotency_key.map(|key| (key, body_digest(&record.spec)));
         match self.inner.store.insert_new(&record, claim.clone()).await? {
             Claim::Claimed => {}
             Claim::Taken {
                 run_id,
                 body_sha256,
             } => {
-                let (key, digest) = claim.expect("only a claimed key can be taken");
-                if body_sha256 != digest {
-                    return Err(SubmitError::Conflict { key, run_id });
-                }
-                let existing = self.inner.store.get(run_id).await?;
-                return existing
-                    .map(Submitted::Existing)
-                    .ok_or(SubmitError::Conflict { key, run_id });
+                let (key, digest) = claim.as_ref().expect("only a claimed key can be taken");
+                return self.earlier_run(run_id, &body_sha256, key, digest).await;
             }
         }
 
         self.start(record.clone(), admission);
         Ok(Submitted::New(record))
+    }
+
+    /// The run an idempotency key already names, made from a request with the digest
+    /// `body_sha256`: returned when this request is the same, a conflict when it is not.
+    async fn earlier_run(
+        &self,
+        run_id: RunId,
+        body_sha256: &str,
+        key: &str,
+        digest: &str,
+    ) -> Result<Submitted, SubmitError> {
+        let conflict = || SubmitError::Conflict {
+            key: key.to_owned(),
+            run_id,
+        };
+        if body_sha256 != digest {
+            return Err(conflict());
+        }
+        let existing = self.inner.store.get(run_id).await?;
+        existing.map(Submitted::Existing).ok_or_else(conflict)
     }
 
     /// The run's record once it has finished, or as it stands after `max_wait`.
@@ -315,7 +339,19 @@ impl Engine {
         active.stop.cancel();
         let mut done = active.done;
         let _ = done.wait_for(|done| *done).await;
-        self.inner.store.get(id).await?.ok_or(CancelError::NotFound)
+        let record = self
+            .inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(CancelError::NotFound)?;
+        // The run may have been ending by itself (its CLI exited, a timeout or a question
+        // stopped it) when the request came: then the cancel did nothing, and says so.
+        if record.outcome == Some(Outcome::Cancelled) {
+            Ok(record)
+        } else {
+            Err(CancelError::Finished(Box::new(record)))
+        }
     }
 
     /// Channels to follow a run still in progress; `None` once it has finished.

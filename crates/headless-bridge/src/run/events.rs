@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
-use crate::run::RunId;
+use crate::run::{RunId, text};
 use crate::store::Store;
 
 /// Output bytes stored as events from the start of a run.
@@ -207,10 +207,21 @@ impl EventSink {
             return;
         }
         self.head_left = 0;
-        // Most of a flood's lines are dropped again from the tail: they stay plain strings
-        // until they are known to be kept.
-        self.tail
-            .push_back((kind, TailLine::new(line, parsed), size));
+        // A line longer than the whole tail leaves its end, as text: the end of the output.
+        let (kind, kept, size) = if size > TAIL_BYTES {
+            let end = text::last_bytes(line, TAIL_BYTES - 1);
+            self.dropped_bytes += (line.len() - end.len()) as u64;
+            let kind = match kind {
+                EventKind::CliEvent => EventKind::Output,
+                other => other,
+            };
+            (kind, TailLine::Text(end.to_owned()), end.len() + 1)
+        } else {
+            // Most of a flood's lines are dropped again from the tail: they stay plain
+            // strings until they are known to be kept.
+            (kind, TailLine::new(line, parsed), size)
+        };
+        self.tail.push_back((kind, kept, size));
         self.tail_bytes += size;
         while self.tail_bytes > TAIL_BYTES {
             let Some((_, _, dropped)) = self.tail.pop_front() else {
@@ -222,9 +233,17 @@ impl EventSink {
         }
     }
 
+    /// Writes the lines the log file buffers, so that the logs endpoint serves them while the
+    /// run goes on. Call it where the output pauses, not after every line.
+    pub fn flush_log(&mut self) {
+        if let Some(spill) = &mut self.spill {
+            let _ = spill.file.flush();
+        }
+    }
+
     /// Stores the kept tail, a note of what was dropped, and the outcome as the last event.
     pub fn finish(mut self, outcome: Value) {
-        if self.dropped_lines > 0 {
+        if self.dropped_bytes > 0 {
             let message = format!(
                 "{} lines ({} bytes) of output were dropped here; the logs endpoint has the full stream up to its size limit",
                 self.dropped_lines, self.dropped_bytes
@@ -430,5 +449,34 @@ mod tests {
             "{}",
             log.len()
         );
+    }
+
+    /// Regression: a line longer than the whole tail dropped itself, so a run whose output
+    /// was one enormous line (cut by the supervisor into 4 MiB pieces) kept none of it.
+    #[tokio::test]
+    async fn a_line_longer_than_the_tail_keeps_its_end() {
+        let (_dir, store, run, mut sink, writer) = sink().await;
+        let piece = "x".repeat(4 << 20);
+        for _ in 0..3 {
+            sink.line(EventKind::Output, &piece, None);
+        }
+        sink.line(EventKind::Output, &format!("{piece}the end"), None);
+        sink.finish(json!({}));
+        writer.await.unwrap();
+
+        let events = store.events_after(run, 0, 1_000).await.unwrap();
+        let lines: Vec<&str> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Output)
+            .map(|e| e.data["line"].as_str().unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "the tail holds the end of the last line");
+        assert!(lines[0].ends_with("xxxthe end") && lines[0].len() < TAIL_BYTES);
+        let notice = events
+            .iter()
+            .find(|e| e.kind == EventKind::Notice)
+            .expect("a dropped-output notice");
+        let dropped = notice.data["dropped_bytes"].as_u64().unwrap() as usize;
+        assert_eq!(dropped + lines[0].len() + 1, 4 * (piece.len() + 1) + 7);
     }
 }

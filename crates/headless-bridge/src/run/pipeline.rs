@@ -358,30 +358,34 @@ impl Pipeline {
         let adapter_name = &record.spec.adapter;
         let stdout_bytes = self.metrics.output_bytes(adapter_name, Stream::Stdout);
         let stderr_bytes = self.metrics.output_bytes(adapter_name, Stream::Stderr);
-        let on_line = |stream: Stream, line: &str| {
-            // Counted as read, before redaction: the bytes the CLI printed, line feed included.
-            let counter = match stream {
-                Stream::Stdout => &stdout_bytes,
-                Stream::Stderr => &stderr_bytes,
-            };
-            counter.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
-            let line = redactor.redact(line);
-            if let (Adapter::Profile(profile), None) = (&self.adapter, &blocked_on)
-                && let Some(pattern) = profile.prompt_in(&line)
-            {
-                blocked_on = Some(pattern.to_owned());
-                process_stop.cancel();
-            }
-            match stream {
-                Stream::Stdout => match reader.observe(&line) {
-                    Some(event) => sink.line(EventKind::CliEvent, &line, Some(event)),
-                    None => sink.line(EventKind::Output, &line, None),
-                },
-                Stream::Stderr => {
-                    reader.observe_stderr(&line);
-                    sink.line(EventKind::Stderr, &line, None);
+        let on_lines = |stream: Stream, lines: &[String]| {
+            for line in lines {
+                // Counted as read, before redaction: the bytes the CLI printed, line feed included.
+                let counter = match stream {
+                    Stream::Stdout => &stdout_bytes,
+                    Stream::Stderr => &stderr_bytes,
+                };
+                counter.fetch_add(line.len() as u64 + 1, Ordering::Relaxed);
+                let line = redactor.redact(line);
+                if let (Adapter::Profile(profile), None) = (&self.adapter, &blocked_on)
+                    && let Some(pattern) = profile.prompt_in(&line)
+                {
+                    blocked_on = Some(pattern.to_owned());
+                    process_stop.cancel();
+                }
+                match stream {
+                    Stream::Stdout => match reader.observe(&line) {
+                        Some(event) => sink.line(EventKind::CliEvent, &line, Some(event)),
+                        None => sink.line(EventKind::Output, &line, None),
+                    },
+                    Stream::Stderr => {
+                        reader.observe_stderr(&line);
+                        sink.line(EventKind::Stderr, &line, None);
+                    }
                 }
             }
+            // What was read so far is in the log file, for `GET .../logs` while the CLI runs.
+            sink.flush_log();
         };
         // The workspace limit holds while the CLI runs too: a watcher stops it past the limit.
         let root = dirs
@@ -402,7 +406,7 @@ impl Pipeline {
                 stop.cancel();
             })
         };
-        let outcome = supervisor::run(spec, process_stop.clone(), on_line).await;
+        let outcome = supervisor::run_batches(spec, process_stop.clone(), on_lines).await;
         watcher.abort();
         let outcome = outcome.map_err(|e| cli_not_started(&program, &e, run_as_uid))?;
 

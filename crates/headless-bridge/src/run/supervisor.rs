@@ -12,17 +12,20 @@
 use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 
 use super::text;
 use crate::reaper;
 use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -121,6 +124,19 @@ pub async fn run(
     cancel: CancellationToken,
     mut on_line: impl FnMut(Stream, &str),
 ) -> io::Result<ProcessOutcome> {
+    run_batches(spec, cancel, |stream, lines| {
+        lines.iter().for_each(|line| on_line(stream, line));
+    })
+    .await
+}
+
+/// [`run`], feeding the lines in the batches they were read in: a batch ends where the
+/// output paused (or after 64 KiB), so a caller can flush what it keeps of them there.
+pub async fn run_batches(
+    spec: ProcessSpec,
+    cancel: CancellationToken,
+    mut on_lines: impl FnMut(Stream, &[String]),
+) -> io::Result<ProcessOutcome> {
     let started = Instant::now();
     let mut child = reaper::spawn(&mut command(&spec))?;
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
@@ -131,16 +147,24 @@ pub async fn run(
     let stderr = child.stderr.take().expect("stderr was piped");
 
     let (line_tx, mut lines) = mpsc::channel(BATCHES_QUEUED);
+    // Bytes count as output when they are read, not when their line ends: a CLI that draws
+    // progress without newlines is not silent.
+    let heard = Arc::new(Notify::new());
     let readers = [
-        tokio::spawn(read_lines(stdout, Stream::Stdout, line_tx.clone()).in_current_span()),
-        tokio::spawn(read_lines(stderr, Stream::Stderr, line_tx).in_current_span()),
+        tokio::spawn(
+            read_lines(Heard::new(stdout, &heard), Stream::Stdout, line_tx.clone())
+                .in_current_span(),
+        ),
+        tokio::spawn(
+            read_lines(Heard::new(stderr, &heard), Stream::Stderr, line_tx).in_current_span(),
+        ),
     ];
     let mut stderr_head = StderrHead::default();
-    let mut observe = |stream: Stream, line: &str| {
+    let mut observe = |stream: Stream, lines: &[String]| {
         if stream == Stream::Stderr {
-            stderr_head.push(line);
+            lines.iter().for_each(|line| stderr_head.push(line));
         }
-        on_line(stream, line);
+        on_lines(stream, lines);
     };
 
     let deadline = tokio::time::sleep(spec.timeout);
@@ -160,9 +184,10 @@ pub async fn run(
     let status = loop {
         tokio::select! {
             Some((stream, batch)) = lines.recv() => {
-                batch.iter().for_each(|line| observe(stream, line));
+                observe(stream, &batch);
                 idle.as_mut().reset(idle_end(Instant::now()).into());
             }
+            () = heard.notified() => idle.as_mut().reset(idle_end(Instant::now()).into()),
             status = child.wait() => break status?,
             () = &mut deadline, if stopped.is_none() => {
                 stopped = Some(StopCause::TimedOut);
@@ -200,7 +225,7 @@ pub async fn run(
     };
     let drain = async {
         while let Some((stream, batch)) = lines.recv().await {
-            batch.iter().for_each(|line| observe(stream, line));
+            observe(stream, &batch);
         }
     };
     if tokio::time::timeout(DRAIN_GRACE, drain).await.is_err() {
@@ -370,6 +395,36 @@ pub fn processes_with_env(needle: &[u8]) -> Vec<Pid> {
         })
         .map(Pid::from_raw)
         .collect()
+}
+
+/// A pipe that signals each read that brought bytes, whether or not they end a line.
+struct Heard<R> {
+    inner: R,
+    heard: Arc<Notify>,
+}
+
+impl<R> Heard<R> {
+    fn new(inner: R, heard: &Arc<Notify>) -> Self {
+        Self {
+            inner,
+            heard: heard.clone(),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Heard<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.heard.notify_one();
+        }
+        polled
+    }
 }
 
 /// Reads `stream` line by line and sends the lines in batches: every whole line already read
@@ -626,6 +681,34 @@ mod tests {
             .unwrap();
         assert_eq!(outcome.stopped, Some(StopCause::Stalled));
         assert_eq!(alive_with(&marker), 0);
+    }
+
+    /// Regression: only whole lines counted as output, so a CLI drawing progress without a
+    /// newline, on stdout or on stderr, was stopped as stalled while it printed.
+    #[tokio::test]
+    async fn output_without_a_newline_keeps_a_process_from_stalling() {
+        for fd in ["1", "2"] {
+            let script = format!("for i in 1 2 3 4 5 6 7 8; do printf . >&{fd}; sleep 0.1; done");
+            let mut spec = sh(&script, Duration::from_secs(60), &marker());
+            spec.idle_timeout = Some(Duration::from_millis(400));
+            let mut seen = Vec::new();
+            let outcome = run(spec, CancellationToken::new(), |stream, line| {
+                seen.push((stream, line.to_owned()));
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                (outcome.stopped, outcome.exit),
+                (None, ExitKind::Code(0)),
+                "printing to fd {fd}"
+            );
+            let stream = if fd == "1" {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            assert_eq!(seen, [(stream, "........".to_owned())]);
+        }
     }
 
     #[tokio::test]

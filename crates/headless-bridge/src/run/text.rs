@@ -68,6 +68,24 @@ pub fn strip_controls(text: &str) -> String {
     out
 }
 
+/// The end of `text`: its last `max` bytes at most, starting on a character boundary.
+pub fn last_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    &text[text.ceil_char_boundary(text.len() - max)..]
+}
+
+/// `text` cut to its first `max` bytes at most (on a character boundary), followed by a note
+/// of how many bytes were cut.
+pub fn shortened(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let kept = text.floor_char_boundary(max);
+    format!("{} [{} more bytes]", &text[..kept], text.len() - kept)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +136,15 @@ mod tests {
             clean_line("naïve – ünïcode\n".as_bytes()),
             "naïve – ünïcode"
         );
+    }
+
+    #[test]
+    fn long_text_is_cut_on_character_boundaries() {
+        assert_eq!(last_bytes("short", 10), "short");
+        assert_eq!(last_bytes("abcdef", 3), "def");
+        assert_eq!(last_bytes("aé", 1), "");
+        assert_eq!(shortened("short", 10), "short");
+        assert_eq!(shortened("abcdef", 3), "abc [3 more bytes]");
+        assert_eq!(shortened("éa", 1), " [3 more bytes]");
     }
 }

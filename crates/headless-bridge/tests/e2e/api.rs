@@ -528,3 +528,30 @@ async fn odd_requests_get_json_errors_before_any_work() {
     assert_eq!(status, 400);
     assert_no_runs(&bridge).await;
 }
+
+/// Regression: a query parameter the route does not take was ignored, so a misspelt filter
+/// (`status=` for `state=`) listed every run, and a misspelt `wait` answered at once.
+#[tokio::test]
+async fn unknown_query_parameters_are_refused_by_name() {
+    let bridge = BridgeBuilder::new().start().await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/runs?status=running"),
+        (reqwest::Method::POST, "/v1/runs?wiat=60"),
+    ] {
+        let body = json!({"adapter": "codex", "prompt": "p"});
+        let (status, answer) = bridge.send(method, path, Some(&body)).await;
+        assert_eq!(
+            (status.as_u16(), answer["error"]["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{path}: {answer}"
+        );
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("unknown field `") && message.contains("expected"),
+            "{message}"
+        );
+    }
+    let (status, listed) = bridge.get("/v1/runs?state=finished&limit=5").await;
+    assert_eq!(status, 200, "{listed}");
+    assert_no_runs(&bridge).await;
+}

@@ -601,3 +601,232 @@ async fn a_cli_that_fills_its_workspace_is_stopped_and_the_bridge_carries_on() {
         "the bridge stays healthy: {next}"
     );
 }
+
+/// Regression: the log file was written through a 64 KiB buffer flushed only at the end, so
+/// `GET /v1/runs/{id}/logs` (and `headless-bridge logs`) showed nothing of a running CLI that
+/// had printed less than that.
+#[tokio::test]
+async fn the_logs_of_a_running_cli_hold_what_it_printed_so_far() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "talker",
+        "echo hello; echo oops >&2; sleep 1; echo \"[$1]\"; sleep 300",
+        "",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+    let (status, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "talker", "prompt": "x"}))
+        .await;
+    assert_eq!(status, 202, "{run}");
+    let id = run["id"].as_str().unwrap();
+    // The first lines' batches were written before the last line was read.
+    wait_for_output(&bridge, id, "[x]").await;
+
+    let (status, logs) = bridge.get_bytes(&format!("/v1/runs/{id}/logs")).await;
+
+    assert_eq!(status, 200);
+    let logs = String::from_utf8(logs).unwrap();
+    assert!(
+        logs.contains("hello\n") && logs.contains("[stderr] oops\n"),
+        "the log while the CLI runs: {logs:?}"
+    );
+    let (_, cancelled) = bridge
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(cancelled["outcome"], "cancelled", "{cancelled}");
+}
+
+/// Regression: a cancel that came while the run was already ending by itself answered 200
+/// with the run's own outcome, as if it had cancelled it. Here the CLI asked a question,
+/// which stops it, and ignores SIGTERM, so the run is still ending when the cancel comes.
+#[tokio::test]
+async fn a_cancel_that_comes_as_the_run_ends_by_itself_is_a_conflict() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(
+        profiles.path(),
+        "stubborn",
+        "trap '' TERM; echo 'Enter a value:'; sleep 300",
+        "prompt_patterns = [\"Enter a value:\"]\n",
+    );
+    let bridge = bridge_with(&profiles, &[]).await;
+    let (_, run) = bridge
+        .post("/v1/runs", &json!({"adapter": "stubborn", "prompt": "x"}))
+        .await;
+    let id = run["id"].as_str().unwrap();
+    wait_for_output(&bridge, id, "Enter a value:").await;
+
+    let (status, answer) = bridge
+        .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+
+    let (_, record) = bridge.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(
+        (&record["outcome"], &record["reason"]),
+        (&json!("failed"), &json!("interactive_prompt_blocked")),
+        "{record}"
+    );
+    assert_eq!(
+        (status.as_u16(), answer["error"]["code"].as_str()),
+        (409, Some("run_finished")),
+        "the cancel did not stop the run: {answer}"
+    );
+    let events = bridge.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let outcomes: Vec<_> = events.iter().filter(|e| e.event == "outcome").collect();
+    assert_eq!(outcomes.len(), 1, "{events:?}");
+    assert_eq!(events.last().unwrap().event, "outcome");
+    assert_eq!(outcomes[0].data["data"]["outcome"], record["outcome"]);
+    assert_no_process_left(&record);
+}
+
+/// Regression: the queue's limit was checked before the idempotency key, so a client
+/// retrying a request whose run was in the queue got 429 `queue_full` (and a different body
+/// under that key 429 instead of 409) for as long as the queue stayed full.
+#[tokio::test]
+async fn a_repeated_request_gets_its_run_even_when_the_queue_is_full() {
+    let profiles = tempfile::tempdir().unwrap();
+    sh_profile(profiles.path(), "waiter", "echo \"$1\"; sleep 300", "");
+    let bridge = bridge_with(
+        &profiles,
+        &[("HB_MAX_CONCURRENT_RUNS", "1"), ("HB_MAX_QUEUED_RUNS", "1")],
+    )
+    .await;
+    let submit = |key: &'static str, prompt: &'static str| {
+        bridge
+            .client
+            .post(format!("{}/v1/runs", bridge.url))
+            .bearer_auth(crate::support::TOKEN)
+            .header("idempotency-key", key)
+            .json(&json!({"adapter": "waiter", "prompt": prompt}))
+            .send()
+    };
+    let running: Value = submit("job-1", "one").await.unwrap().json().await.unwrap();
+    let queued: Value = submit("job-2", "two").await.unwrap().json().await.unwrap();
+    assert_eq!(queued["state"], "queued", "{queued}");
+
+    for (key, prompt, earlier) in [("job-1", "one", &running), ("job-2", "two", &queued)] {
+        let again = submit(key, prompt).await.unwrap();
+        assert_eq!(again.status(), 200, "a repeat of {key}");
+        assert_eq!(again.headers()["idempotent-replayed"], "true");
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(again["id"], earlier["id"]);
+    }
+    let conflict = submit("job-1", "something else").await.unwrap();
+    assert_eq!(conflict.status(), 409);
+    let fresh = submit("job-3", "three").await.unwrap();
+    assert_eq!(
+        fresh.status(),
+        429,
+        "a new request still finds the queue full"
+    );
+
+    for run in [&queued, &running] {
+        let id = run["id"].as_str().unwrap();
+        bridge
+            .post(&format!("/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+    }
+}
+
+/// Regression: a CLI printing one enormous line (cut into 4 MiB pieces as it is read) kept 200
+/// whole pieces for its account, and copies of them: 3.6 GB of resident memory for a 1 GiB
+/// line. And none of the line was kept: every piece was longer than the output's tail.
+#[tokio::test]
+async fn one_enormous_line_keeps_memory_flat_and_its_end() {
+    let profiles = tempfile::tempdir().unwrap();
+    // 256 MiB and 300 KiB without a newline, then the end to look for: the last piece read
+    // (300 KiB) is longer than both the output's tail and the events' tail.
+    let script = "head -c 268742656 /dev/zero | tr '\\000' x; printf 'the very end'";
+    sh_profile(profiles.path(), "oneline", script, "");
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge =
+        BridgeProcess::start_with(data_dir.path(), &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+    let client = bridge.client();
+
+    let (status, run) = client
+        .post(
+            "/v1/runs?wait=600",
+            &json!({"adapter": "oneline", "prompt": "x", "timeout_s": 600}),
+        )
+        .await;
+
+    assert_eq!(status, 200, "{run}");
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    let output = run["output"].as_str().unwrap();
+    assert!(
+        output.ends_with("xxxthe very end\n") && output.len() <= 64 << 10,
+        "{} bytes of output",
+        output.len()
+    );
+    let peak_kib = bridge.peak_rss_kib();
+    assert!(
+        peak_kib < 128 * 1024,
+        "the bridge peaked at {peak_kib} KiB while a CLI printed a 256 MiB line"
+    );
+    let id = run["id"].as_str().unwrap();
+    let events = client.sse(&format!("/v1/runs/{id}/events"), None).await;
+    let last_output = events
+        .iter()
+        .rev()
+        .find(|e| e.event == "output")
+        .expect("the end of the line is an event");
+    assert!(
+        last_output.data["data"]["line"]
+            .as_str()
+            .unwrap()
+            .ends_with("xxxthe very end")
+    );
+}
+
+/// Regression: `GET /v1/runs/{id}/logs` read the whole log file (up to HB_MAX_LOG_BYTES,
+/// 64 MiB) into memory before answering, and held it until the client had read it all: 20
+/// clients reading a 64 MiB log slowly took the bridge from 50 MB to 1.28 GB resident.
+#[tokio::test]
+async fn clients_reading_a_long_log_slowly_do_not_hold_it_in_memory() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let profiles = tempfile::tempdir().unwrap();
+    // 32 MiB of output in lines of 1 KiB.
+    let script = "head -c 33554432 /dev/zero | tr '\\000' x | fold -w 1023";
+    sh_profile(profiles.path(), "chatty", script, "");
+    let data_dir = tempfile::tempdir().unwrap();
+    let bridge =
+        BridgeProcess::start_with(data_dir.path(), &[("HB_ADAPTERS_DIR", profiles.path())]).await;
+    let client = bridge.client();
+    let run = run(&client, "chatty", "x").await;
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    let id = run["id"].as_str().unwrap();
+    let address = client.url.strip_prefix("http://").unwrap().to_owned();
+    let before_kib = bridge.rss_kib();
+
+    // Readers that take the answer's head and then read nothing more.
+    let mut readers = Vec::new();
+    for _ in 0..8 {
+        let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let request = format!(
+            "GET /v1/runs/{id}/logs HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+            crate::support::TOKEN
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            assert_eq!(
+                socket.read(&mut byte).await.unwrap(),
+                1,
+                "the answer's head"
+            );
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{head:?}");
+        readers.push(socket);
+    }
+
+    let grown_kib = bridge.rss_kib().saturating_sub(before_kib);
+    assert!(
+        grown_kib < 32 * 1024,
+        "8 slow readers of a 32 MiB log grew the bridge by {grown_kib} KiB"
+    );
+    let (status, log) = client.get_bytes(&format!("/v1/runs/{id}/logs")).await;
+    assert_eq!(status, 200);
+    assert_eq!(log.len(), 33554432 + 33554432 / 1023 + 1, "the whole log");
+}

@@ -473,17 +473,29 @@ impl BridgeProcess {
 
     /// The process's peak resident memory so far (VmHWM), in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
+        self.memory_kib("VmHWM")
+    }
+
+    /// The process's resident memory now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.memory_kib("VmRSS")
+    }
+
+    fn memory_kib(&self, field: &str) -> u64 {
         let pid = self.child.id().expect("the bridge is running");
         let status =
             std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
         let line = status
             .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .expect("VmHWM is reported");
+            .find(|l| {
+                l.strip_prefix(field)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            })
+            .unwrap_or_else(|| panic!("{field} is reported"));
         line.split_whitespace()
             .nth(1)
             .and_then(|kib| kib.parse().ok())
-            .expect("VmHWM is a number")
+            .unwrap_or_else(|| panic!("{field} is a number"))
     }
 
     /// A client view of this process.

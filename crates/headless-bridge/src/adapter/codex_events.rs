@@ -7,12 +7,21 @@
 //! files it changed. Event shapes are those observed from codex-cli 0.171.0; unknown events
 //! and fields are kept in the account as they come, never an error.
 
+use std::collections::VecDeque;
+
 use serde_json::Value;
 
-use crate::run::{ReasonCode, Usage};
+use crate::run::{ReasonCode, Usage, text};
 
 /// Lines of a command's output kept in the account; the rest is summarised as a count.
 const COMMAND_OUTPUT_LINES: usize = 20;
+/// What the account keeps of its beginning and of its end: a record holds 1 MiB of it at
+/// most, its first quarter and last three quarters, so this is all that can reach one.
+const ACCOUNT_HEAD_BYTES: usize = 256 << 10;
+const ACCOUNT_TAIL_BYTES: usize = 768 << 10;
+/// An account line longer than this is cut: an agent message or a line Codex did not print
+/// as JSON may be of any length, and the output carries the final message whole.
+const ACCOUNT_LINE_BYTES: usize = 16 << 10;
 
 /// How the turn ended, as the stream said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,14 +34,69 @@ pub enum Terminal {
 #[derive(Debug, Default, Clone)]
 pub struct Transcript {
     pub thread_id: Option<String>,
-    /// Agent messages in order; the last one is the run's output.
-    pub messages: Vec<String>,
+    /// The last agent message: the run's output.
+    pub message: Option<String>,
     pub usage: Option<Usage>,
     pub terminal: Option<Terminal>,
     /// The last error notice before the end, which explains a failure better than nothing.
     pub last_error: Option<String>,
     /// The readable account, one entry per line.
-    pub account: Vec<String>,
+    pub account: Account,
+}
+
+/// A readable account of a run that keeps its beginning and its end, and counts what it
+/// drops between them, so that its memory stays bounded whatever the CLI prints.
+#[derive(Debug, Default, Clone)]
+pub struct Account {
+    head: Vec<String>,
+    head_bytes: usize,
+    tail: VecDeque<String>,
+    tail_bytes: usize,
+    dropped_lines: u64,
+    dropped_bytes: u64,
+}
+
+impl Account {
+    pub fn push(&mut self, line: String) {
+        let line = if line.len() > ACCOUNT_LINE_BYTES {
+            text::shortened(&line, ACCOUNT_LINE_BYTES)
+        } else {
+            line
+        };
+        let size = line.len() + 1;
+        if self.tail.is_empty() && self.head_bytes + size <= ACCOUNT_HEAD_BYTES {
+            self.head_bytes += size;
+            self.head.push(line);
+            return;
+        }
+        self.tail_bytes += size;
+        self.tail.push_back(line);
+        while self.tail_bytes > ACCOUNT_TAIL_BYTES {
+            let Some(dropped) = self.tail.pop_front() else {
+                break;
+            };
+            self.tail_bytes -= dropped.len() + 1;
+            self.dropped_lines += 1;
+            self.dropped_bytes += dropped.len() as u64 + 1;
+        }
+    }
+
+    pub fn extend(&mut self, lines: impl IntoIterator<Item = String>) {
+        lines.into_iter().for_each(|line| self.push(line));
+    }
+
+    /// The lines kept, with a line that says what was dropped where it was.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = self.head.clone();
+        if self.dropped_lines > 0 {
+            lines.push(format!(
+                "[{} lines ({} bytes) of the account dropped here]",
+                self.dropped_lines, self.dropped_bytes
+            ));
+        }
+        lines.extend(self.tail.iter().cloned());
+        lines
+    }
 }
 
 impl Transcript {
@@ -55,7 +119,7 @@ impl Transcript {
 
     /// The final agent message.
     pub fn output(&self) -> &str {
-        self.messages.last().map(String::as_str).unwrap_or_default()
+        self.message.as_deref().unwrap_or_default()
     }
 
     fn observe_event(&mut self, event: &Value) {
@@ -135,7 +199,7 @@ impl Transcript {
             "agent_message" => {
                 let message = text("text");
                 self.account.push(format!("agent: {message}"));
-                self.messages.push(message);
+                self.message = Some(message);
             }
             "command_execution" => {
                 let exit = item.get("exit_code").and_then(Value::as_i64);
@@ -234,13 +298,12 @@ mod tests {
         assert_eq!(t.terminal, Some(Terminal::Completed));
         assert_eq!(t.output(), "Done. The command printed: hi");
         assert_eq!(t.usage.as_ref().unwrap().input_tokens, 200);
+        let account = t.account.lines();
         assert!(
-            t.account
-                .contains(&"$ /bin/bash -lc 'echo hi' (exit 0)".to_owned()),
-            "{:?}",
-            t.account
+            account.contains(&"$ /bin/bash -lc 'echo hi' (exit 0)".to_owned()),
+            "{account:?}"
         );
-        assert!(t.account.contains(&"    hi".to_owned()));
+        assert!(account.contains(&"    hi".to_owned()));
     }
 
     #[test]
@@ -259,11 +322,46 @@ mod tests {
         assert_eq!(t.last_error.as_deref(), Some("Reconnecting... 1/5"));
     }
 
+    /// Regression: every line Codex printed that was not an event stayed in the account for
+    /// the whole run, so a CLI printing without end held all of it in memory.
+    #[test]
+    fn the_account_keeps_its_head_and_tail_whatever_is_printed() {
+        let mut t = Transcript::default();
+        let line = "x".repeat(1000);
+        for i in 0..20_000 {
+            t.observe(&format!("{i} {line}"));
+        }
+        t.observe(&format!("{}the end", "y".repeat(1 << 20)));
+        let account = t.account.lines();
+        let kept: usize = account.iter().map(|l| l.len() + 1).sum();
+        assert!(
+            kept <= ACCOUNT_HEAD_BYTES + ACCOUNT_TAIL_BYTES + 100,
+            "{kept} bytes kept"
+        );
+        assert!(
+            account[0].starts_with("stdout: 0 x"),
+            "{}",
+            &account[0][..20]
+        );
+        let note = account
+            .iter()
+            .find(|l| l.ends_with("of the account dropped here]"))
+            .expect("a note of what was dropped");
+        assert!(note.starts_with('['), "{note}");
+        let last = account.last().unwrap();
+        assert!(
+            last.starts_with("stdout: yyy") && last.len() < ACCOUNT_LINE_BYTES + 100,
+            "{} bytes",
+            last.len()
+        );
+        assert!(account.iter().any(|l| l.starts_with("stdout: 19999 x")));
+    }
+
     #[test]
     fn no_terminal_event_is_not_success() {
         let t = transcript("Error loading config.toml\n");
         assert_eq!(t.terminal, None);
-        assert_eq!(t.account, ["stdout: Error loading config.toml"]);
+        assert_eq!(t.account.lines(), ["stdout: Error loading config.toml"]);
     }
 
     #[test]

@@ -85,7 +85,7 @@ impl Adapter {
     /// A fresh reader for a run of this adapter.
     pub fn reader(&self) -> OutputReader {
         match self {
-            Self::Codex => OutputReader::Codex(Transcript::default()),
+            Self::Codex => OutputReader::Codex(Box::default()),
             Self::Profile(profile) => {
                 OutputReader::Generic(Box::new(GenericOutput::new(profile.output.clone())))
             }
@@ -163,8 +163,9 @@ pub enum Verdict {
 /// Reads a run's output as it comes.
 #[derive(Debug)]
 pub enum OutputReader {
-    Codex(Transcript),
-    /// Boxed: a profile's reader carries its whole output spec.
+    /// Boxed, as both are: the transcript carries its account, a profile's reader its whole
+    /// output spec.
+    Codex(Box<Transcript>),
     Generic(Box<GenericOutput>),
 }
 
@@ -203,7 +204,7 @@ impl OutputReader {
     /// The readable account of the run, a line each.
     pub fn account(&self) -> Vec<String> {
         match self {
-            Self::Codex(transcript) => transcript.account.clone(),
+            Self::Codex(transcript) => transcript.account.lines(),
             Self::Generic(output) => output.account.iter().cloned().collect(),
         }
     }

@@ -183,10 +183,8 @@ pub async fn run_batches(
     let mut stopped = None;
     let status = loop {
         tokio::select! {
-            Some((stream, batch)) = lines.recv() => {
-                observe(stream, &batch);
-                idle.as_mut().reset(idle_end(Instant::now()).into());
-            }
+            // The idle timer restarts on bytes read (`heard`), which come before their lines.
+            Some((stream, batch)) = lines.recv() => observe(stream, &batch),
             () = heard.notified() => idle.as_mut().reset(idle_end(Instant::now()).into()),
             status = child.wait() => break status?,
             () = &mut deadline, if stopped.is_none() => {

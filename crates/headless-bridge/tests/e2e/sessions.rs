@@ -706,6 +706,19 @@ async fn a_start_the_client_hangs_up_on_still_becomes_a_listed_deletable_session
     bridge.stop().await;
 }
 
+/// A bridge with [`unstartable_profiles`], and the directory holding them.
+async fn bridge_with_unstartable_profiles() -> (TempDir, TestBridge) {
+    let world = unstartable_profiles();
+    let bridge = BridgeBuilder::new()
+        .var(
+            "HB_ADAPTERS_DIR",
+            world.path().join("adapters").display().to_string(),
+        )
+        .start()
+        .await;
+    (world, bridge)
+}
+
 /// Profiles whose CLI cannot be started (an absent path, a name on no directory of PATH, a
 /// script whose interpreter is absent), and one that runs and exits 127 by itself.
 fn unstartable_profiles() -> TempDir {
@@ -745,14 +758,7 @@ args = ["-c", "echo 'sh: 1: frob: not found' >&2; exit 127"]
 /// and then ended as `process_exited` with code 127, the shim's words only on its screen.
 #[tokio::test]
 async fn a_session_of_a_missing_cli_is_refused_as_cli_not_found() {
-    let world = unstartable_profiles();
-    let bridge = BridgeBuilder::new()
-        .var(
-            "HB_ADAPTERS_DIR",
-            world.path().join("adapters").display().to_string(),
-        )
-        .start()
-        .await;
+    let (_world, bridge) = bridge_with_unstartable_profiles().await;
 
     for (adapter, program) in [
         ("missing", "/nonexistent/cli"),
@@ -797,14 +803,7 @@ async fn a_session_of_a_missing_cli_is_refused_as_cli_not_found() {
 /// exited 127 itself is an ordinary exit.
 #[tokio::test]
 async fn a_cli_the_shim_cannot_start_ends_the_session_as_cli_not_found() {
-    let world = unstartable_profiles();
-    let bridge = BridgeBuilder::new()
-        .var(
-            "HB_ADAPTERS_DIR",
-            world.path().join("adapters").display().to_string(),
-        )
-        .start()
-        .await;
+    let (world, bridge) = bridge_with_unstartable_profiles().await;
 
     let id = start(&bridge, json!({"adapter": "interpreter"})).await;
     let record = record_when_exited(&bridge, &id, Duration::from_secs(20)).await;
